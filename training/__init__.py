@@ -1,0 +1,1 @@
+"""Training code (torch). Never imported by app/."""
