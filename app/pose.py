@@ -22,7 +22,7 @@ import numpy as np
 RIGHT_SIDE = [33, 133, 234, 93, 132]  # subject's right: eye corners, cheek contour
 LEFT_SIDE = [263, 362, 454, 323, 361]
 FOREHEAD, CHIN = 10, 152
-PITCH_OFFSET_DEG = -4.8
+PITCH_OFFSET_DEG = -5.3
 
 
 @dataclass(frozen=True)

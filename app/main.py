@@ -1,0 +1,75 @@
+"""The FastAPI application: ``uvicorn app.main:app`` serves it."""
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from app import __version__
+from app.errors import install_error_handlers
+from app.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from app.model_zoo.base import load_manifest
+from app.pipeline import FacePipeline
+from app.registry import ModelRegistry
+from app.routes import faces, health
+from app.routes.deps import require_api_key
+from app.schemas import ErrorResponse
+from app.settings import Settings, get_settings
+
+ANALYSIS_ROUTERS = [faces.router]
+
+DESCRIPTION = """
+Face detection, FACS Action Unit detection and facial expression recognition on the CPU, with
+side-face and occlusion pre-filters. Upload an image as multipart field `file`.
+
+Limits (settings, env prefix `MICROFACS_`), checked before the image is decoded: upload at most
+{max_upload_bytes} bytes, at most {max_image_pixels} pixels and {max_image_side} px per side,
+at least {min_image_side} px per side; JPEG, PNG, WebP, BMP. `GET /version` publishes them too.
+
+Every error is `{{"error": {{"code", "message"}}, "request_id"}}` with a 4xx status for the client's fault.
+Expression outputs say what a face *appears to show*; they are not a reading of anyone's feelings.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        registry = ModelRegistry(settings)
+        registry.warm_up()
+        app.state.registry = registry
+        app.state.pipeline = FacePipeline(registry, settings)
+        app.state.ready = True
+        yield
+        app.state.ready = False
+
+    app = FastAPI(
+        title="MicroFACS",
+        version=__version__,
+        description=DESCRIPTION.format(**settings.model_dump()),
+        lifespan=lifespan,
+        responses={
+            400: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 415: {"model": ErrorResponse},
+            422: {"model": ErrorResponse},
+        },
+    )
+    app.state.settings = settings
+    app.state.manifest = load_manifest(settings.models_dir)
+    app.state.ready = False
+    install_error_handlers(app)
+    app.include_router(health.router)
+    for router in ANALYSIS_ROUTERS:
+        app.include_router(router, dependencies=[Depends(require_api_key)])
+    app.add_middleware(BodyLimitMiddleware, max_upload_bytes=settings.max_upload_bytes)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"])
+    app.add_middleware(RequestIdMiddleware)
+    return app
+
+
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+app = create_app()

@@ -1,0 +1,25 @@
+"""Loads every ONNX model the service uses, once, and warms it up."""
+from __future__ import annotations
+
+from app.model_zoo.base import OnnxModel, load_manifest
+from app.model_zoo.blazeface import BlazeFaceFullRange, BlazeFaceShortRange
+from app.model_zoo.face_mesh import FaceMesh
+from app.model_zoo.occlusion import OcclusionClassifier
+from app.settings import Settings
+
+
+class ModelRegistry:
+    def __init__(self, settings: Settings) -> None:
+        models_dir, threads = settings.models_dir, settings.onnx_threads
+        self.manifest = load_manifest(models_dir)
+        self.full_range = BlazeFaceFullRange(models_dir, threads)
+        self.short_range = BlazeFaceShortRange(models_dir, threads)
+        self.mesh = FaceMesh(models_dir, threads)
+        self.occlusion = OcclusionClassifier(models_dir, threads)
+
+    def loaded(self) -> dict[str, OnnxModel]:
+        return {m.entry.name: m for m in vars(self).values() if isinstance(m, OnnxModel)}
+
+    def warm_up(self) -> None:
+        for model in self.loaded().values():
+            model.warm_up()

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from app import __version__
+from app.decode import SUPPORTED_FORMATS
+from app.schemas import Health, Limits, ModelInfo, Readiness, VersionResponse
+
+router = APIRouter(tags=["service"])
+
+
+@router.get("/healthz", response_model=Health)
+def healthz() -> Health:
+    """The process is up (it may still be loading models)."""
+    return Health(status="ok")
+
+
+@router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
+def readyz(request: Request):
+    """Every model is loaded, checked against its sha256 and warmed up."""
+    registry = getattr(request.app.state, "registry", None)
+    if registry is None or not getattr(request.app.state, "ready", False):
+        return JSONResponse({"status": "loading", "models": {}}, status_code=503)
+    return Readiness(status="ready", models={name: m.version for name, m in registry.loaded().items()})
+
+
+@router.get("/version", response_model=VersionResponse)
+def version(request: Request) -> VersionResponse:
+    """Service and model versions, and the published upload limits."""
+    settings = request.app.state.settings
+    manifest = request.app.state.manifest
+    return VersionResponse(
+        service="microfacs",
+        version=__version__,
+        models={
+            name: ModelInfo(version=e["version"], sha256=e["sha256"], licence=e.get("licence", ""))
+            for name, e in manifest["models"].items()
+        },
+        limits=Limits(
+            max_upload_bytes=settings.max_upload_bytes,
+            max_image_pixels=settings.max_image_pixels,
+            max_image_side=settings.max_image_side,
+            min_image_side=settings.min_image_side,
+            formats=list(SUPPORTED_FORMATS),
+            max_faces=settings.max_faces_limit,
+        ),
+    )
