@@ -1,0 +1,146 @@
+"""The per-region occlusion classifier: model file, behaviour on a real face, occluder labels, training."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+from app.align import AlignedFace, align_face, landmarks_in_crop
+from app.landmarks import LandmarkStage
+from app.model_zoo.base import sha256_of
+from app.model_zoo.blazeface import BlazeFaceFullRange
+from app.model_zoo.face_mesh import FaceMesh
+from app.model_zoo.occlusion import REGIONS, OcclusionClassifier
+from app.settings import get_settings
+from tests.helpers import REPO
+
+MODELS = get_settings().models_dir
+
+
+@pytest.fixture(scope="module")
+def classifier() -> OcclusionClassifier:
+    return OcclusionClassifier(MODELS)
+
+
+@pytest.fixture(scope="module")
+def astronaut_face():
+    """The astronaut's aligned crop and its mesh landmarks in crop pixels, from the service's face stage."""
+    from skimage import data
+
+    image = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
+    detections = BlazeFaceFullRange(MODELS).detect(image)
+    assert len(detections) == 1
+    mesh = LandmarkStage(FaceMesh(MODELS)).from_detection(image, detections[0].box, detections[0].keypoints)
+    aligned = align_face(image, mesh.landmarks)
+    return aligned, landmarks_in_crop(aligned, mesh.landmarks)
+
+
+def _with(aligned: AlignedFace, image: np.ndarray) -> AlignedFace:
+    return AlignedFace(image=image, matrix=aligned.matrix)
+
+
+def test_model_loads_and_matches_manifest(classifier):
+    assert classifier.entry.extra["classes"] == list(REGIONS)
+    assert set(classifier.thresholds) == set(REGIONS)
+    assert all(0.0 < t < 1.0 for t in classifier.thresholds.values())
+    assert classifier.input_shape[1:] == (1, 64, 64)
+    classifier.warm_up()
+    probs = classifier.predict(AlignedFace(image=np.full((112, 112, 3), 128, np.uint8), matrix=np.eye(2, 3)))
+    assert set(probs) == set(REGIONS) and all(0.0 <= p <= 1.0 for p in probs.values())
+
+
+def test_clean_real_face_is_not_occluded(classifier, astronaut_face):
+    aligned, _ = astronaut_face
+    probs = classifier.predict(aligned)
+    assert classifier.occluded(probs) == [], probs
+
+
+def test_bar_over_the_eyes_flags_eyes_not_mouth(classifier, astronaut_face):
+    aligned, marks = astronaut_face
+    image = aligned.image.copy()
+    eyes = marks[[33, 133, 362, 263, 159, 145, 386, 374]]
+    y0, y1 = int(eyes[:, 1].min()) - 5, int(eyes[:, 1].max()) + 5
+    cv2.rectangle(image, (int(eyes[:, 0].min()) - 8, y0), (int(eyes[:, 0].max()) + 8, y1), (20, 20, 20), -1)
+    probs = classifier.predict(_with(aligned, image))
+    flagged = classifier.occluded(probs)
+    assert "eyes" in flagged, probs
+    assert "mouth" not in flagged, probs
+
+
+def test_scarf_over_the_mouth_flags_mouth(classifier, astronaut_face):
+    aligned, marks = astronaut_face
+    image = aligned.image.copy()
+    top = int(marks[[0, 37, 267]][:, 1].min()) - 4  # just above the upper lip
+    cv2.rectangle(image, (0, top), (111, 111), (90, 60, 140), -1)  # a plain purple scarf
+    probs = classifier.predict(_with(aligned, image))
+    flagged = classifier.occluded(probs)
+    assert "mouth" in flagged, probs
+    assert "eyes" not in flagged and "brows" not in flagged, probs
+
+
+def test_occluder_labels_follow_the_region_masks(astronaut_face):
+    from training.occluders import (
+        FAMILIES, HELDOUT_IMAGES, TRAIN_IMAGES, coverage_fractions, labels_from_fractions, load_images, occlude,
+        region_masks,
+    )
+
+    aligned, marks = astronaut_face
+    crop = cv2.cvtColor(aligned.image, cv2.COLOR_BGR2GRAY)
+    masks = region_masks(marks)
+    assert masks.shape == (4, 112, 112) and all(m.sum() > 20 for m in masks)
+    # masks sit where the regions are: brows above eyes above nose above mouth
+    centres_y = [np.nonzero(m)[0].mean() for m in masks]
+    eyes, nose, mouth, brows = centres_y
+    assert brows < eyes < nose < mouth
+
+    # an alpha that covers exactly the mouth mask: mouth 1, others 0
+    labels, weights = labels_from_fractions(coverage_fractions(masks, masks[2].astype(np.float32)))
+    assert labels.tolist() == [0, 0, 1, 0] and weights.tolist() == [1, 1, 1, 1]
+    # a quarter covered is ambiguous (ignored in training); nothing covered is clean
+    part = np.zeros((112, 112), np.float32)
+    ys, xs = np.nonzero(masks[0])
+    part[ys[: len(ys) // 5], xs[: len(ys) // 5]] = 1.0
+    labels, weights = labels_from_fractions(coverage_fractions(masks, part))
+    assert labels[0] == 0 and weights[0] == 0
+
+    ctx = {"images": load_images(TRAIN_IMAGES[:2]), "heldout_images": load_images(HELDOUT_IMAGES[:2]),
+           "other_crop": lambda r: crop}
+    rng = np.random.default_rng(0)
+    for family in FAMILIES:
+        for _ in range(5):
+            occ = occlude(crop, marks, rng, ctx, families=(family,), weights=None, count=1)
+            assert occ.image.shape == crop.shape and occ.image.dtype == np.uint8
+            assert np.allclose(occ.fractions, coverage_fractions(masks, occ.alpha))
+            assert np.array_equal(occ.labels, (occ.fractions >= 0.3).astype(np.float32))
+            # the crop is untouched away from the occluder
+            outside = occ.alpha < 1e-3
+            assert np.abs(occ.image[outside].astype(int) - crop[outside]).max(initial=0) <= 1
+    # sunglasses always cover the eyes, masks and scarves never touch the brows
+    for _ in range(10):
+        assert occlude(crop, marks, rng, ctx, families=("sunglasses",), weights=None, count=1).fractions[0] > 0.3
+        for fam in ("mask", "scarf"):
+            assert occlude(crop, marks, rng, ctx, families=(fam,), weights=None, count=1).labels[3] == 0
+
+
+@pytest.mark.slow
+def test_training_smoke_run_exports_a_loadable_model(tmp_path):
+    cache = REPO / "runs" / "cache" / "ckplus.npz"
+    if not cache.is_file():
+        pytest.skip(f"{cache} is absent: needs ../shared/data and `python -m training.prepare_faces --only ckplus`")
+    pytest.importorskip("torch")
+    from training.train_occlusion import main
+
+    out = tmp_path / "run"
+    main(["--smoke", "--out", str(out)])
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(out / "occlusion.onnx", models / "occlusion.onnx")
+    entry = json.loads((out / "manifest_entry.json").read_text())
+    entry["sha256"] = sha256_of(models / "occlusion.onnx")
+    (models / "manifest.json").write_text(json.dumps({"manifest_version": 1, "models": {"occlusion": entry}}))
+    model = OcclusionClassifier(models)
+    probs = model.predict(AlignedFace(image=np.zeros((112, 112, 3), np.uint8), matrix=np.eye(2, 3)))
+    assert set(probs) == set(REGIONS)
