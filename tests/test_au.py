@@ -1,0 +1,128 @@
+"""The AU detector: region map and labels, the served ONNX model and its decoding, /detect-au, a training smoke run."""
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from app.model_zoo.au_detector import AuDetector, decode, detections, face_decisions, nms, preprocess
+from app.pipeline import FaceOptions
+from app.settings import Settings
+from tests.helpers import REPO, encode, post_image
+
+CACHE = REPO / "runs" / "cache" / "ckplus.npz"
+
+
+@pytest.fixture(scope="module")
+def detector() -> AuDetector:
+    return AuDetector(Settings().models_dir)
+
+
+def synthetic_landmarks(size: int = 112, seed: int = 0) -> np.ndarray:
+    """A constructed 468-point set: a mean-like face (eye/brow/mouth rows) plus points at the crop's edges."""
+    rng = np.random.default_rng(seed)
+    marks = rng.uniform(0.1 * size, 0.9 * size, (468, 2))
+    marks[[33, 133]] = [0.19 * size, 0.26 * size], [0.38 * size, 0.27 * size]
+    marks[[362, 263]] = [0.62 * size, 0.27 * size], [0.81 * size, 0.26 * size]
+    marks[[10, 152]] = [0.5 * size, -0.1 * size], [0.5 * size, 1.05 * size]  # beyond the crop: must be clipped
+    marks[[234, 454]] = [-2.0, 0.4 * size], [size + 3, 0.4 * size]
+    return marks
+
+
+def test_region_map_boxes_inside_crop():
+    from training.au_regions import AU_REGIONS, FACS_NAMES, au_boxes
+    from training.draw_au_labels import draw
+
+    assert set(AU_REGIONS) == set(FACS_NAMES)
+    marks = synthetic_landmarks()
+    boxes = au_boxes(marks, list(AU_REGIONS), clip=112)
+    assert {au for au, _ in boxes} == set(AU_REGIONS)
+    for au, (x0, y0, x1, y1) in boxes:
+        assert 0 <= x0 < x1 <= 112 and 0 <= y0 < y1 <= 112, (au, x0, y0, x1, y1)
+    assert len(au_boxes(marks, ["AU12"])) == 2 and len(au_boxes(marks, ["AU25"])) == 1  # two sides / midline
+    picture = draw(np.full((112, 112), 128, np.uint8), boxes, scale=2)
+    assert picture.shape == (224, 224, 3) and (picture != 128).any()
+
+
+def test_decode_and_nms_shapes():
+    anchors = np.array([[0.2, 0.2], [0.4, 0.3]], np.float32)
+    raw = np.zeros((8 * 8 * 2, 5 + 3), np.float32)
+    raw[10, 4] = 6.0  # one confident box, cell row 0, col 5, anchor 0
+    raw[10, 5 + 1] = 6.0
+    boxes, scores = decode(raw, anchors)
+    assert boxes.shape == (128, 4) and scores.shape == (128, 3)
+    np.testing.assert_allclose(boxes[10], [(5.5 / 8) - 0.1, 0.5 / 8 - 0.1, 5.5 / 8 + 0.1, 0.5 / 8 + 0.1], atol=1e-6)
+    assert nms(boxes, scores[:, 1], 0.5)[0] == 10
+    probability, best = face_decisions(raw, anchors)
+    assert probability.argmax() == 1 and probability[1] > 0.99
+    np.testing.assert_allclose(best[1], boxes[10])
+    kept_boxes, kept_scores = detections(raw, anchors)[1]
+    assert kept_scores[0] == probability[1] and (kept_boxes[0] == best[1]).all()
+
+
+def test_onnx_model_loads_and_decodes(detector):
+    entry = detector.entry.extra
+    assert entry["licence"].startswith("research use only")
+    assert len(detector.classes) == len(entry["thresholds"]) and detector.anchors.shape[1] == 2
+    (raw,) = detector.run(preprocess(np.full((112, 112, 3), 120, np.uint8), detector.size))
+    assert raw.shape == (1, (detector.size // 8) ** 2 * len(detector.anchors), 5 + len(detector.classes))
+    probability, boxes = face_decisions(raw[0], detector.anchors)
+    assert np.isfinite(probability).all() and ((probability >= 0) & (probability <= 1)).all()
+
+
+def test_astronaut_action_units(pipeline, detector, astronaut):
+    analysis = pipeline.analyze(astronaut, FaceOptions())
+    assert len(analysis.faces) == 1
+    face = analysis.faces[0]
+    units = detector.predict(face.aligned)
+    assert [u.au for u in units] == detector.classes
+    x0, y0, x1, y1 = face.box
+    pad_x, pad_y = 0.15 * (x1 - x0), 0.15 * (y1 - y0)
+    for unit in units:
+        assert 0.0 <= unit.probability <= 1.0 and unit.name
+        assert unit.present == (unit.box is not None)
+        if unit.box is not None:
+            assert (unit.box >= 0).all() and (unit.box <= face.aligned.size).all()
+            bx0, by0, bx1, by1 = face.aligned.box_to_image(unit.box)
+            assert x0 - pad_x <= bx0 < bx1 <= x1 + pad_x and y0 - pad_y <= by0 < by1 <= y1 + pad_y, unit
+    by_code = {u.au: u for u in units}
+    assert by_code["AU12"].present, "the astronaut smiles: Lip Corner Puller"
+
+
+def test_detect_au_endpoint(client, astronaut):
+    response = post_image(client, "/detect-au", encode(astronaut))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    face = body["faces"][0]
+    assert face["action_units"] and {"au", "name", "probability", "present", "box"} <= set(face["action_units"][0])
+    present = [u for u in face["action_units"] if u["present"]]
+    assert all(u["box"]["width"] > 0 and u["box"]["height"] > 0 for u in present)
+    assert "action_units" in body["timings_ms"]
+
+
+@pytest.mark.slow
+def test_training_smoke_exports_loadable_onnx(tmp_path):
+    if not CACHE.is_file():
+        pytest.skip(f"{CACHE} is absent: needs ../shared/data (CK+); "
+                    "build it with python -m training.prepare_faces --only ckplus")
+    import json
+
+    from training.train_au import main
+
+    main(["--smoke", "--out", str(tmp_path), "--max-batches", "2"])
+    path = tmp_path / "au_detector.onnx"
+    meta = json.loads((tmp_path / "au_detector.json").read_text())
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (raw,) = session.run(None, {"input": preprocess(np.zeros((112, 112), np.uint8), meta["input_size"])})
+    probability, _ = face_decisions(raw[0], np.asarray(meta["anchors"], np.float32))
+    assert probability.shape == (len(meta["classes"]),)
+
+
+def test_threshold_and_f1_helpers():
+    from training.evaluate_au import EMFACS, best_threshold, prf
+
+    truth = np.array([1, 1, 0, 0, 1], bool)
+    scores = np.array([0.9, 0.8, 0.3, 0.1, 0.6])
+    t = best_threshold(scores, truth)
+    assert 0.3 < t <= 0.6 and prf(scores >= t, truth)[0] == 1.0
+    assert EMFACS["happy"] == [6, 12]

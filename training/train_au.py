@@ -1,0 +1,343 @@
+"""Train the AU detector on CK+ (automatic AU rectangles from the mesh), with subject-wise cross-validation.
+
+    python -m training.train_au --cv       # 5 subject-wise folds -> runs/au/cv/fold{k}.onnx (+ .json)
+    python -m training.train_au --final    # all subjects -> models/au_detector.onnx + manifest entry
+    python -m training.train_au --smoke --out /tmp/x   # a few batches, exports a loadable ONNX (CI)
+
+Then ``python -m training.evaluate_au --write-manifest`` scores the fold ONNX files through the service's
+decoding, picks the per-AU thresholds and writes them and the CV metrics into the manifest.
+Reads runs/cache/ckplus.npz (``python -m training.prepare_faces --only ckplus``). Logs to runs/au/*.log.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from app.model_zoo.base import sha256_of
+from training.au_model import AuNet, au_scores_torch, count_macs, kmeans_anchors, yolo_loss
+from training.au_regions import FACS_NAMES, au_boxes
+from training.data import REPO_ROOT, RUNS_DIR
+
+CACHE = RUNS_DIR / "cache" / "ckplus.npz"
+# AUs with enough positives in CK+ (>= 16 sequences). Left out: AU10 (13 sequences), AU16 (9), AU18 (5),
+# AU11 (2), AU21 (1), AU22 (0).
+CLASSES = ["AU1", "AU2", "AU4", "AU5", "AU6", "AU7", "AU9", "AU12", "AU14", "AU15", "AU17", "AU20",
+           "AU23", "AU24", "AU25", "AU26", "AU27"]
+INPUT_SIZE = 64
+NUM_ANCHORS = 5
+FOLDS = 5
+LICENCE = "research use only (CK+ terms: non-commercial research, no redistribution)"
+log = logging.getLogger("train_au")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def setup_logging(path: Path | None) -> None:
+    """Log to stdout and ``path``; only this module's logger (tests calling main() keep their logging)."""
+    for handler in list(log.handlers):
+        log.removeHandler(handler)
+        handler.close()
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(path, mode="w"))
+    for handler in handlers:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+def preprocess_crop(grey: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
+    """The aligned grey crop resized to the network input, float32 in [0, 1]. Same as the service."""
+    return cv2.resize(grey, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+
+
+class CkPlus:
+    def __init__(self, cache: Path = CACHE, size: int = INPUT_SIZE) -> None:
+        data = np.load(cache)
+        self.size = size
+        scale = size / data["crops"].shape[1]
+        self.images = np.stack([preprocess_crop(c, size) for c in data["crops"]])
+        self.landmarks = data["landmarks"].astype(np.float32) * scale
+        names = [str(a) for a in data["au_names"]]
+        self.labels = data["aus"][:, [names.index(a) for a in CLASSES]].astype(np.float32)
+        self.subjects = data["subjects"].astype(str)
+        self.emotions = data["emotions"].astype(str)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def targets(self, landmarks: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """(T, 5) class, cx, cy, w, h in crop fractions for the active AUs."""
+        active = [CLASSES[j] for j in np.flatnonzero(labels)]
+        rows = []
+        for au, (x0, y0, x1, y1) in au_boxes(landmarks, active, clip=self.size):
+            if x1 - x0 > 1 and y1 - y0 > 1:
+                rows.append([CLASSES.index(au), (x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0])
+        out = np.array(rows, np.float32).reshape(-1, 5)
+        out[:, 1:] /= self.size
+        return out
+
+
+def subject_folds(subjects: np.ndarray, k: int = FOLDS, seed: int = 0) -> np.ndarray:
+    """Fold number of every image; all images of a subject share a fold (never split by image)."""
+    unique = np.array(sorted(set(subjects)))
+    order = np.random.default_rng(seed).permutation(len(unique))
+    fold_of = {unique[j]: i % k for i, j in enumerate(order)}
+    return np.array([fold_of[s] for s in subjects])
+
+
+def augment(image: np.ndarray, marks: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Flip, affine jitter, brightness/contrast/gamma, blur, noise. Landmarks move with the pixels, so the
+    AU boxes (recomputed from them) follow; after a flip each side's box lands on the other side."""
+    s = image.shape[0]
+    marks = marks.copy()
+    if rng.random() < 0.5:
+        image = image[:, ::-1]
+        marks[:, 0] = s - 1 - marks[:, 0]
+    angle = rng.uniform(-12, 12)
+    scale = rng.uniform(0.9, 1.1)
+    matrix = cv2.getRotationMatrix2D((s / 2, s / 2), angle, scale)
+    matrix[:, 2] += rng.uniform(-0.06, 0.06, 2) * s
+    image = cv2.warpAffine(np.ascontiguousarray(image), matrix, (s, s), flags=cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_REPLICATE)
+    marks = marks @ matrix[:, :2].T + matrix[:, 2]
+    image = np.clip(image, 0, 1) ** rng.uniform(0.7, 1.4)
+    image = image * rng.uniform(0.6, 1.4) + rng.uniform(-0.2, 0.2)
+    if rng.random() < 0.3:
+        image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.4, 1.2))
+    if rng.random() < 0.3:
+        image = image + rng.normal(0, rng.uniform(0.01, 0.04), image.shape).astype(np.float32)
+    return np.clip(image, 0, 1).astype(np.float32), marks
+
+
+def batches(data: CkPlus, index: np.ndarray, batch_size: int, rng: np.random.Generator, train: bool):
+    order = rng.permutation(index) if train else index
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        if train and len(chunk) < 2:
+            continue
+        images, targets = [], []
+        for i in chunk:
+            if train:
+                image, marks = augment(data.images[i], data.landmarks[i], rng)
+            else:
+                image, marks = data.images[i], data.landmarks[i]
+            images.append(image)
+            targets.append(data.targets(marks, data.labels[i]))
+        yield torch.from_numpy(np.stack(images)[:, None]), targets, chunk
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+def fit_anchors(data: CkPlus, index: np.ndarray, k: int = NUM_ANCHORS) -> np.ndarray:
+    wh = np.concatenate([data.targets(data.landmarks[i], data.labels[i])[:, 3:5] for i in index])
+    return kmeans_anchors(wh.astype(np.float64), k).astype(np.float32)
+
+
+def train(data: CkPlus, index: np.ndarray, args: argparse.Namespace, tag: str) -> AuNet:
+    seed_everything(args.seed)
+    rng = np.random.default_rng(args.seed)
+    anchors = fit_anchors(data, index)
+    log.info(f"[{tag}] {len(index)} images, {len(set(data.subjects[index]))} subjects; anchors (w,h): "
+             + " ".join(f"{w:.3f}x{h:.3f}" for w, h in anchors))
+    model = AuNet(len(CLASSES), anchors, width=args.width)
+    ema = torch.optim.swa_utils.AveragedModel(
+        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema), use_buffers=True)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    steps_per_epoch = max(1, len(index) // args.batch_size)
+    if args.max_batches:
+        steps_per_epoch = min(steps_per_epoch, args.max_batches)
+    total = steps_per_epoch * args.epochs
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=args.lr, total_steps=total, pct_start=0.1)
+    start = time.time()
+    for epoch in range(args.epochs):
+        model.train()
+        sums = {"loss": 0.0, "box": 0.0, "obj": 0.0, "cls": 0.0}
+        seen = 0
+        for step, (images, targets, _) in enumerate(batches(data, index, args.batch_size, rng, train=True)):
+            if step >= steps_per_epoch:
+                break
+            loss, parts = yolo_loss(model(images), targets, model.anchors)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+            optimiser.step()
+            schedule.step()
+            ema.update_parameters(model)
+            sums["loss"] += loss.item()
+            for key, value in parts.items():
+                sums[key] += value
+            seen += 1
+        if epoch % 5 == 4 or epoch == args.epochs - 1:
+            losses = " ".join(f"{k} {v / max(seen, 1):.3f}" for k, v in sums.items())
+            log.info(f"[{tag}] epoch {epoch + 1}/{args.epochs} {losses}"
+                     + f" lr {schedule.get_last_lr()[0]:.2e} ({time.time() - start:.0f}s)")
+    final = ema.module
+    final.eval()
+    return final
+
+
+@torch.no_grad()
+def predict_scores(model: AuNet, data: CkPlus, index: np.ndarray) -> np.ndarray:
+    model.eval()
+    out = []
+    for images, _, _ in batches(data, index, 64, np.random.default_rng(0), train=False):
+        out.append(au_scores_torch(model(images)).numpy())
+    return np.concatenate(out)
+
+
+def export_onnx(model: AuNet, path: Path, data: CkPlus | None = None) -> float:
+    """Export with opset 17, check onnxruntime against torch on random and real crops; returns max |diff|."""
+    import onnxruntime as ort
+
+    model.eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dummy = torch.rand(1, 1, INPUT_SIZE, INPUT_SIZE)
+    with warnings.catch_warnings():  # the TorchScript exporter is deprecated but needs no onnxscript
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(model, (dummy,), str(path), opset_version=17, input_names=["input"], output_names=["raw"],
+                          dynamic_axes={"input": {0: "batch"}, "raw": {0: "batch"}}, dynamo=False)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    checks = {"random": torch.rand(4, 1, INPUT_SIZE, INPUT_SIZE)}
+    if data is not None:
+        checks["real"] = torch.from_numpy(data.images[:8, None])
+    worst = 0.0
+    for name, x in checks.items():
+        with torch.no_grad():
+            expected = model(x).numpy()
+        got = session.run(None, {"input": x.numpy()})[0]
+        diff = float(np.abs(expected - got).max())
+        worst = max(worst, diff)
+        log.info(f"onnx check {path.name} ({name} input {tuple(x.shape)}): max |torch - onnx| = {diff:.2e}")
+    return worst
+
+
+def model_meta(model: AuNet, args: argparse.Namespace) -> dict:
+    macs = count_macs(model, INPUT_SIZE)
+    params = sum(p.numel() for p in model.parameters())
+    grid = INPUT_SIZE // 8
+    return {
+        "classes": CLASSES, "names": {a: FACS_NAMES[a] for a in CLASSES},
+        "anchors": [[round(float(w), 5), round(float(h), 5)] for w, h in model.anchors.numpy()],
+        "input_size": INPUT_SIZE, "grid": grid, "mflops": round(2 * macs / 1e6, 1), "params": int(params),
+        "train_args": {k: v for k, v in vars(args).items() if k in
+                       ("epochs", "batch_size", "lr", "weight_decay", "width", "seed", "ema")},
+    }
+
+
+def write_manifest_entry(meta: dict, onnx_check: float, models_dir: Path) -> None:
+    """Create/refresh the au_detector entry; thresholds and metrics are filled in by evaluate_au."""
+    path = models_dir / "manifest.json"
+    manifest = json.loads(path.read_text())
+    old = manifest["models"].get("au_detector", {})
+    grid, a = meta["grid"], len(meta["anchors"])
+    manifest["models"]["au_detector"] = {
+        "version": time.strftime("%Y.%m.%d") + "-ckplus",
+        "file": "au_detector.onnx",
+        "sha256": old.get("sha256", ""),
+        "task": "FACS Action Unit detection on the aligned face crop (YOLO-style AU boxes, patent CN109344744)",
+        "input": {"name": "input", "shape": ["batch", 1, meta["input_size"], meta["input_size"]], "layout": "NCHW",
+                  "color": "grey (BGR->GRAY of the 112x112 aligned crop, cv2.INTER_AREA resize)",
+                  "range": [0.0, 1.0], "resize": "app.align aligned crop, resized"},
+        "outputs": {"raw": f"[batch, {grid * grid * a}, {5 + len(meta['classes'])}]: per (cell row, cell col, anchor): "
+                           "tx, ty, tw, th, objectness logit, one logit per AU"},
+        "grid": grid,
+        "classes": meta["classes"],
+        "names": meta["names"],
+        "anchors": meta["anchors"],
+        "thresholds": old.get("thresholds", {a: 0.5 for a in meta["classes"]}),
+        "nms_iou": 0.5,
+        "metrics": old.get("metrics", {}),
+        "architecture": {"mflops": meta["mflops"], "params": meta["params"], "train_args": meta["train_args"]},
+        "conversion_check": f"max |torch - onnx| = {onnx_check:.1e} on random and real crops (training/train_au.py)",
+        "training_data": "CK+ (CK+48 copy, 759 faces of 94 subjects: the last 3 frames of each emotion sequence), "
+                         "FACS codes of the peak frame; AU boxes made automatically from the face mesh "
+                         "(training/au_regions.py)",
+        "licence": LICENCE,
+        "bytes": (models_dir / "au_detector.onnx").stat().st_size,
+    }
+    manifest["models"]["au_detector"]["sha256"] = sha256_of(models_dir / "au_detector.onnx")
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    log.info(f"manifest entry au_detector -> {path} (run training.evaluate_au --write-manifest for thresholds)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--cv", action="store_true", help="subject-wise k-fold cross-validation")
+    mode.add_argument("--final", action="store_true", help="train on all subjects, export models/au_detector.onnx")
+    mode.add_argument("--smoke", action="store_true", help="a few batches; exports to --out")
+    parser.add_argument("--folds", type=str, default="", help="comma-separated fold numbers to run (default all)")
+    parser.add_argument("--cache", type=Path, default=CACHE)
+    parser.add_argument("--out", type=Path, default=RUNS_DIR / "au")
+    parser.add_argument("--models-dir", type=Path, default=REPO_ROOT / "models")
+    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-batches", type=int, default=0, help="batches per epoch (0 = all)")
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--weight-decay", type=float, default=5e-4)
+    parser.add_argument("--width", type=int, default=16)
+    parser.add_argument("--ema", type=float, default=0.99)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.epochs, args.max_batches = 1, args.max_batches or 3
+    torch.set_num_threads(args.threads)
+    name = "cv" if args.cv else "final" if args.final else "smoke"
+    setup_logging(args.out / f"train_{name}{'_' + args.folds.replace(',', '') if args.folds else ''}.log")
+    log.info(f"args: {vars(args)}")
+    data = CkPlus(args.cache)
+    everyone = np.arange(len(data))
+
+    if args.cv:
+        folds = subject_folds(data.subjects)
+        wanted = [int(f) for f in args.folds.split(",")] if args.folds else list(range(FOLDS))
+        for k in wanted:
+            train_idx, test_idx = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
+            model = train(data, train_idx, args, tag=f"fold {k}")
+            scores = predict_scores(model, data, test_idx)
+            onnx_path = args.out / "cv" / f"fold{k}.onnx"
+            check = export_onnx(model, onnx_path, data)
+            meta = model_meta(model, args) | {"fold": k, "test_index": test_idx.tolist(), "onnx_check": check,
+                                               "torch_scores": scores.round(5).tolist()}
+            (args.out / "cv" / f"fold{k}.json").write_text(json.dumps(meta))
+            hit = ((scores > 0.5) == data.labels[test_idx].astype(bool))
+            accuracy = " ".join(f"{a} {v:.2f}" for a, v in zip(CLASSES, hit.mean(0)))
+            log.info(f"[fold {k}] accuracy at 0.5 per AU: {accuracy}")
+        return
+
+    model = train(data, everyone, args, tag=name)
+    if args.smoke:
+        check = export_onnx(model, args.out / "au_detector.onnx", data)
+        (args.out / "au_detector.json").write_text(json.dumps(model_meta(model, args)))
+        return
+    path = args.models_dir / "au_detector.onnx"
+    check = export_onnx(model, path, data)
+    meta = model_meta(model, args)
+    log.info(f"final model: {meta['mflops']} MFLOPs, {meta['params']} parameters -> {path}")
+    write_manifest_entry(meta, check, args.models_dir)
+
+
+if __name__ == "__main__":
+    main()
