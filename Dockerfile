@@ -1,25 +1,34 @@
-# MicroFACS: CPU inference service with the ONNX models baked in.
-FROM python:3.11-slim
+# MicroFACS: CPU inference service with the ONNX models baked in (no weights are fetched at run time).
+#   docker build -t microfacs:0.1.0 .
+#   docker run -p 8000:8000 -e MICROFACS_WORKERS=2 microfacs:0.1.0
+# tests/test_deploy.py lints this file with hadolint and replays its COPY/RUN/CMD steps in a fresh venv.
+FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    MICROFACS_WORKERS=1
+    MICROFACS_HOST=0.0.0.0 \
+    MICROFACS_PORT=8000 \
+    MICROFACS_WORKERS=1 \
+    MICROFACS_ONNX_THREADS=1
 
 WORKDIR /srv/microfacs
 
-RUN groupadd --system microfacs && useradd --system --gid microfacs --home-dir /srv/microfacs microfacs
+RUN groupadd --system --gid 10001 microfacs \
+    && useradd --system --uid 10001 --gid microfacs --no-create-home --home-dir /srv/microfacs microfacs
 
 COPY pyproject.toml README.md ./
+COPY clients/python ./clients/python
 COPY app ./app
+COPY microfacs_cli ./microfacs_cli
 COPY models ./models
-RUN pip install --no-cache-dir . && python -c "import app.main"
+RUN pip install --no-cache-dir ./clients/python . && python -c "import app.main"
 
-USER microfacs
+USER 10001:10001
 EXPOSE 8000
 
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=4).status != 200)"]
+    CMD ["python", "-c", "import os, sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('MICROFACS_PORT', '8000'), timeout=4).status != 200)"]
 
-CMD ["sh", "-c", "exec uvicorn app.main:app --host 0.0.0.0 --port 8000 --workers ${MICROFACS_WORKERS}"]
+CMD ["sh", "-c", "exec uvicorn app.main:app --host \"$MICROFACS_HOST\" --port \"$MICROFACS_PORT\" --workers \"$MICROFACS_WORKERS\" --proxy-headers --timeout-graceful-shutdown 20"]

@@ -7,6 +7,7 @@ from typing import AsyncIterator
 
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi_offline import FastAPIOffline
 
 from app import __version__
 from app.errors import install_error_handlers
@@ -14,7 +15,9 @@ from app.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from app.model_zoo.base import load_manifest
 from app.pipeline import FacePipeline
 from app.registry import ModelRegistry
+from app.render_http import RENDER_RESPONSES, RenderMiddleware, render_option
 from app.routes import faces, health
+from app.routes.demo import install_demo
 from app.routes.deps import require_api_key
 from app.schemas import ErrorResponse
 from app.settings import Settings, get_settings
@@ -47,7 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         app.state.ready = False
 
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs and /redoc from local assets: the service runs offline
         title="MicroFACS",
         version=__version__,
         description=DESCRIPTION.format(**settings.model_dump()),
@@ -63,7 +66,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     for router in ANALYSIS_ROUTERS:
-        app.include_router(router, dependencies=[Depends(require_api_key)])
+        app.include_router(
+            router, dependencies=[Depends(require_api_key), Depends(render_option)], responses=RENDER_RESPONSES
+        )
+    install_demo(app)
+    app.add_middleware(RenderMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_upload_bytes=settings.max_upload_bytes)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"])

@@ -1,8 +1,10 @@
 """Loads every ONNX model the service uses, once, and warms it up."""
 from __future__ import annotations
 
+from app.model_zoo.au_detector import AuDetector
 from app.model_zoo.base import OnnxModel, load_manifest
 from app.model_zoo.blazeface import BlazeFaceFullRange, BlazeFaceShortRange
+from app.model_zoo.expression import ExpressionRecognizer
 from app.model_zoo.face_mesh import FaceMesh
 from app.model_zoo.occlusion import OcclusionClassifier
 from app.settings import Settings
@@ -16,6 +18,8 @@ class ModelRegistry:
         self.short_range = BlazeFaceShortRange(models_dir, threads)
         self.mesh = FaceMesh(models_dir, threads)
         self.occlusion = OcclusionClassifier(models_dir, threads)
+        self.expression = ExpressionRecognizer(models_dir, threads)
+        self.au = AuDetector(models_dir, threads)
 
     def loaded(self) -> dict[str, OnnxModel]:
         return {m.entry.name: m for m in vars(self).values() if isinstance(m, OnnxModel)}

@@ -1,10 +1,27 @@
-"""Response stage: internal results -> the pydantic shapes of app/schemas.py."""
+"""Response stage: internal results -> the pydantic shapes of app/schemas.py.
+
+Every analysis endpoint answers with the same face objects; an endpoint that runs a per-face network
+(AUs, expression) names it as an extra field, computed only for faces the pre-filters let through
+(a filtered face carries ``null`` there) and timed under the field's name.
+"""
 from __future__ import annotations
 
-import numpy as np
+from typing import Any, Callable, TypeVar
 
+import numpy as np
+from pydantic import BaseModel
+
+from app.model_zoo.au_detector import ActionUnit
+from app.model_zoo.expression import ExpressionResult
 from app.pipeline import FaceAnalysis, ImageAnalysis
-from app.schemas import Box, DetectFacesResponse, Face, ImageInfo, Occlusion, Pose
+from app.schemas import ActionUnitOut, Box, ExpressionOut, ImageInfo, Occlusion, Pose
+
+Response = TypeVar("Response", bound=BaseModel)
+PerFace = Callable[[FaceAnalysis], Any]
+
+
+def unit_interval(value: float) -> float:
+    return round(min(max(float(value), 0.0), 1.0), 4)
 
 
 def box_out(box: np.ndarray) -> Box:
@@ -13,13 +30,13 @@ def box_out(box: np.ndarray) -> Box:
 
 
 def face_out(face_id: int, face: FaceAnalysis, include_landmarks: bool) -> dict:
-    """Fields shared by every endpoint's face object (a dict, so endpoints can add theirs)."""
+    """Fields shared by every endpoint's face object."""
     verdict = face.occlusion
     return dict(
         face_id=face_id,
         box=box_out(face.box),
-        confidence=round(min(max(face.confidence, 0.0), 1.0), 4),
-        landmark_confidence=round(min(max(face.landmark_confidence, 0.0), 1.0), 4),
+        confidence=unit_interval(face.confidence),
+        landmark_confidence=unit_interval(face.landmark_confidence),
         pose=Pose(yaw=round(face.pose.yaw, 2), pitch=round(face.pose.pitch, 2), roll=round(face.pose.roll, 2)),
         occlusion=Occlusion(
             occluded=verdict.occluded,
@@ -33,10 +50,49 @@ def face_out(face_id: int, face: FaceAnalysis, include_landmarks: bool) -> dict:
     )
 
 
-def detect_faces_response(request_id: str, analysis: ImageAnalysis, include_landmarks: bool) -> DetectFacesResponse:
-    return DetectFacesResponse(
+def action_units_out(units: list[ActionUnit], face: FaceAnalysis) -> list[ActionUnitOut]:
+    """AU boxes come out of the network in aligned-crop pixels; map them back to the image."""
+    return [
+        ActionUnitOut(
+            au=u.au,
+            name=u.name,
+            probability=unit_interval(u.probability),
+            present=u.present,
+            box=None if u.box is None else box_out(face.aligned.box_to_image(u.box)),
+        )
+        for u in units
+    ]
+
+
+def expression_out(result: ExpressionResult) -> ExpressionOut:
+    return ExpressionOut(
+        label=result.label,
+        confidence=unit_interval(result.confidence),
+        scores={k: unit_interval(v) for k, v in result.scores.items()},
+        uncertain=result.uncertain,
+    )
+
+
+def analysis_response(
+    response_model: type[Response],
+    request_id: str,
+    analysis: ImageAnalysis,
+    include_landmarks: bool,
+    **per_face: PerFace,
+) -> Response:
+    faces = []
+    for face_id, face in enumerate(analysis.faces):
+        fields = face_out(face_id, face, include_landmarks)
+        for name, compute in per_face.items():
+            if face.filtered:
+                fields[name] = None
+                continue
+            with analysis.timings.stage(name):
+                fields[name] = compute(face)
+        faces.append(fields)
+    return response_model(
         request_id=request_id,
         image=ImageInfo(width=analysis.width, height=analysis.height),
-        faces=[Face(**face_out(i, f, include_landmarks)) for i, f in enumerate(analysis.faces)],
+        faces=faces,
         timings_ms=analysis.timings.rounded(),
     )

@@ -50,6 +50,62 @@ class DetectFacesResponse(BaseModel):
     timings_ms: dict[str, float]
 
 
+class ActionUnitOut(BaseModel):
+    au: str = Field(description="FACS code, e.g. AU12")
+    name: str = Field(description="FACS name, e.g. Lip Corner Puller")
+    probability: float = Field(ge=0.0, le=1.0, description="the AU detector's score for this AU on this face")
+    present: bool = Field(description="probability >= the AU's threshold (chosen on subject-wise cross-validation)")
+    box: Box | None = Field(None, description="the AU's region in original image pixels; null when absent")
+
+
+class FaceWithActionUnits(Face):
+    action_units: list[ActionUnitOut] | None = Field(
+        None, description="one entry per AU the detector knows; null when the face is filtered"
+    )
+
+
+class DetectActionUnitsResponse(BaseModel):
+    request_id: str
+    image: ImageInfo
+    faces: list[FaceWithActionUnits]
+    timings_ms: dict[str, float]
+
+
+class ExpressionOut(BaseModel):
+    label: str = Field(description="the expression the face appears to show (FER+ class with the highest score)")
+    confidence: float = Field(ge=0.0, le=1.0, description="the label's calibrated probability")
+    scores: dict[str, float] = Field(
+        description="calibrated probability of each of the 8 FER+ expressions: neutral, happiness, surprise, "
+        "sadness, anger, disgust, fear, contempt (sums to 1)"
+    )
+    uncertain: bool = Field(
+        description="the face is unlike the faces the model learnt from (its embedding is far from every "
+        "expression prototype); treat the label with caution"
+    )
+
+
+class FaceWithExpression(Face):
+    expression: ExpressionOut | None = Field(None, description="null when the face is filtered")
+
+
+class RecognizeExpressionResponse(BaseModel):
+    request_id: str
+    image: ImageInfo
+    faces: list[FaceWithExpression]
+    timings_ms: dict[str, float]
+
+
+class FaceWithAll(FaceWithActionUnits, FaceWithExpression):
+    pass
+
+
+class AnalyzeResponse(BaseModel):
+    request_id: str
+    image: ImageInfo
+    faces: list[FaceWithAll]
+    timings_ms: dict[str, float]
+
+
 class ErrorDetail(BaseModel):
     code: str
     message: str

@@ -17,6 +17,15 @@ def client() -> TestClient:
 
 
 @pytest.fixture(scope="session")
+def live_url() -> str:
+    """The real app served by uvicorn on a free 127.0.0.1 port (for the SDK and CLI tests)."""
+    from tests.helpers import LiveServer
+
+    with LiveServer(create_app(Settings())) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
 def pipeline(client):
     return client.app.state.pipeline
 
@@ -35,3 +44,18 @@ def cameraman() -> np.ndarray:
     from skimage import data
 
     return cv2.cvtColor(data.camera(), cv2.COLOR_GRAY2BGR)
+
+
+@pytest.fixture(scope="session")
+def face_cache(tmp_path_factory):
+    """A tiny aligned-face cache (48 faces of each set) made by training.prepare_faces from the shared
+    data, so that every trainer's smoke run reads real faces through the real preprocessing."""
+    from tests.helpers import DATA, requires_data
+
+    requires_data(DATA / "ckplus48")
+    requires_data(DATA / "ferplus")
+    from training.prepare_faces import main as prepare_faces
+
+    out = tmp_path_factory.mktemp("face_cache")
+    prepare_faces(["--limit", "48", "--out", str(out)])
+    return out

@@ -27,3 +27,44 @@ def encode(image: np.ndarray, ext: str = ".jpg", params: list[int] | None = None
 
 def post_image(client, path: str, data: bytes, filename: str = "image.jpg", **params):
     return client.post(path, files={"file": (filename, data, "application/octet-stream")}, params=params)
+
+
+class LiveServer:
+    """An ASGI app served by uvicorn on a free loopback port, in a thread of this process (so that a
+    pytest plugin's fakes apply to it too). ``with LiveServer(app) as url: ...``."""
+
+    def __init__(self, app, ready_path: str = "/readyz", timeout: float = 90.0) -> None:
+        self.app, self.ready_path, self.timeout = app, ready_path, timeout
+
+    def __enter__(self) -> str:
+        import socket
+        import threading
+        import time
+
+        import httpx
+        import uvicorn
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        port = self.sock.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        self.thread.start()
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            if not self.thread.is_alive():
+                raise RuntimeError("the live server stopped while starting (see its log above)")
+            try:
+                if httpx.get(url + self.ready_path, timeout=2).status_code == 200:
+                    return url
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.__exit__()
+        raise RuntimeError(f"the live server was not ready within {self.timeout} s")
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+        self.sock.close()

@@ -110,3 +110,10 @@ def test_api_key_when_configured(astronaut):
         ok = keyed.post("/detect-faces", files={"file": ("a.jpg", encode(astronaut))}, headers={"X-API-Key": "s3cret"})
         assert ok.status_code == 200
         assert keyed.get("/healthz").status_code == 200
+
+
+def test_docs_are_served_without_a_cdn(client):
+    page = client.get("/docs").text
+    assert "cdn.jsdelivr.net" not in page and "unpkg.com" not in page
+    asset = next(part.split('"')[0] for part in page.split('src="')[1:] if part.split('"')[0].endswith(".js"))
+    assert client.get(asset).status_code == 200

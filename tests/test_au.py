@@ -101,15 +101,12 @@ def test_detect_au_endpoint(client, astronaut):
 
 
 @pytest.mark.slow
-def test_training_smoke_exports_loadable_onnx(tmp_path):
-    if not CACHE.is_file():
-        pytest.skip(f"{CACHE} is absent: needs ../shared/data (CK+); "
-                    "build it with python -m training.prepare_faces --only ckplus")
+def test_training_smoke_exports_loadable_onnx(tmp_path, face_cache):
     import json
 
     from training.train_au import main
 
-    main(["--smoke", "--out", str(tmp_path), "--max-batches", "2"])
+    main(["--smoke", "--out", str(tmp_path), "--max-batches", "2", "--cache", str(face_cache / "ckplus.npz")])
     path = tmp_path / "au_detector.onnx"
     meta = json.loads((tmp_path / "au_detector.json").read_text())
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

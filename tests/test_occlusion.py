@@ -126,15 +126,12 @@ def test_occluder_labels_follow_the_region_masks(astronaut_face):
 
 
 @pytest.mark.slow
-def test_training_smoke_run_exports_a_loadable_model(tmp_path):
-    cache = REPO / "runs" / "cache" / "ckplus.npz"
-    if not cache.is_file():
-        pytest.skip(f"{cache} is absent: needs ../shared/data and `python -m training.prepare_faces --only ckplus`")
+def test_training_smoke_run_exports_a_loadable_model(tmp_path, face_cache):
     pytest.importorskip("torch")
     from training.train_occlusion import main
 
     out = tmp_path / "run"
-    main(["--smoke", "--out", str(out)])
+    main(["--smoke", "--out", str(out), "--cache", str(face_cache)])
     models = tmp_path / "models"
     models.mkdir()
     shutil.copy(out / "occlusion.onnx", models / "occlusion.onnx")

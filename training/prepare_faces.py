@@ -47,12 +47,12 @@ def process(stage: LandmarkStage, paths: list[Path]) -> dict[str, np.ndarray]:
     return {"crops": crops, "landmarks": marks, "presence": presence, "pose": pose}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--limit", type=int, default=0, help="only the first N images of each set")
     parser.add_argument("--out", type=Path, default=RUNS_DIR / "cache")
     parser.add_argument("--only", choices=["ferplus", "ckplus"], default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     stage = LandmarkStage(FaceMesh(get_settings().models_dir))
     cut = (lambda rows: rows[: args.limit]) if args.limit else (lambda rows: rows)

@@ -132,8 +132,8 @@ def photometric(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def load_cache(name: str) -> dict[str, np.ndarray]:
-    path = RUNS_DIR / "cache" / f"{name}.npz"
+def load_cache(name: str, cache_dir: Path = RUNS_DIR / "cache") -> dict[str, np.ndarray]:
+    path = cache_dir / f"{name}.npz"
     if not path.is_file():
         raise SystemExit(f"{path} is missing: run `python -m training.prepare_faces` first")
     data = np.load(path)
@@ -309,6 +309,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--out", type=Path, default=RUNS_DIR / "occlusion")
     parser.add_argument("--smoke", action="store_true", help="a few batches on CK+ crops, no install (CI)")
+    parser.add_argument("--cache", type=Path, default=RUNS_DIR / "cache", help="folder of training.prepare_faces")
     parser.add_argument("--no-install", action="store_true", help="do not copy into models/ nor edit the manifest")
     parser.add_argument("--version", default="1.0.0")
     parser.add_argument("--init", type=Path, default=None,
@@ -321,12 +322,13 @@ def main(argv: list[str] | None = None) -> None:
     start = time.time()
 
     if args.smoke:
-        data = load_cache("ckplus")
-        train = {k: v[:192] for k, v in data.items()}
-        valid = {k: v[192:320] for k, v in data.items()}
+        data = load_cache("ckplus", args.cache)
+        n_train = min(192, len(data["crops"]) * 2 // 3)
+        train = {k: v[:n_train] for k, v in data.items()}
+        valid = {k: v[n_train : n_train + 128] for k, v in data.items()}
         args.epochs, args.workers = 1, 0
     else:
-        train, valid = load_cache("ferplus_train"), load_cache("ferplus_valid")
+        train, valid = load_cache("ferplus_train", args.cache), load_cache("ferplus_valid", args.cache)
     print(f"train {len(train['crops'])}  valid {len(valid['crops'])}", flush=True)
 
     valid_clean = np.stack([to_input(c) for c in valid["crops"]])[:, None]

@@ -39,6 +39,7 @@ class Upload:
 
 
 def image_upload(
+    request: Request,
     file: UploadFile = File(description="the image: JPEG, PNG, WebP or BMP"),
     settings: Settings = Depends(settings_of),
 ) -> Upload:
@@ -46,6 +47,7 @@ def image_upload(
     with timings.stage("decode"):
         data = file.file.read(settings.max_upload_bytes + 1)
         image = decode_image(data, limits_of(settings))
+    request.state.image = image  # for ?render=true (app/render_http.py)
     return Upload(image=image, timings=timings)
 
 

@@ -1,0 +1,92 @@
+"""Expression recogniser: 8 FER+ expression classes from the aligned face crop, plus an embedding.
+
+The network (training/expression_model.py, trained with statistically screened triplets, see
+models/EXPRESSION.md) reads the 112x112 aligned crop converted to grey and resized to 48x48 with
+cv2.INTER_AREA, scaled to [0, 1]. Its ONNX file returns calibrated probabilities (temperature baked in)
+and the L2-normalised embedding. A face whose embedding lies farther from every class prototype than
+the manifest's threshold is flagged ``uncertain``: the network has seen few faces like it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from app.model_zoo.base import ModelError, OnnxModel, sha256_of
+
+INPUT_SIZE = 48
+
+
+def preprocess(grey: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
+    """(H, W) uint8 grey aligned crop -> (size, size) float32 in [0, 1]. Training uses this same function."""
+    if grey.shape[0] != size or grey.shape[1] != size:
+        grey = cv2.resize(grey, (size, size), interpolation=cv2.INTER_AREA)
+    return grey.astype(np.float32) / 255.0
+
+
+def to_grey(image: np.ndarray) -> np.ndarray:
+    if image.ndim == 2:
+        return image
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2GRAY)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+
+
+@dataclass(frozen=True)
+class ExpressionResult:
+    label: str  # the most probable class
+    confidence: float  # its calibrated probability
+    scores: dict[str, float] = field(hash=False)  # all classes, summing to 1
+    uncertain: bool  # the embedding is farther from every class prototype than the manifest threshold
+    distance: float  # unit-sphere distance from the embedding to the nearest class prototype
+
+
+class ExpressionRecognizer(OnnxModel):
+    manifest_name = "expression"
+
+    def __init__(self, models_dir, threads: int = 1) -> None:
+        super().__init__(models_dir, threads)
+        extra = self.entry.extra
+        self.classes: list[str] = list(extra["classes"])
+        self.size = int(self.input_shape[2]) if isinstance(self.input_shape[2], int) else INPUT_SIZE
+        proto = extra.get("prototypes", {})
+        try:
+            proto_path = Path(models_dir) / proto["file"]
+            self.threshold = float(proto["threshold"])
+        except (KeyError, TypeError) as exc:
+            raise ModelError("expression manifest entry lacks prototypes.file / prototypes.threshold") from exc
+        if not proto_path.is_file() or sha256_of(proto_path) != proto.get("sha256"):
+            raise ModelError(f"{proto_path.name} is missing or does not match its manifest sha256")
+        self.prototypes = np.load(proto_path, allow_pickle=False).astype(np.float32)
+        if self.prototypes.shape[0] != len(self.classes):
+            raise ModelError("expression prototypes do not match the class list")
+
+    def predict_batch(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, H, W) uint8 grey aligned crops -> (probabilities (N, C), unit embeddings (N, d))."""
+        tensor = np.stack([preprocess(c, self.size) for c in crops])[:, None]
+        probs, emb = self.run(tensor.astype(np.float32))
+        emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+        return probs, emb
+
+    def nearest_prototype(self, unit_embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        dist = np.linalg.norm(unit_embeddings[:, None, :] - self.prototypes[None], axis=2)
+        return dist.argmin(1), dist.min(1)
+
+    def result(self, probs: np.ndarray, distance: float) -> ExpressionResult:
+        best = int(np.argmax(probs))
+        return ExpressionResult(
+            label=self.classes[best],
+            confidence=float(probs[best]),
+            scores={c: float(p) for c, p in zip(self.classes, probs)},
+            uncertain=bool(distance > self.threshold),
+            distance=float(distance),
+        )
+
+    def predict(self, aligned) -> ExpressionResult:
+        """``aligned``: app.align.AlignedFace (BGR crop) or a grey/BGR crop array."""
+        image = getattr(aligned, "image", aligned)
+        probs, emb = self.predict_batch(to_grey(np.asarray(image))[None])
+        _, dist = self.nearest_prototype(emb)
+        return self.result(probs[0], float(dist[0]))

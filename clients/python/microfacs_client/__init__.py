@@ -1,0 +1,36 @@
+"""Python client for the MicroFACS REST service: faces, FACS Action Units and the expression a face appears
+to show. Depends only on httpx and pydantic.
+
+    from microfacs_client import Client
+    with Client("http://localhost:8000") as mf:
+        result = mf.detect_au("photo.jpg")
+        for face in result.faces:
+            print(face.box, [au.au for au in face.present_action_units()])
+"""
+from microfacs_client.client import AsyncClient, BatchItem, Client, RetryPolicy
+from microfacs_client.errors import MicroFACSError
+from microfacs_client.images import encode_png
+from microfacs_client.models import (
+    EXPRESSION_LABELS,
+    ActionUnit,
+    AnalysisResult,
+    Box,
+    DetectActionUnitsResult,
+    DetectFacesResult,
+    Expression,
+    Face,
+    ImageInfo,
+    Occlusion,
+    Pose,
+    Readiness,
+    RecognizeExpressionResult,
+    Version,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncClient", "BatchItem", "Client", "RetryPolicy", "MicroFACSError", "encode_png", "EXPRESSION_LABELS",
+    "ActionUnit", "AnalysisResult", "Box", "DetectActionUnitsResult", "DetectFacesResult", "Expression", "Face",
+    "ImageInfo", "Occlusion", "Pose", "Readiness", "RecognizeExpressionResult", "Version",
+]

@@ -1,0 +1,105 @@
+"""Typed response models mirroring the service's JSON (``app/schemas.py`` in the service repo).
+
+They are tolerant: every field a newer server might add is kept (``extra="allow"``), and the per-endpoint
+parts (``action_units``, ``expression``, ``landmarks``) are optional, so one ``AnalysisResult`` model reads
+the answer of ``/detect-faces``, ``/detect-au``, ``/recognize-expression`` and ``/analyze`` alike.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+EXPRESSION_LABELS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class Box(_Model):
+    """Pixels of the original (EXIF-rotated) image."""
+
+    x: float
+    y: float
+    width: float
+    height: float
+
+
+class Pose(_Model):
+    """Degrees; yaw > 0 when the face turns towards the image's right, pitch > 0 up, roll > 0 clockwise."""
+
+    yaw: float
+    pitch: float
+    roll: float
+
+
+class Occlusion(_Model):
+    occluded: bool
+    regions: dict[str, bool] = Field(default_factory=dict)
+    scores: dict[str, float] = Field(default_factory=dict)
+    thresholds: dict[str, float] = Field(default_factory=dict)
+
+
+class ActionUnit(_Model):
+    au: str
+    name: str = ""
+    probability: float
+    present: bool
+    box: Optional[Box] = None
+
+
+class Expression(_Model):
+    """What the face *appears to show* (not a reading of anyone's feelings)."""
+
+    label: str
+    confidence: float
+    scores: dict[str, float] = Field(default_factory=dict)
+    uncertain: bool = False
+
+
+class Face(_Model):
+    face_id: int
+    box: Box
+    confidence: float
+    landmark_confidence: Optional[float] = None
+    pose: Optional[Pose] = None
+    occlusion: Optional[Occlusion] = None
+    filtered: bool = False
+    filter_reasons: list[str] = Field(default_factory=list)
+    landmarks: Optional[list[list[float]]] = None
+    action_units: Optional[list[ActionUnit]] = None
+    expression: Optional[Expression] = None
+
+    def present_action_units(self) -> list[ActionUnit]:
+        return [au for au in self.action_units or [] if au.present]
+
+
+class ImageInfo(_Model):
+    width: int
+    height: int
+
+
+class AnalysisResult(_Model):
+    request_id: str = ""
+    image: ImageInfo
+    faces: list[Face] = Field(default_factory=list)
+    timings_ms: dict[str, float] = Field(default_factory=dict)
+
+
+# One shape serves every analysis endpoint; these names read better at call sites.
+DetectFacesResult = AnalysisResult
+DetectActionUnitsResult = AnalysisResult
+RecognizeExpressionResult = AnalysisResult
+
+
+class Readiness(_Model):
+    status: str
+    models: dict[str, str] = Field(default_factory=dict)
+
+
+class Version(_Model):
+    service: str
+    version: str
+    models: dict[str, dict] = Field(default_factory=dict)
+    limits: dict = Field(default_factory=dict)

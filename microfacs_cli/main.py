@@ -1,0 +1,270 @@
+"""``microfacs``: analyse images, folders and videos, in-process or against a running server.
+
+    microfacs photo.jpg                                  # in-process (loads the models here), JSON lines
+    microfacs photos/ --format csv -o out.csv            # a folder
+    microfacs clip.mp4 --every 5 --format csv            # a video, every 5th frame
+    microfacs photos/ --url http://localhost:8000        # against a server (the microfacs-client SDK)
+    microfacs clip.mp4 --render overlays/                # also write annotated PNGs
+
+Without ``--url`` the CLI runs the service's own app in this process (``app.main.create_app`` driven
+in-process, so the JSON is exactly what the server would answer); with ``--url`` it calls that server.
+Column meanings: see ``microfacs_cli/output.py`` (also ``microfacs --help``).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
+from pathlib import Path
+from typing import IO, Any, Iterator, Optional
+
+import cv2
+import numpy as np
+
+from microfacs_cli import output, sources
+
+ENDPOINT_NAMES = {"auto", "analyze", "detect-faces", "detect-au", "recognize-expression"}
+
+
+class Progress:
+    """A plain text progress bar on stderr (redrawn at most 10 times a second)."""
+
+    def __init__(self, total: int, enabled: bool, stream: Optional[IO[str]] = None, width: int = 30) -> None:
+        self.total, self.enabled, self.stream, self.width = total, enabled, stream or sys.stderr, width
+        self.done, self.start, self.last = 0, time.monotonic(), 0.0
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        now = time.monotonic()
+        if self.enabled and (now - self.last > 0.1 or self.done == self.total):
+            self.last = now
+            self._draw(now)
+
+    def _draw(self, now: float) -> None:
+        elapsed = max(now - self.start, 1e-6)
+        rate = self.done / elapsed
+        if self.total:
+            filled = int(self.width * min(self.done / self.total, 1.0))
+            eta = (self.total - self.done) / rate if rate > 0 else 0.0
+            text = (f"\r[{'#' * filled}{'.' * (self.width - filled)}] {self.done}/{self.total} "
+                    f"{rate:.1f}/s ETA {eta:.0f}s ")
+        else:
+            text = f"\r{self.done} done {rate:.1f}/s "
+        self.stream.write(text)
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            if self.done != self.total:
+                self._draw(time.monotonic())
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def local_client(stack: ExitStack, args: argparse.Namespace):
+    """The service's app, in this process, behind the SDK client (same JSON as a server would answer)."""
+    import warnings
+
+    with warnings.catch_warnings():  # starlette's note about its httpx-based test client is not for CLI users
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from app.settings import Settings
+    from microfacs_client import Client
+
+    # Frames are handed over as BMP (lossless, no encoding cost); lift the upload cap for large frames.
+    settings = Settings(max_upload_bytes=512 * 1024 * 1024, api_key=None, onnx_threads=args.threads)
+    test_client = stack.enter_context(TestClient(create_app(settings), raise_server_exceptions=True))
+    return stack.enter_context(Client(http_client=test_client, timeout=600))
+
+
+def remote_client(stack: ExitStack, args: argparse.Namespace):
+    from microfacs_client import Client
+
+    return stack.enter_context(Client(args.url, api_key=args.api_key, timeout=args.timeout))
+
+
+def choose_endpoints(client, wanted: str) -> list[str]:
+    """SDK call names to run per image. ``auto``: /analyze when the server has it, else every one of
+    /detect-au and /recognize-expression it has (results merged per face), else /detect-faces."""
+    if wanted != "auto":
+        return [wanted.replace("-", "_")]
+    available = client.endpoints()
+    if "analyze" in available:
+        return ["analyze"]
+    parts = [name for name in ("detect_au", "recognize_expression") if name in available]
+    return parts or ["detect_faces"]
+
+
+def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several endpoints' answers for the same image -> one (faces matched by face_id; same face stage)."""
+    merged = results[0]
+    for other in results[1:]:
+        by_id = {f["face_id"]: f for f in other.get("faces", [])}
+        for face in merged.get("faces", []):
+            extra = by_id.get(face["face_id"], {})
+            for key in ("action_units", "expression"):
+                if extra.get(key) is not None:
+                    face[key] = extra[key]
+        for key, ms in other.get("timings_ms", {}).items():
+            merged.setdefault("timings_ms", {})[key] = round(merged["timings_ms"].get(key, 0.0) + ms, 2)
+    return merged
+
+
+def frame_bytes(image: np.ndarray, local: bool) -> bytes:
+    ok, buffer = cv2.imencode(".bmp", image) if local else cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    if not ok:
+        raise RuntimeError("could not encode a frame")
+    return buffer.tobytes()
+
+
+def analyse_item(client, item: sources.Item, endpoints: list[str], options: dict[str, Any], local: bool):
+    """-> (result dict or None, error dict or None)."""
+    from microfacs_client import MicroFACSError
+
+    if item.error:
+        return None, {"status": 0, "code": "invalid_input", "message": item.error}
+    data = item.data if item.data is not None else frame_bytes(item.image, local)
+    try:
+        results = [getattr(client, name)(data, **options).model_dump(exclude_unset=True) for name in endpoints]
+    except MicroFACSError as exc:
+        return None, {"status": exc.status, "code": exc.code, "message": exc.message, "request_id": exc.request_id}
+    return merge(results), None
+
+
+def decoded(item: sources.Item) -> Optional[np.ndarray]:
+    if item.image is not None:
+        return item.image
+    from app.decode import ImageLimits, decode_image
+
+    try:
+        return decode_image(item.data, ImageLimits(max_bytes=1 << 31, max_pixels=1 << 31, max_side=1 << 16, min_side=1))
+    except Exception:
+        return None
+
+
+def render_to(directory: Path, item: sources.Item, result: dict[str, Any]) -> None:
+    from app.render import draw_analysis
+
+    image = decoded(item)
+    if image is None:
+        return
+    stem = Path(item.source).stem
+    name = f"{stem}_f{item.frame:06d}.png" if sources.is_video(Path(item.source)) else f"{stem}.png"
+    cv2.imwrite(str(directory / name), draw_analysis(image, result))
+
+
+def ordered_map(fn, items: Iterator[sources.Item], workers: int) -> Iterator[tuple[sources.Item, Any]]:
+    """``fn`` over ``items`` with at most ``workers`` in flight, results in input order."""
+    if workers <= 1:
+        for item in items:
+            yield item, fn(item)
+        return
+    window: deque[tuple[sources.Item, Future]] = deque()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for item in items:
+            window.append((item, pool.submit(fn, item)))
+            if len(window) >= workers:
+                done_item, future = window.popleft()
+                yield done_item, future.result()
+        while window:
+            done_item, future = window.popleft()
+            yield done_item, future.result()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="microfacs",
+        description="Faces, FACS Action Units and the expression a face appears to show, for images, folders "
+                    "and videos; in-process (default) or against a MicroFACS server (--url).",
+        epilog="CSV: one row per face with OpenFace-style columns: frame, face_id, timestamp, confidence, success, "
+               "pose_Rx/Ry/Rz in RADIANS (Rx=pitch, Ry=yaw, Rz=roll), AUxx_c (present 0/1) and AUxx_p "
+               "(PROBABILITY, not OpenFace's 0-5 intensity _r), expression, expression_confidence, "
+               "expr_<label>, filtered, filter_reasons. A frame without a face gets one row with success=0.",
+    )
+    parser.add_argument("inputs", nargs="+", help="image files, folders of images/videos, or video files")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--url", help="a MicroFACS server (e.g. http://localhost:8000); default: in-process")
+    where.add_argument("--local", action="store_true", help="in-process (the default)")
+    parser.add_argument("--endpoint", default="auto", choices=sorted(ENDPOINT_NAMES),
+                        help="auto: /analyze if available, else AUs and expression merged, else faces only")
+    parser.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    parser.add_argument("-o", "--output", help="file to write (default: stdout)")
+    parser.add_argument("--every", type=int, default=1, help="videos: analyse every Nth frame (default 1)")
+    parser.add_argument("--max-frames", type=int, help="videos: at most this many analysed frames per video")
+    parser.add_argument("--render", metavar="DIR", help="also write annotated PNGs here")
+    parser.add_argument("--no-side-face-filter", action="store_true", help="analyse side faces too")
+    parser.add_argument("--no-occlusion-filter", action="store_true", help="analyse occluded faces too")
+    parser.add_argument("--max-faces", type=int, help="at most this many faces per image")
+    parser.add_argument("--min-face-size", type=int, help="pixels")
+    parser.add_argument("--api-key", help="sent as X-API-Key (default: $MICROFACS_API_KEY)")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request (--url)")
+    parser.add_argument("--concurrency", type=int, default=2, help="requests in flight (--url; default 2)")
+    parser.add_argument("--threads", type=int, default=1, help="ONNX threads per model (in-process)")
+    bar = parser.add_mutually_exclusive_group()
+    bar.add_argument("--progress", action="store_true", help="always show the progress bar (stderr)")
+    bar.add_argument("--no-progress", action="store_true", help="never show it (default: when stderr is a terminal)")
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise here
+    if args.every < 1:
+        print("microfacs: --every must be at least 1", file=sys.stderr)
+        return 2
+    paths = sources.expand(args.inputs)
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        print(f"microfacs: no such file: {missing[0]}", file=sys.stderr)
+        return 2
+    if not paths:
+        print("microfacs: no images or videos found", file=sys.stderr)
+        return 2
+    render_dir = Path(args.render) if args.render else None
+    if render_dir:
+        render_dir.mkdir(parents=True, exist_ok=True)
+    options = {k: v for k, v in dict(
+        side_face_filter=False if args.no_side_face_filter else None,
+        occlusion_filter=False if args.no_occlusion_filter else None,
+        max_faces=args.max_faces, min_face_size=args.min_face_size).items() if v is not None}
+    local = not args.url
+    with ExitStack() as stack:
+        try:
+            client = local_client(stack, args) if local else remote_client(stack, args)
+            endpoints = choose_endpoints(client, args.endpoint)
+        except ImportError as exc:
+            print(f"microfacs: {exc}: the CLI needs the client SDK too: pip install ./clients/python", file=sys.stderr)
+            return 1
+        except Exception as exc:  # no server, models missing, ...
+            print(f"microfacs: cannot start: {exc}", file=sys.stderr)
+            return 1
+        stream = stack.enter_context(open(args.output, "w", newline="")) if args.output else sys.stdout
+        writer = output.Writer(stream, args.format,
+                               with_aus=any(e in ("analyze", "detect_au") for e in endpoints),
+                               with_expression=any(e in ("analyze", "recognize_expression") for e in endpoints))
+        show = args.progress or (not args.no_progress and sys.stderr.isatty())
+        progress = Progress(sources.count_items(paths, args.every, args.max_frames), show)
+        items = sources.iter_items(paths, args.every, args.max_frames)
+        workers = 1 if local else max(1, args.concurrency)
+        for item, (result, error) in ordered_map(
+                lambda it: analyse_item(client, it, endpoints, options, local), items, workers):
+            meta = {"source": item.source, "frame": item.frame, "timestamp": item.timestamp}
+            writer.write(meta, result, error)
+            if render_dir and result is not None:
+                render_to(render_dir, item, result)
+            progress.update()
+        writer.close()
+        progress.close()
+    print(f"microfacs: {writer.images} image(s)/frame(s), {writer.faces} face(s), {writer.errors} error(s); "
+          f"endpoint(s): {', '.join(endpoints)}", file=sys.stderr)
+    return 0 if writer.errors == 0 else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""The ``microfacs`` CLI (microfacs_cli/): folders and videos, in-process and against a live server."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from microfacs_cli import output
+from microfacs_cli.main import main
+from tests.helpers import SAMPLES, encode, requires_data
+
+OPENFACE_HEAD = ["frame", "face_id", "timestamp", "confidence", "success"]
+
+
+def read_csv(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory, astronaut, cameraman):
+    root = tmp_path_factory.mktemp("images")
+    (root / "a_astronaut.jpg").write_bytes(encode(astronaut))
+    (root / "b_cameraman.png").write_bytes(encode(cameraman, ".png"))
+    (root / "c_blank.png").write_bytes(encode(np.full((120, 160, 3), 200, np.uint8), ".png"))
+    (root / "d_broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (root / "notes.txt").write_text("ignored")
+    return root
+
+
+def test_help_runs_as_a_module():
+    done = subprocess.run([sys.executable, "-m", "microfacs_cli", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "RADIANS" in done.stdout and "PROBABILITY" in done.stdout
+
+
+def test_folder_to_csv_in_process(folder, tmp_path, capsys):
+    out = tmp_path / "faces.csv"
+    code = main([str(folder), "--format", "csv", "-o", str(out), "--render", str(tmp_path / "overlays"),
+                 "--progress"])
+    assert code == 3, "one image is broken: exit status 3 (some errors), the rest analysed"
+    rows = read_csv(out)
+    header = list(rows[0].keys())
+    assert header[:5] == OPENFACE_HEAD
+    assert {"pose_Rx", "pose_Ry", "pose_Rz", "filtered", "filter_reasons"} <= set(header)
+    by_file = {}
+    for row in rows:
+        by_file.setdefault(row["source"].rsplit("/", 1)[-1], []).append(row)
+    assert set(by_file) == {"a_astronaut.jpg", "b_cameraman.png", "c_blank.png", "d_broken.jpg"}
+    astro = by_file["a_astronaut.jpg"]
+    assert len(astro) == 1 and astro[0]["face_id"] == "0" and astro[0]["success"] == "1"
+    assert astro[0]["frame"] == "1" and float(astro[0]["confidence"]) > 0.5
+    assert abs(float(astro[0]["pose_Ry"])) < 0.5, "radians"
+    if any(c.endswith("_c") for c in header):
+        assert any(c.endswith("_p") for c in header) and not any(c.endswith("_r") for c in header)
+    if "expression" in header:
+        assert {f"expr_{label}" for label in output.EXPRESSION_LABELS} <= set(header)
+        assert astro[0]["expression"] in output.EXPRESSION_LABELS
+    blank = by_file["c_blank.png"]
+    assert len(blank) == 1 and blank[0]["face_id"] == "" and blank[0]["success"] == "0"
+    assert by_file["d_broken.jpg"][0]["filter_reasons"] == "error:invalid_image"
+    assert sorted(p.name for p in (tmp_path / "overlays").iterdir()) == [
+        "a_astronaut.png", "b_cameraman.png", "c_blank.png"]
+    drawn = cv2.imread(str(tmp_path / "overlays" / "a_astronaut.png"))
+    assert ((drawn[:, :, 1] > 240) & (drawn[:, :, 0] < 30) & (drawn[:, :, 2] < 30)).sum() > 200
+    err = capsys.readouterr().err
+    assert "4/4" in err and "1 error(s)" in err
+
+
+def test_video_to_csv_every_n_frames(tmp_path):
+    video = requires_data(SAMPLES / "single_face.mp4")
+    out = tmp_path / "video.csv"
+    assert main([str(video), "--every", "24", "--max-frames", "3", "--format", "csv", "-o", str(out),
+                 "--no-progress", "--render", str(tmp_path / "frames")]) == 0
+    rows = read_csv(out)
+    assert [r["frame"] for r in rows] == ["1", "25", "49"]
+    assert [float(r["timestamp"]) for r in rows] == pytest.approx([0.0, 0.8, 1.6], abs=0.01)  # 30 fps
+    assert all(r["face_id"] == "0" and r["success"] == "1" for r in rows)
+    assert len(list((tmp_path / "frames").glob("single_face_f*.png"))) == 3
+
+
+def test_second_video_jsonl(tmp_path, capsys):
+    video = requires_data(SAMPLES / "WolfgangLanger_Pexels.mp4")
+    assert main([str(video), "--every", "100", "--max-frames", "2", "--no-progress"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["frame"] for line in lines] == [1, 101]
+    assert all(line["image"]["width"] > 0 and line["faces"] for line in lines)
+
+
+def test_against_live_server(live_url, folder, tmp_path):
+    out = tmp_path / "remote.jsonl"
+    assert main([str(folder / "a_astronaut.jpg"), str(folder / "d_broken.jpg"), "--url", live_url,
+                 "-o", str(out), "--concurrency", "2", "--no-side-face-filter"]) == 3
+    first, second = [json.loads(line) for line in out.read_text().splitlines()]
+    assert first["source"].endswith("a_astronaut.jpg") and len(first["faces"]) == 1 and first["request_id"]
+    assert second["error"]["code"] == "invalid_image" and second["error"]["status"] == 400
+
+
+def test_no_server_is_a_clear_error(capsys):
+    assert main(["x.jpg", "--url", "http://127.0.0.1:9"]) == 2  # the file is checked first
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_csv_columns_for_action_units_and_expression():
+    """The documented AU and expression columns, from a synthetic /analyze-shaped answer."""
+    import io
+
+    from tests.test_render import synthetic_result
+
+    result = synthetic_result()
+    for face in result["faces"]:
+        face["pose"] = {"yaw": 90.0, "pitch": -45.0, "roll": 0.0}
+    result["faces"][0]["expression"]["scores"] = {label: 0.0 for label in output.EXPRESSION_LABELS}
+    stream = io.StringIO()
+    writer = output.Writer(stream, "csv", with_aus=True, with_expression=True)
+    writer.write({"source": "no_face.jpg", "frame": 1, "timestamp": 0.0}, {"faces": []}, None)
+    writer.write({"source": "x.jpg", "frame": 2, "timestamp": 0.0}, result, None)
+    writer.close()
+    rows = list(csv.DictReader(io.StringIO(stream.getvalue())))
+    header = list(rows[0])
+    assert header[:5] == OPENFACE_HEAD
+    assert header.index("AU04_c") < header.index("AU12_c") < header.index("AU45_c") < header.index("AU04_p")
+    assert not any(c.endswith("_r") for c in header)
+    assert [f"expr_{label}" for label in output.EXPRESSION_LABELS] == [c for c in header if c.startswith("expr_")]
+    assert rows[0]["success"] == "0" and rows[0]["face_id"] == ""
+    kept, dropped = rows[1], rows[2]
+    assert kept["AU12_c"] == "1" and kept["AU12_p"] == "0.91" and kept["AU04_c"] == "0"
+    assert kept["expression"] == "happiness" and kept["expression_confidence"] == "0.93"
+    assert float(kept["pose_Ry"]) == pytest.approx(1.5708, abs=1e-3) and float(kept["pose_Rx"]) < 0
+    assert dropped["success"] == "0" and dropped["filtered"] == "1" and dropped["filter_reasons"] == "side_face"
+    assert dropped["AU12_c"] == "" and dropped["expression"] == ""
+
+
+def test_merge_combines_endpoints_per_face():
+    from microfacs_cli.main import merge
+
+    au = {"faces": [{"face_id": 0, "action_units": [{"au": "AU12"}]}, {"face_id": 1, "action_units": None}],
+          "timings_ms": {"detect": 1.0}}
+    expr = {"faces": [{"face_id": 0, "expression": {"label": "neutral"}}, {"face_id": 1, "expression": None}],
+            "timings_ms": {"detect": 2.0, "expression": 1.0}}
+    merged = merge([au, expr])
+    assert merged["faces"][0]["expression"]["label"] == "neutral" and merged["faces"][0]["action_units"]
+    assert merged["faces"][1].get("expression") is None
+    assert merged["timings_ms"] == {"detect": 3.0, "expression": 1.0}

@@ -1,0 +1,238 @@
+"""Deployment files without a container engine: hadolint on the Dockerfile, the compose file against the
+compose-spec schema, the Kubernetes manifests against the Kubernetes schemas, and a replay of the
+Dockerfile's steps into a fresh virtual environment that must serve /readyz."""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.helpers import REPO
+
+K8S = REPO / "deploy" / "k8s"
+
+
+def tool(name: str) -> str:
+    found = shutil.which(name) or (str(Path(sys.executable).parent / name)
+                                   if (Path(sys.executable).parent / name).exists() else None)
+    if not found:
+        pytest.fail(f"{name} is missing: pip install -e '.[dev]'")
+    return found
+
+
+# ---------------------------------------------------------------------------------------------- lint
+
+
+def test_dockerfile_is_hadolint_clean():
+    done = subprocess.run([tool("hadolint"), "--no-color", str(REPO / "Dockerfile")], capture_output=True, text=True)
+    assert done.returncode == 0 and not done.stdout.strip(), done.stdout + done.stderr
+
+
+def test_hadolint_would_catch_a_bad_dockerfile(tmp_path):
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python:latest\nRUN apt-get install curl\nADD . /app\n")
+    done = subprocess.run([tool("hadolint"), "--no-color", str(bad)], capture_output=True, text=True)
+    assert done.returncode != 0 and "DL3007" in done.stdout
+
+
+def check_compose(path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(path)],
+                          capture_output=True, text=True)
+
+
+def test_compose_file_matches_the_compose_spec(tmp_path):
+    done = check_compose(REPO / "docker-compose.yml")
+    assert done.returncode == 0, done.stdout + done.stderr
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    assert compose["services"]["microfacs"]["ports"] == ["8000:8000"]
+    assert {"nginx", "microfacs-replica"} <= {n for n, s in compose["services"].items() if s.get("profiles") == ["scaled"]}
+    assert (REPO / "deploy" / "nginx.conf").is_file()
+    broken = dict(compose, services={"microfacs": {**compose["services"]["microfacs"], "restart_policy": "always"}})
+    (tmp_path / "compose.yml").write_text(yaml.safe_dump(broken))
+    assert check_compose(tmp_path / "compose.yml").returncode != 0, "the schema check rejects unknown keys"
+
+
+def k8s_documents() -> list[tuple[str, dict]]:
+    docs = []
+    for path in sorted(K8S.glob("*.yaml")):
+        docs += [(path.name, d) for d in yaml.safe_load_all(path.read_text()) if d]
+    return docs
+
+
+def test_kubernetes_manifests_match_their_schemas():
+    import kubernetes_validate
+
+    kinds = {}
+    for name, doc in k8s_documents():
+        kubernetes_validate.validate(doc, kubernetes_validate.utils.latest_version(), strict=True)
+        kinds[doc["kind"]] = doc
+    assert {"Deployment", "Service", "HorizontalPodAutoscaler"} <= set(kinds)
+    pod = kinds["Deployment"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert {"cpu", "memory"} <= set(container["resources"]["requests"]) and container["resources"]["limits"]
+    assert pod["securityContext"]["runAsNonRoot"] and container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert kinds["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]["name"] == kinds["Deployment"]["metadata"]["name"]
+    assert kinds["Service"]["spec"]["selector"] == kinds["Deployment"]["spec"]["selector"]["matchLabels"]
+
+
+def test_kubernetes_validation_is_strict():
+    import kubernetes_validate
+
+    _, doc = next((n, d) for n, d in k8s_documents() if d["kind"] == "Deployment")
+    bad = json.loads(json.dumps(doc))
+    bad["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["pth"] = "/readyz"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(bad, kubernetes_validate.utils.latest_version(), strict=True)
+
+
+# -------------------------------------------------------------------------------------------- replay
+
+
+@dataclass
+class Dockerfile:
+    steps: list[tuple[str, str]] = field(default_factory=list)  # (INSTRUCTION, arguments), in order
+
+    @classmethod
+    def parse(cls, text: str) -> "Dockerfile":
+        steps, current = [], ""
+        for raw in text.splitlines():
+            line = raw.strip()
+            if not current and (not line or line.startswith("#")):
+                continue
+            if current and line.startswith("#"):
+                continue
+            current += (" " if current else "") + line
+            if current.endswith("\\"):
+                current = current[:-1].rstrip()
+                continue
+            instruction, _, args = current.partition(" ")
+            steps.append((instruction.upper(), args.strip()))
+            current = ""
+        return cls(steps)
+
+    def env(self) -> dict[str, str]:
+        out = {}
+        for instruction, args in self.steps:
+            if instruction == "ENV":
+                for pair in shlex.split(args):
+                    key, _, value = pair.partition("=")
+                    out[key] = value
+        return out
+
+    def last(self, instruction: str) -> str:
+        return [a for i, a in self.steps if i == instruction][-1]
+
+
+def models_missing() -> list[str]:
+    manifest = json.loads((REPO / "models" / "manifest.json").read_text())["models"]
+    missing = [name for name in ("occlusion",) if name not in manifest]
+    return missing + [e["file"] for e in manifest.values() if not (REPO / "models" / e["file"]).is_file()]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_dockerfile_parses_to_the_expected_steps():
+    docker = Dockerfile.parse((REPO / "Dockerfile").read_text())
+    kinds = [i for i, _ in docker.steps]
+    assert kinds[0] == "FROM" and "slim" in docker.steps[0][1]
+    assert "USER" in kinds and docker.last("USER").split(":")[0] not in ("root", "0")
+    assert "/readyz" in docker.last("HEALTHCHECK")
+    assert "MICROFACS_WORKERS" in docker.last("CMD")
+    copied = [a.split()[0] for i, a in docker.steps if i == "COPY"]
+    assert "models" in copied and "app" in copied
+
+
+@pytest.mark.slow
+def test_dockerfile_replay_serves_readyz(tmp_path):
+    """Replays COPY / RUN / ENV / WORKDIR / CMD / HEALTHCHECK into a temp dir and a fresh venv (no engine).
+    Not replayed: FROM (this machine's Python instead of the image's), the user-creating RUN and USER."""
+    if models_missing():
+        pytest.skip(f"models not in the repo yet: {models_missing()} (the app cannot start without them)")
+    docker = Dockerfile.parse((REPO / "Dockerfile").read_text())
+    root, venv = tmp_path / "rootfs", tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "MICROFACS_", "VIRTUAL_ENV"))}
+    env.update(docker.env())
+    env.update(PATH=f"{venv / 'bin'}:{env.get('PATH', '/usr/bin:/bin')}", VIRTUAL_ENV=str(venv), HOME=str(tmp_path),
+               MICROFACS_HOST="127.0.0.1", MICROFACS_PORT=str(port))
+    workdir = root
+    skipped = []
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "build")
+    for instruction, args in docker.steps:
+        if instruction == "WORKDIR":
+            workdir = root / args.lstrip("/")
+            workdir.mkdir(parents=True, exist_ok=True)
+        elif instruction == "COPY":
+            *sources, dest = shlex.split(args)
+            target = workdir / dest if not dest.startswith("/") else root / dest.lstrip("/")
+            for src in sources:
+                path = REPO / src
+                assert path.exists(), f"COPY {src}: not in the repository"
+                if path.is_dir():
+                    shutil.copytree(path, target if len(sources) == 1 and not dest.endswith("/") else target / path.name,
+                                    ignore=ignore, dirs_exist_ok=True)
+                else:
+                    target.mkdir(parents=True, exist_ok=True) if dest.endswith("/") else target.parent.mkdir(
+                        parents=True, exist_ok=True)
+                    shutil.copy2(path, target / path.name if dest.endswith("/") else target)
+        elif instruction == "RUN":
+            if "useradd" in args or "groupadd" in args:
+                skipped.append(args)
+                continue
+            done = subprocess.run(["sh", "-c", args], cwd=workdir, env=env, capture_output=True, text=True,
+                                  timeout=300)
+            if done.returncode != 0 and ("Could not find a version" in done.stderr or "NewConnectionError" in done.stderr):
+                pytest.skip(f"the package index is unreachable, cannot replay `RUN {args}`")
+            assert done.returncode == 0, f"RUN {args}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    assert (workdir / "app" / "static" / "demo.html").is_file()
+    installed = subprocess.run([str(venv / "bin" / "python"), "-c",
+                                "import microfacs_client, app.render; print('ok')"], cwd=workdir, env=env,
+                               capture_output=True, text=True)
+    assert installed.stdout.strip() == "ok", installed.stderr
+    command = json.loads(docker.last("CMD"))
+    log = (tmp_path / "server.log").open("w")
+    server = subprocess.Popen(command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    try:
+        deadline, ready = time.monotonic() + 90, None
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2)
+                if ready.status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        assert ready is not None and ready.status_code == 200, (tmp_path / "server.log").read_text()[-3000:]
+        assert ready.json()["status"] == "ready"
+        healthcheck = json.loads(docker.last("HEALTHCHECK").split(" CMD ", 1)[1])
+        assert subprocess.run(healthcheck, cwd=workdir, env=env, timeout=10).returncode == 0
+        assert httpx.get(f"http://127.0.0.1:{port}/demo", timeout=5).status_code == 200
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait()
+        log.close()

@@ -1,0 +1,190 @@
+"""Expression recogniser: statistical screening, the shipped ONNX model, the service path, a training smoke run."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training.screening import (
+    ScreeningBounds,
+    batch_stats,
+    keep_quadruplet,
+    keep_triplet,
+    screen,
+    sphere_stats,
+    z_quantile,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = REPO / "models"
+CLASSES = ["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt"]
+
+
+# ------------------------------------------------------------------------------------------ screening
+def test_z_quantile_matches_normal_table():
+    assert z_quantile(0.05) == pytest.approx(1.6449, abs=1e-4)
+    assert z_quantile(0.01) == pytest.approx(2.3263, abs=1e-4)
+    with pytest.raises(ValueError):
+        z_quantile(0.0)
+
+
+def test_sphere_stats_formula_and_simulation():
+    s, d = 16.0, 64
+    mu, sigma = sphere_stats(s, d)
+    assert mu == pytest.approx(math.sqrt(2) * s)
+    assert sigma == pytest.approx(s / math.sqrt(2 * d))
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(4000, d))
+    b = rng.normal(size=(4000, d))
+    a = s * a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = s * b / np.linalg.norm(b, axis=1, keepdims=True)
+    dist = np.linalg.norm(a - b, axis=1)
+    assert dist.mean() == pytest.approx(mu, rel=0.01)
+    assert dist.std() == pytest.approx(sigma, rel=0.1)
+
+
+def test_screening_keeps_and_discards_constructed_tuples():
+    s, d = 16.0, 64
+    mu, sigma = sphere_stats(s, d)
+    z = z_quantile(0.05)
+    # ordinary tuple: positive close, negative at the typical unrelated distance
+    assert screen(0.5 * mu, mu, s=s, d=d)
+    # positive far beyond mu + z sigma: as far as (farther than) unrelated faces -> label noise, discarded
+    assert not screen(mu + 3 * z * sigma, mu, s=s, d=d)
+    # negative well below mu - z sigma: abnormally close to the anchor -> discarded
+    assert not screen(0.5 * mu, mu - 3 * z * sigma, s=s, d=d)
+    # just inside both bounds is kept
+    assert screen(mu + 0.99 * z * sigma, mu - 0.99 * z * sigma, s=s, d=d)
+
+
+def test_alpha_moves_the_cut():
+    mu, sigma = 10.0, 1.0
+    d_ap = mu + 2.0 * sigma  # between z(0.05)=1.64 and z(0.01)=2.33
+    assert not screen(d_ap, mu, mu=mu, sigma=sigma, alpha_p=0.05)
+    assert screen(d_ap, mu, mu=mu, sigma=sigma, alpha_p=0.01)
+    d_an = mu - 2.0 * sigma
+    assert not screen(1.0, d_an, mu=mu, sigma=sigma, alpha_n=0.05)
+    assert screen(1.0, d_an, mu=mu, sigma=sigma, alpha_n=0.01)
+
+
+def test_vectorised_triplet_and_quadruplet_masks():
+    b = ScreeningBounds(mu=10.0, sigma=1.0, alpha_p=0.05, alpha_n=0.05)
+    d_ap = np.array([5.0, 12.0, 5.0, 5.0])
+    d_an = np.array([10.0, 10.0, 7.0, 10.0])
+    d_nn = np.array([10.0, 10.0, 10.0, 7.0])
+    assert keep_triplet(d_ap, d_an, b).tolist() == [True, False, False, True]
+    assert keep_quadruplet(d_ap, d_an, d_nn, b).tolist() == [True, False, False, False]
+
+
+def test_batch_stats_uses_cross_class_pairs_only():
+    dist = np.array([[0, 1, 10, 12], [1, 0, 14, 16], [10, 14, 0, 2], [12, 16, 2, 0]], dtype=float)
+    y = np.array([0, 0, 1, 1])
+    mu, sigma = batch_stats(dist, y[:, None] == y[None, :])
+    assert mu == pytest.approx(13.0)
+    assert sigma == pytest.approx(np.std([10, 12, 14, 16], ddof=1))
+
+
+def test_metric_loss_screening_removes_outlier_positive():
+    torch = pytest.importorskip("torch")
+    from training.train_expression import metric_loss
+
+    s, d = 16.0, 8
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(4, d))
+    y = np.repeat(np.arange(4), 8)
+    e = centres[y] + 0.05 * rng.normal(size=(32, d))
+    e[0] = -centres[0]  # a "mislabelled" class-0 face far from its class
+    e = s * e / np.linalg.norm(e, axis=1, keepdims=True)
+    emb, yt = torch.tensor(e, dtype=torch.float32), torch.tensor(y)
+    kw = dict(s=s, d=d, margin=0.3, alpha_p=0.05, alpha_n=0.05)
+    loss_all, st = metric_loss(emb, yt, screening=False, **kw)
+    loss_scr, st2 = metric_loss(emb, yt, screening=True, **kw)
+    assert st["screened_frac"] > 0
+    assert float(loss_scr) < float(loss_all)
+
+
+# ---------------------------------------------------------------------------------- shipped model
+def _recognizer():
+    from app.model_zoo.base import load_manifest
+
+    if "expression" not in load_manifest(MODELS)["models"] or not (MODELS / "expression.onnx").is_file():
+        pytest.skip("models/expression.onnx is not installed (python -m training.export_expression RUN --install)")
+    from app.model_zoo.expression import ExpressionRecognizer
+
+    return ExpressionRecognizer(MODELS)
+
+
+def test_onnx_loads_and_probabilities_sum_to_one():
+    rec = _recognizer()
+    assert rec.classes == CLASSES
+    rng = np.random.default_rng(0)
+    crops = rng.integers(0, 256, (3, 112, 112), dtype=np.uint8)
+    probs, emb = rec.predict_batch(crops)
+    assert probs.shape == (3, 8)
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    result = rec.predict(np.dstack([crops[0]] * 3))
+    assert set(result.scores) == set(CLASSES)
+    assert sum(result.scores.values()) == pytest.approx(1.0, abs=1e-5)
+    assert result.label == max(result.scores, key=result.scores.get)
+    assert isinstance(result.uncertain, bool) and result.distance >= 0
+
+
+def test_astronaut_appears_happy(pipeline, astronaut):
+    """skimage's astronaut (a smiling woman) through the service's face stage, then the recogniser."""
+    rec = _recognizer()
+    from app.pipeline import FaceOptions
+
+    faces = pipeline.analyze(astronaut, FaceOptions()).faces
+    assert faces, "the face stage found no face in astronaut"
+    result = rec.predict(faces[0].aligned)
+    assert result.label == "happiness", result.scores
+
+
+def test_recognize_expression_endpoint(client, astronaut, cameraman):
+    _recognizer()
+    import cv2
+
+    for image, filtered in ((astronaut, False), (cameraman, True)):
+        ok, png = cv2.imencode(".png", image)
+        response = client.post("/recognize-expression", files={"file": ("face.png", png.tobytes(), "image/png")})
+        assert response.status_code == 200, response.text
+        faces = response.json()["faces"]
+        assert faces
+        face = faces[0]
+        assert face["filtered"] is filtered
+        if filtered:
+            assert face["expression"] is None
+        else:
+            expr = face["expression"]
+            assert expr["label"] == "happiness"
+            assert set(expr["scores"]) == set(CLASSES)
+            assert sum(expr["scores"].values()) == pytest.approx(1.0, abs=1e-3)
+            assert isinstance(expr["uncertain"], bool)
+    ok, png = cv2.imencode(".png", astronaut[30:230, 120:320])
+    files = {"file": ("f.png", png.tobytes(), "image/png")}
+    response = client.post("/recognize-expression?face_crop=true", files=files)
+    assert response.status_code == 200, response.text
+    assert len(response.json()["faces"]) == 1
+
+
+# ----------------------------------------------------------------------------------- training smoke
+@pytest.mark.slow
+def test_training_smoke_exports_loadable_onnx(tmp_path, face_cache):
+    pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    import onnxruntime as ort
+
+    from training.train_expression import parse_args, train
+
+    args = ["--smoke", "--loss", "triplet", "--screening", "--out", str(tmp_path / "run"), "--cache", str(face_cache)]
+    out = train(parse_args(args))
+    onnx_path = out / "expression.onnx"
+    assert onnx_path.is_file()
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    assert [o.name for o in sess.get_outputs()] == ["probabilities", "embedding"]
+    probs, emb = sess.run(None, {"input": np.random.default_rng(0).random((2, 1, 48, 48), dtype=np.float32)})
+    assert probs.shape == (2, 8) and emb.shape[0] == 2
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)

@@ -1,0 +1,169 @@
+"""Evaluate the INSTALLED expression model (models/expression.onnx) through the service's code path.
+
+    python -m training.evaluate_expression                 # FER+ Test + CK+ (cached aligned crops)
+    python -m training.evaluate_expression --pngs 500      # + the first 500 FER+ Test PNGs via the face_crop path
+    python -m training.evaluate_expression --bench         # + ms per face, one thread
+
+Every face goes through ``ExpressionRecognizer.predict(AlignedFace)``. FER+ Test uses the majority vote
+(faces whose majority is unknown/NF or tied are left out). CK+ (never seen in training) is scored against
+its 7 labels mapped with CKPLUS_TO_FERPLUS; the model may still answer "neutral", which counts as wrong
+(``acc_8way``); ``acc_7way`` takes the argmax over the 7 CK+ classes only.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from app.align import AlignedFace, align_face
+from app.model_zoo.expression import ExpressionRecognizer
+from training.data import CKPLUS_TO_FERPLUS, FERPLUS_CLASSES, REPO_ROOT, RUNS_DIR, ferplus_rows
+from training.train_expression import CACHE, majority_labels
+
+MODELS = REPO_ROOT / "models"
+IDENTITY = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+
+
+def aligned_from_grey(crop: np.ndarray) -> AlignedFace:
+    return AlignedFace(image=cv2.cvtColor(crop, cv2.COLOR_GRAY2BGR), matrix=IDENTITY)
+
+
+def predict_all(rec: ExpressionRecognizer, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    results = [rec.predict(aligned_from_grey(c)) for c in crops]
+    idx = {c: i for i, c in enumerate(rec.classes)}
+    probs = np.array([[r.scores[c] for c in rec.classes] for r in results])
+    return probs, np.array([idx[r.label] for r in results]), np.array([r.uncertain for r in results])
+
+
+def confusion(y: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
+    m = np.zeros((n, n), np.int64)
+    np.add.at(m, (y, pred), 1)
+    return m
+
+
+def macro_f1(cm: np.ndarray) -> float:
+    tp = np.diag(cm).astype(float)
+    prec = tp / np.maximum(cm.sum(0), 1)
+    rec = tp / np.maximum(cm.sum(1), 1)
+    f1 = np.where(prec + rec > 0, 2 * prec * rec / np.maximum(prec + rec, 1e-12), 0.0)
+    present = cm.sum(1) > 0
+    return float(f1[present].mean())
+
+
+def print_cm(cm: np.ndarray, names: list[str]) -> None:
+    short = [n[:5] for n in names]
+    print("true\\pred " + " ".join(f"{s:>6}" for s in short))
+    for name, row in zip(short, cm):
+        print(f"{name:>9} " + " ".join(f"{v:>6}" for v in row))
+
+
+def write_manifest_metrics(report: dict, models_dir: Path = MODELS) -> None:
+    """Add the service-path numbers to the expression entry's ``metrics`` in models/manifest.json."""
+    path = models_dir / "manifest.json"
+    manifest = json.loads(path.read_text())
+    metrics = manifest["models"]["expression"].setdefault("metrics", {})
+    test, ck = report["ferplus_test"], report["ckplus"]
+    metrics.update({
+        "ferplus_test_acc_service_path": round(test["accuracy"], 4),
+        "ferplus_test_macro_f1": round(test["macro_f1"], 4),
+        "ckplus_acc_8way": round(ck["acc_8way"], 4), "ckplus_acc_7way": round(ck["acc_7way"], 4),
+    })
+    if "bench_ms_per_face_1thread" in report:
+        metrics["ms_per_face_1thread"] = round(report["bench_ms_per_face_1thread"], 3)
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", type=Path, default=MODELS)
+    p.add_argument("--cache", type=Path, default=CACHE)
+    p.add_argument("--pngs", type=int, default=0, help="also run the first N FER+ Test PNGs through face_crop")
+    p.add_argument("--bench", action="store_true")
+    p.add_argument("--out", type=Path, default=RUNS_DIR / "expression" / "eval.json")
+    p.add_argument("--write-manifest", action="store_true", help="store the numbers in the manifest's metrics")
+    args = p.parse_args()
+    rec = ExpressionRecognizer(args.models, threads=1)
+    report: dict = {"model_version": rec.version}
+    names = list(FERPLUS_CLASSES)
+
+    with np.load(args.cache / "ferplus_test.npz") as z:
+        crops, votes = z["crops"], z["votes"]
+    y = majority_labels(votes)
+    ok = y >= 0
+    probs, pred, unc = predict_all(rec, crops[ok])
+    yt = y[ok]
+    cm = confusion(yt, pred, len(names))
+    acc = float((pred == yt).mean())
+    report["ferplus_test"] = {
+        "n": int(ok.sum()), "accuracy": acc, "macro_f1": macro_f1(cm), "confusion": cm.tolist(),
+        "uncertain_rate": float(unc.mean()),
+        "accuracy_certain": float((pred == yt)[~unc].mean()), "accuracy_uncertain": float((pred == yt)[unc].mean())
+        if unc.any() else None,
+    }
+    print(f"FER+ Test (majority, n={ok.sum()}): accuracy {acc:.4f}, macro-F1 {report['ferplus_test']['macro_f1']:.4f}; "
+          f"uncertain {unc.mean():.1%} (acc certain {report['ferplus_test']['accuracy_certain']:.4f})")
+    print_cm(cm, names)
+
+    if args.pngs:
+        from app.landmarks import LandmarkStage
+        from app.model_zoo.face_mesh import FaceMesh
+
+        stage = LandmarkStage(FaceMesh(args.models))
+        rows = ferplus_rows("test")[: args.pngs]
+        hits = agree = n = 0
+        for i, row in enumerate(rows):
+            if row.majority is None:
+                continue
+            image = cv2.imread(str(row.path), cv2.IMREAD_COLOR)
+            mesh = stage.from_face_crop(image)
+            r = rec.predict(align_face(image, mesh.landmarks))
+            label = names.index(r.label)
+            hits += label == row.majority
+            agree += label == names.index(rec.predict(aligned_from_grey(crops[i])).label)
+            n += 1
+        report["ferplus_test_png_face_crop"] = {"n": n, "accuracy": hits / n, "agreement_with_cache": agree / n}
+        print(f"FER+ Test PNGs via face_crop path (first {len(rows)}, n={n}): accuracy {hits / n:.4f}, "
+              f"same label as the cached crop {agree / n:.1%}")
+
+    with np.load(args.cache / "ckplus.npz") as z:
+        ck_crops, emotions, is_peak = z["crops"], z["emotions"], z["is_peak"]
+    ck_y = np.array([names.index(CKPLUS_TO_FERPLUS[e]) for e in emotions])
+    ck_probs, ck_pred, _ = predict_all(rec, ck_crops)
+    seven = sorted(set(ck_y.tolist()))
+    pred7 = np.array(seven)[ck_probs[:, seven].argmax(1)]
+    ck_cm = confusion(ck_y, ck_pred, len(names))
+    report["ckplus"] = {
+        "n": int(len(ck_y)), "acc_8way": float((ck_pred == ck_y).mean()), "acc_7way": float((pred7 == ck_y).mean()),
+        "acc_8way_peak": float((ck_pred == ck_y)[is_peak].mean()), "macro_f1_8way": macro_f1(ck_cm),
+        "confusion": ck_cm.tolist(),
+    }
+    print(f"CK+ (unseen, n={len(ck_y)}): accuracy {report['ckplus']['acc_8way']:.4f} (8-way), "
+          f"{report['ckplus']['acc_7way']:.4f} (argmax over its 7 classes), "
+          f"peak frames {report['ckplus']['acc_8way_peak']:.4f}")
+    print_cm(ck_cm, names)
+
+    if args.bench:
+        face = aligned_from_grey(crops[0])
+        for _ in range(20):
+            rec.predict(face)
+        n_runs = 500
+        start = time.perf_counter()
+        for i in range(n_runs):
+            rec.predict(aligned_from_grey(crops[i % len(crops)]))
+        ms = (time.perf_counter() - start) * 1000 / n_runs
+        report["bench_ms_per_face_1thread"] = ms
+        print(f"bench: {ms:.3f} ms per face (preprocess + ONNX + prototypes), 1 thread")
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    if args.write_manifest:
+        write_manifest_metrics(report, args.models)
+    print(f"-> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
