@@ -3,20 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from app.boxes import overlap_of_smaller
 from app.model_zoo.blazeface import BlazeFaceFullRange, BlazeFaceShortRange, Detection
 
 SAME_FACE_OVERLAP = 0.4  # intersection over the smaller box: the short-range box of a face is often larger
-
-
-def overlap_of_smaller(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    x0 = np.maximum(box[0], boxes[:, 0])
-    y0 = np.maximum(box[1], boxes[:, 1])
-    x1 = np.minimum(box[2], boxes[:, 2])
-    y1 = np.minimum(box[3], boxes[:, 3])
-    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return inter / np.maximum(np.minimum(area, areas), 1e-9)
 
 
 class FaceDetector:

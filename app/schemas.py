@@ -1,6 +1,8 @@
 """Every JSON shape the API returns, in one place."""
 from __future__ import annotations
 
+from typing import Generic, TypeVar
+
 from pydantic import BaseModel, Field
 
 
@@ -43,11 +45,20 @@ class ImageInfo(BaseModel):
     height: int
 
 
-class DetectFacesResponse(BaseModel):
+FaceT = TypeVar("FaceT", bound=Face)
+
+
+class AnalysisResponse(BaseModel, Generic[FaceT]):
+    """What every analysis endpoint returns; the face type says which per-face results it carries."""
+
     request_id: str
     image: ImageInfo
-    faces: list[Face]
-    timings_ms: dict[str, float]
+    faces: list[FaceT]
+    timings_ms: dict[str, float] = Field(description="milliseconds per stage, summed over the faces")
+
+
+class DetectFacesResponse(AnalysisResponse[Face]):
+    pass
 
 
 class ActionUnitOut(BaseModel):
@@ -64,11 +75,8 @@ class FaceWithActionUnits(Face):
     )
 
 
-class DetectActionUnitsResponse(BaseModel):
-    request_id: str
-    image: ImageInfo
-    faces: list[FaceWithActionUnits]
-    timings_ms: dict[str, float]
+class DetectActionUnitsResponse(AnalysisResponse[FaceWithActionUnits]):
+    pass
 
 
 class ExpressionOut(BaseModel):
@@ -88,22 +96,16 @@ class FaceWithExpression(Face):
     expression: ExpressionOut | None = Field(None, description="null when the face is filtered")
 
 
-class RecognizeExpressionResponse(BaseModel):
-    request_id: str
-    image: ImageInfo
-    faces: list[FaceWithExpression]
-    timings_ms: dict[str, float]
+class RecognizeExpressionResponse(AnalysisResponse[FaceWithExpression]):
+    pass
 
 
 class FaceWithAll(FaceWithActionUnits, FaceWithExpression):
     pass
 
 
-class AnalyzeResponse(BaseModel):
-    request_id: str
-    image: ImageInfo
-    faces: list[FaceWithAll]
-    timings_ms: dict[str, float]
+class AnalyzeResponse(AnalysisResponse[FaceWithAll]):
+    pass
 
 
 class ErrorDetail(BaseModel):

@@ -15,7 +15,6 @@ from app.model_zoo.blazeface import BlazeFaceFullRange
 from app.model_zoo.face_mesh import FaceMesh
 from app.model_zoo.occlusion import REGIONS, OcclusionClassifier
 from app.settings import get_settings
-from tests.helpers import REPO
 
 MODELS = get_settings().models_dir
 

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from app.align import AlignedFace
+from app.boxes import box_iou
 from app.model_zoo.base import OnnxModel
 
 
@@ -52,14 +53,6 @@ def decode(raw: np.ndarray, anchors: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return boxes, scores
 
 
-def iou_one(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    lo = np.maximum(box[:2], boxes[:, :2])
-    hi = np.minimum(box[2:], boxes[:, 2:])
-    inter = np.clip(hi - lo, 0, None).prod(1)
-    area = lambda b: np.clip(b[..., 2] - b[..., 0], 0, None) * np.clip(b[..., 3] - b[..., 1], 0, None)  # noqa: E731
-    return inter / np.maximum(area(box) + area(boxes) - inter, 1e-9)
-
-
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, min_score: float = 1e-3) -> np.ndarray:
     """Indices of the kept boxes, best first."""
     order = np.argsort(-scores)
@@ -67,7 +60,7 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, min_score: 
     kept = []
     while order.size:
         kept.append(order[0])
-        order = order[1:][iou_one(boxes[order[0]], boxes[order[1:]]) <= iou_threshold]
+        order = order[1:][box_iou(boxes[order[0]], boxes[order[1:]]) <= iou_threshold]
     return np.array(kept, dtype=int)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from app.boxes import box_iou
 from app.model_zoo.base import OnnxModel
 
 # Keypoint order of BlazeFace: the subject's right eye, left eye, nose tip, mouth centre,
@@ -47,17 +48,6 @@ def weighted_nms(boxes: np.ndarray, scores: np.ndarray, keypoints: np.ndarray, i
         kept.append((box, float(scores[best]), kps))
         order = order[ious <= iou_threshold]
     return kept
-
-
-def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    x0 = np.maximum(box[0], boxes[:, 0])
-    y0 = np.maximum(box[1], boxes[:, 1])
-    x1 = np.minimum(box[2], boxes[:, 2])
-    y1 = np.minimum(box[3], boxes[:, 3])
-    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return inter / np.maximum(area + areas - inter, 1e-9)
 
 
 class BlazeFace(OnnxModel):
