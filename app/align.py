@@ -51,7 +51,7 @@ class AlignedFace:
 def alignment_matrix(landmarks: np.ndarray, size: int = DEFAULT_SIZE) -> np.ndarray:
     source = np.asarray(landmarks, dtype=np.float64)[TEMPLATE_INDICES, :2]
     matrix, _ = cv2.estimateAffinePartial2D(source, TEMPLATE * size, method=cv2.LMEDS)
-    if matrix is None:  # degenerate landmarks; fall back to the plain least-squares fit of the eyes
+    if matrix is None:  # degenerate landmarks (all points on one spot): no similarity fits
         raise ValueError("landmarks are degenerate; cannot align")
     return matrix
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from app.model_zoo.au_detector import AuDetector
-from app.model_zoo.base import OnnxModel, load_manifest
+from app.model_zoo.base import OnnxModel
 from app.model_zoo.blazeface import BlazeFaceFullRange, BlazeFaceShortRange
 from app.model_zoo.expression import ExpressionRecognizer
 from app.model_zoo.face_mesh import FaceMesh
@@ -13,7 +13,6 @@ from app.settings import Settings
 class ModelRegistry:
     def __init__(self, settings: Settings) -> None:
         models_dir, threads = settings.models_dir, settings.onnx_threads
-        self.manifest = load_manifest(models_dir)
         self.full_range = BlazeFaceFullRange(models_dir, threads)
         self.short_range = BlazeFaceShortRange(models_dir, threads)
         self.mesh = FaceMesh(models_dir, threads)

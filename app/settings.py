@@ -36,8 +36,7 @@ class Settings(BaseSettings):
         None, ge=0.0, le=1.0, description="overrides the per-region thresholds in the manifest"
     )
 
-    # Requests to the AU and expression networks, and the server.
-    request_timeout_s: float = Field(30.0, gt=0)
+    # The server.
     cors_origins: list[str] = []
     api_key: str | None = Field(None, description="when set, requests must send it in X-API-Key")
 

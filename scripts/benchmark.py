@@ -51,15 +51,13 @@ def percentiles(values: list[float]) -> str:
     return f"p50 {np.percentile(values, 50):7.2f} ms   p95 {np.percentile(values, 95):7.2f} ms"
 
 
-def extra_stages(pipeline: FacePipeline) -> dict:
-    """Per-face networks beyond the face stage, when the registry has them (name -> callable(face))."""
+def per_face_stages(pipeline: FacePipeline) -> dict:
+    """The per-face networks run after the face stage on unfiltered faces (name -> callable(face))."""
     models = pipeline.models
-    stages = {}
-    if getattr(models, "au", None) is not None:
-        stages["au"] = lambda face: models.au.predict(face.aligned)
-    if getattr(models, "expression", None) is not None:
-        stages["expression"] = lambda face: models.expression.predict(face.aligned)
-    return stages
+    return {
+        "au": lambda face: models.au.predict(face.aligned),
+        "expression": lambda face: models.expression.predict(face.aligned),
+    }
 
 
 def bench_in_process(images: dict[str, bytes], runs: int) -> dict:
@@ -67,7 +65,7 @@ def bench_in_process(images: dict[str, bytes], runs: int) -> dict:
     registry = ModelRegistry(settings)
     registry.warm_up()
     pipeline = FacePipeline(registry, settings)
-    stages = extra_stages(pipeline)
+    stages = per_face_stages(pipeline)
     results = {}
     for name, data in images.items():
         per_stage: dict[str, list[float]] = defaultdict(list)
@@ -147,7 +145,7 @@ def bench_http(images: dict[str, bytes], runs: int, endpoint: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=50)
-    parser.add_argument("--endpoints", nargs="+", default=["/detect-faces"])
+    parser.add_argument("--endpoints", nargs="*", default=["/detect-faces", "/analyze"], help="none: in-process only")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, python {platform.python_version()}")

@@ -117,3 +117,11 @@ def test_docs_are_served_without_a_cdn(client):
     assert "cdn.jsdelivr.net" not in page and "unpkg.com" not in page
     asset = next(part.split('"')[0] for part in page.split('src="')[1:] if part.split('"')[0].endswith(".js"))
     assert client.get(asset).status_code == 200
+
+
+def test_blank_face_crop_is_reported_unusable_not_guessed(client):
+    blank = np.full((64, 64, 3), 128, np.uint8)
+    body = post_image(client, "/analyze", encode(blank, ".png"), face_crop="true").json()
+    (face,) = body["faces"]
+    assert face["filtered"] and "low_landmark_confidence" in face["filter_reasons"]
+    assert face["action_units"] is None and face["expression"] is None

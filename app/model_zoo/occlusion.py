@@ -47,7 +47,3 @@ class OcclusionClassifier(OnnxModel):
         """Probability that each region is occluded, keyed by region name."""
         probs = self.run(self.preprocess(aligned.image))[0].reshape(-1)
         return {r: float(p) for r, p in zip(REGIONS, probs)}
-
-    def occluded(self, probabilities: dict[str, float], threshold: float | None = None) -> list[str]:
-        """Regions at or above their threshold (or a single override threshold)."""
-        return [r for r in REGIONS if probabilities[r] >= (self._thresholds[r] if threshold is None else threshold)]
