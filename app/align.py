@@ -62,6 +62,16 @@ def align_face(image: np.ndarray, landmarks: np.ndarray, size: int = DEFAULT_SIZ
     return AlignedFace(image=crop, matrix=matrix)
 
 
+def grey_input(crop: np.ndarray, size: int) -> np.ndarray:
+    """An aligned crop (grey, BGR or BGRA) as the (size, size) uint8 grey image our networks read:
+    ``cv2.COLOR_*2GRAY`` then ``cv2.INTER_AREA``. Serving and training both call this."""
+    if crop.ndim == 3:
+        crop = cv2.cvtColor(crop, cv2.COLOR_BGRA2GRAY if crop.shape[2] == 4 else cv2.COLOR_BGR2GRAY)
+    if crop.shape[:2] != (size, size):
+        crop = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
+    return crop
+
+
 def landmarks_in_crop(aligned: AlignedFace, landmarks: np.ndarray) -> np.ndarray:
     """(468, 2) landmark positions in the aligned crop's pixels."""
     return np.asarray(landmarks, dtype=np.float64)[:, :2] @ aligned.matrix[:, :2].T + aligned.matrix[:, 2]

@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 import torch
 
+from app.model_zoo.au_detector import preprocess
 from app.model_zoo.base import sha256_of
 from training.au_model import AuNet, au_scores_torch, count_macs, kmeans_anchors, yolo_loss
 from training.au_regions import FACS_NAMES, au_boxes
@@ -66,8 +67,8 @@ def setup_logging(path: Path | None) -> None:
 
 
 def preprocess_crop(grey: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
-    """The aligned grey crop resized to the network input, float32 in [0, 1]. Same as the service."""
-    return cv2.resize(grey, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+    """The aligned grey crop as the network reads it, (size, size) float32 in [0, 1]: the service's own."""
+    return preprocess(grey, size)[0, 0]
 
 
 class CkPlus:

@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from app.align import grey_input
 from training.data import REPO_ROOT, RUNS_DIR
 from training.occluders import (
     HELDOUT_IMAGES, REGIONS, TRAIN_IMAGES, load_images, occlude,
@@ -103,7 +104,7 @@ def count_macs(net: nn.Module) -> int:
 # ------------------------------------------------------------------------------------------- data
 def to_input(crop: np.ndarray) -> np.ndarray:
     """112x112 grey uint8 -> 64x64 float32 0..255 (exactly what the serving class does)."""
-    return cv2.resize(crop, (INPUT_SIZE, INPUT_SIZE), interpolation=cv2.INTER_AREA).astype(np.float32)
+    return grey_input(crop, INPUT_SIZE).astype(np.float32)
 
 
 def photometric(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:

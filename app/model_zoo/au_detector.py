@@ -11,10 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from app.align import AlignedFace
+from app.align import AlignedFace, grey_input
 from app.boxes import box_iou
 from app.model_zoo.base import OnnxModel
 
@@ -34,9 +33,7 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 
 def preprocess(crop_bgr_or_grey: np.ndarray, size: int) -> np.ndarray:
     """Aligned crop (BGR or grey, any square size) -> (1, 1, size, size) float32 grey in [0, 1]."""
-    grey = crop_bgr_or_grey if crop_bgr_or_grey.ndim == 2 else cv2.cvtColor(crop_bgr_or_grey, cv2.COLOR_BGR2GRAY)
-    resized = cv2.resize(grey, (size, size), interpolation=cv2.INTER_AREA)
-    return resized.astype(np.float32)[None, None] / 255.0
+    return grey_input(crop_bgr_or_grey, size).astype(np.float32)[None, None] / 255.0
 
 
 def decode(raw: np.ndarray, anchors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

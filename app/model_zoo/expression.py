@@ -11,27 +11,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 
+from app.align import grey_input
 from app.model_zoo.base import ModelError, OnnxModel, sha256_of
 
 INPUT_SIZE = 48
 
 
-def preprocess(grey: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
-    """(H, W) uint8 grey aligned crop -> (size, size) float32 in [0, 1]. Training uses this same function."""
-    if grey.shape[0] != size or grey.shape[1] != size:
-        grey = cv2.resize(grey, (size, size), interpolation=cv2.INTER_AREA)
-    return grey.astype(np.float32) / 255.0
-
-
-def to_grey(image: np.ndarray) -> np.ndarray:
-    if image.ndim == 2:
-        return image
-    if image.shape[2] == 4:
-        return cv2.cvtColor(image, cv2.COLOR_BGRA2GRAY)
-    return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+def preprocess(crop: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
+    """Aligned crop (grey, BGR or BGRA) -> (size, size) float32 grey in [0, 1]. Training uses this too."""
+    return grey_input(crop, size).astype(np.float32) / 255.0
 
 
 @dataclass(frozen=True)
@@ -64,7 +54,7 @@ class ExpressionRecognizer(OnnxModel):
             raise ModelError("expression prototypes do not match the class list")
 
     def predict_batch(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(N, H, W) uint8 grey aligned crops -> (probabilities (N, C), unit embeddings (N, d))."""
+        """(N, H, W[, 3]) uint8 aligned crops -> (probabilities (N, C), unit embeddings (N, d))."""
         tensor = np.stack([preprocess(c, self.size) for c in crops])[:, None]
         probs, emb = self.run(tensor.astype(np.float32))
         emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
@@ -87,6 +77,6 @@ class ExpressionRecognizer(OnnxModel):
     def predict(self, aligned) -> ExpressionResult:
         """``aligned``: app.align.AlignedFace (BGR crop) or a grey/BGR crop array."""
         image = getattr(aligned, "image", aligned)
-        probs, emb = self.predict_batch(to_grey(np.asarray(image))[None])
+        probs, emb = self.predict_batch(np.asarray(image)[None])
         _, dist = self.nearest_prototype(emb)
         return self.result(probs[0], float(dist[0]))

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from app.align import AlignedFace
+from app.align import AlignedFace, grey_input
 from app.model_zoo.base import ModelError, OnnxModel
 
 REGIONS = ("eyes", "nose", "mouth", "brows")
@@ -38,10 +37,7 @@ class OcclusionClassifier(OnnxModel):
         return dict(self._thresholds)
 
     def preprocess(self, image: np.ndarray) -> np.ndarray:
-        grey = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-        if grey.shape[:2] != (self.size, self.size):
-            grey = cv2.resize(grey, (self.size, self.size), interpolation=cv2.INTER_AREA)
-        return grey.astype(np.float32)[None, None]
+        return grey_input(image, self.size).astype(np.float32)[None, None]
 
     def predict(self, aligned: AlignedFace) -> dict[str, float]:
         """Probability that each region is occluded, keyed by region name."""
