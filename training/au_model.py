@@ -181,22 +181,3 @@ def yolo_loss(raw: torch.Tensor, targets: list[np.ndarray], anchors: torch.Tenso
 def au_scores_torch(raw: torch.Tensor) -> torch.Tensor:
     """Per-image AU probability: the max over all boxes of objectness x class score. (N, C)."""
     return (torch.sigmoid(raw[..., 4:5]) * torch.sigmoid(raw[..., 5:])).amax(1)
-
-
-def count_macs(model: nn.Module, size: int) -> int:
-    """Multiply-accumulates of the convolutions for one (1, 1, size, size) input."""
-    total = 0
-
-    def hook(module, inputs, output):
-        nonlocal total
-        if isinstance(module, nn.Conv2d):
-            kh, kw = module.kernel_size
-            total += output.numel() * module.in_channels // module.groups * kh * kw
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
-    model.eval()
-    with torch.no_grad():
-        model(torch.zeros(1, 1, size, size))
-    for h in handles:
-        h.remove()
-    return total

@@ -72,25 +72,3 @@ class ExportWrapper(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits, e = self.net(x)
         return torch.softmax(logits * self.inv_t, dim=1), e
-
-
-def count_macs(net: nn.Module, size: int = INPUT_SIZE) -> int:
-    macs = 0
-
-    def hook(mod, inp, out):
-        nonlocal macs
-        if isinstance(mod, nn.Conv2d):
-            per_out = mod.in_channels // mod.groups * mod.kernel_size[0] * mod.kernel_size[1]
-            macs += out.numel() // out.shape[0] * per_out
-        elif isinstance(mod, nn.Linear):
-            macs += mod.in_features * mod.out_features
-
-    handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    was = net.training
-    net.eval()
-    with torch.no_grad():
-        net(torch.zeros(1, 1, size, size))
-    net.train(was)
-    for h in handles:
-        h.remove()
-    return macs

@@ -25,7 +25,8 @@ import torch
 
 from app.model_zoo.au_detector import preprocess
 from app.model_zoo.base import sha256_of
-from training.au_model import AuNet, au_scores_torch, count_macs, kmeans_anchors, yolo_loss
+from training.au_model import AuNet, au_scores_torch, kmeans_anchors, yolo_loss
+from training.macs import count_macs
 from training.au_regions import FACS_NAMES, au_boxes
 from training.data import REPO_ROOT, RUNS_DIR
 

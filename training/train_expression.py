@@ -34,7 +34,8 @@ import torch.nn.functional as F
 
 from app.model_zoo.expression import INPUT_SIZE, preprocess
 from training.data import FERPLUS_CLASSES, RUNS_DIR
-from training.expression_model import ExpressionNet, count_macs
+from training.expression_model import ExpressionNet
+from training.macs import count_macs
 from training.screening import ScreeningBounds, batch_stats, sphere_stats
 
 CACHE = RUNS_DIR / "cache"
@@ -246,7 +247,7 @@ def train(args: argparse.Namespace) -> Path:
     print(json.dumps(counts), flush=True)
 
     net = ExpressionNet(NC, args.d, args.s, args.width)
-    print(f"ExpressionNet width={args.width} d={args.d} s={args.s}: {count_macs(net) / 1e6:.1f} MMACs, "
+    print(f"ExpressionNet width={args.width} d={args.d} s={args.s}: {count_macs(net, INPUT_SIZE) / 1e6:.1f} MMACs, "
           f"{sum(p.numel() for p in net.parameters())} params", flush=True)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.wd)
     n = len(tr["y"])
@@ -308,7 +309,7 @@ def train(args: argparse.Namespace) -> Path:
     t_logits, _ = infer(net, data["test"]["x"])
     summary = {"name": args.name, "loss": args.loss, "screening": args.screening and args.loss != "ce",
                "best_epoch": ckpt["epoch"], "valid_acc": best, "test_acc": accuracy(t_logits, data["test"]["y"]),
-               "counts": counts, "history": history, "macs": count_macs(net)}
+               "counts": counts, "history": history, "macs": count_macs(net, INPUT_SIZE)}
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps({k: summary[k] for k in ("name", "best_epoch", "valid_acc", "test_acc")}), flush=True)
     if args.smoke:

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from app.align import grey_input
 from training.data import REPO_ROOT, RUNS_DIR
+from training.macs import count_macs
 from training.occluders import (
     HELDOUT_IMAGES, REGIONS, TRAIN_IMAGES, load_images, occlude,
 )
@@ -74,31 +75,6 @@ class WithSigmoid(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.net(x))
-
-
-def count_macs(net: nn.Module) -> int:
-    macs = 0
-    hooks = []
-
-    def conv_hook(mod, inp, out):
-        nonlocal macs
-        macs += out.numel() // out.shape[0] * (mod.in_channels // mod.groups) * mod.kernel_size[0] * mod.kernel_size[1]
-
-    def lin_hook(mod, inp, out):
-        nonlocal macs
-        macs += mod.in_features * mod.out_features
-
-    for m in net.modules():
-        if isinstance(m, nn.Conv2d):
-            hooks.append(m.register_forward_hook(conv_hook))
-        elif isinstance(m, nn.Linear):
-            hooks.append(m.register_forward_hook(lin_hook))
-    net.eval()
-    with torch.no_grad():
-        net(torch.zeros(1, 1, INPUT_SIZE, INPUT_SIZE))
-    for h in hooks:
-        h.remove()
-    return macs
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -343,7 +319,7 @@ def main(argv: list[str] | None = None) -> None:
         net = OcclusionNet(checkpoint["width"])
         net.load_state_dict(checkpoint["state"])
         print(f"initialised from {args.init} (epoch {checkpoint['epoch']})", flush=True)
-    macs = count_macs(net)
+    macs = count_macs(net, INPUT_SIZE)
     print(f"model: {sum(p.numel() for p in net.parameters())} parameters, {macs / 1e6:.2f} M MACs", flush=True)
     dataset = OccludedTrainSet(train["crops"], train["landmarks"], args.seed)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch, shuffle=True, num_workers=args.workers,
