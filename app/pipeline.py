@@ -78,6 +78,10 @@ class FacePipeline:
         self.settings = settings
         self.detector = FaceDetector(models.full_range, models.short_range)
         self.landmarks = LandmarkStage(models.mesh)
+        thresholds = models.occlusion.thresholds
+        if settings.occlusion_threshold is not None:  # one setting overrides every region's threshold
+            thresholds = {region: settings.occlusion_threshold for region in thresholds}
+        self.occlusion_thresholds = thresholds
 
     def analyze(self, image: np.ndarray, options: FaceOptions, timings: Timings | None = None) -> ImageAnalysis:
         timings = timings or Timings()
@@ -105,11 +109,8 @@ class FacePipeline:
         with timings.stage("align"):
             aligned = align_face(image, mesh.landmarks)
         with timings.stage("occlusion"):
-            classifier = self.models.occlusion
-            thresholds = classifier.thresholds
-            if self.settings.occlusion_threshold is not None:
-                thresholds = {r: self.settings.occlusion_threshold for r in thresholds}
-            occlusion = OcclusionVerdict(scores=classifier.predict(aligned), thresholds=thresholds)
+            scores = self.models.occlusion.predict(aligned)
+            occlusion = OcclusionVerdict(scores=scores, thresholds=self.occlusion_thresholds)
         reasons = filter_reasons(
             pose,
             occlusion,

@@ -7,8 +7,8 @@ import numpy as np
 from fastapi import Depends, File, Query, Request, UploadFile
 
 from app.decode import ImageLimits, decode_image
-from app.errors import ApiError
-from app.pipeline import FaceOptions, FacePipeline, Timings
+from app.errors import ApiError, request_id_of
+from app.pipeline import FaceOptions, FacePipeline, ImageAnalysis, Timings
 from app.settings import Settings, get_settings
 
 
@@ -65,6 +65,27 @@ def face_options(
     if max_faces > settings.max_faces_limit:
         raise ApiError(422, "invalid_request", f"max_faces: at most {settings.max_faces_limit}")
     return FaceOptions(side_face_filter, occlusion_filter, max_faces, min_face_size, face_crop)
+
+
+@dataclass
+class AnalysedUpload:
+    """An upload after the face stage: what every analysis route answers from."""
+
+    request_id: str
+    analysis: ImageAnalysis
+    include_landmarks: bool
+    pipeline: FacePipeline
+
+
+def analysed_upload(
+    request: Request,
+    upload: Upload = Depends(image_upload),
+    options: FaceOptions = Depends(face_options),
+    landmarks: bool = Query(False, description="include the 468 mesh points of each face"),
+    pipeline: FacePipeline = Depends(pipeline_of),
+) -> AnalysedUpload:
+    analysis = pipeline.analyze(upload.image, options, upload.timings)
+    return AnalysedUpload(request_id_of(request), analysis, landmarks, pipeline)
 
 
 def require_api_key(request: Request, settings: Settings = Depends(settings_of)) -> None:
