@@ -132,6 +132,18 @@ def test_onnx_loads_and_probabilities_sum_to_one():
     assert isinstance(result.uncertain, bool) and result.distance >= 0
 
 
+def test_mirror_image_reads_the_same():
+    """The shipped graph averages each face with its mirror image, so a face and its mirror give the same
+    probabilities and embedding; a single-view network would not (its outputs differ by 1e-2 or more)."""
+    rec = _recognizer()
+    rng = np.random.default_rng(1)
+    crops = rng.integers(0, 256, (4, 112, 112), dtype=np.uint8)
+    probs, emb = rec.predict_batch(crops)
+    probs_m, emb_m = rec.predict_batch(crops[:, :, ::-1])
+    np.testing.assert_allclose(probs_m, probs, atol=1e-4)
+    np.testing.assert_allclose(emb_m, emb, atol=1e-4)
+
+
 def test_astronaut_appears_happy(pipeline, astronaut):
     """skimage's astronaut (a smiling woman) through the service's face stage, then the recogniser."""
     rec = _recognizer()
@@ -170,6 +182,19 @@ def test_recognize_expression_endpoint(client, astronaut, cameraman):
     assert len(response.json()["faces"]) == 1
 
 
+def test_prescreen_drops_side_low_presence_and_occluded_faces():
+    pytest.importorskip("torch")
+    from training.train_expression import prescreen_mask
+
+    pose = np.array([[0, 0, 0], [35, 0, 0], [0, -30, 0], [10, 10, 40], [0, 0, 0], [0, 0, 0]], np.float32)
+    presence = np.array([0.9, 0.9, 0.9, 0.9, 0.3, 0.9], np.float32)
+    occluded = np.array([False, False, False, False, False, True])
+    mask = prescreen_mask(pose, presence, occluded)
+    assert mask["side_face"].tolist() == [False, True, True, False, False, False]  # roll alone is no side face
+    assert mask["keep"].tolist() == [True, False, False, True, False, False]
+    assert prescreen_mask(pose, presence)["keep"].tolist() == [True, False, False, True, False, True]
+
+
 # ----------------------------------------------------------------------------------- training smoke
 @pytest.mark.slow
 def test_training_smoke_exports_loadable_onnx(tmp_path, face_cache):
@@ -188,3 +213,7 @@ def test_training_smoke_exports_loadable_onnx(tmp_path, face_cache):
     probs, emb = sess.run(None, {"input": np.random.default_rng(0).random((2, 1, 48, 48), dtype=np.float32)})
     assert probs.shape == (2, 8) and emb.shape[0] == 2
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+    mirror = np.random.default_rng(0).random((2, 1, 48, 48), dtype=np.float32)
+    p1, _ = sess.run(None, {"input": mirror})
+    p2, _ = sess.run(None, {"input": mirror[..., ::-1].copy()})
+    np.testing.assert_allclose(p1, p2, atol=1e-5)  # mirror averaging is in the exported graph

@@ -8,6 +8,10 @@ before/after; class prototypes = mean unit embedding per class over FER+ Train (
 augmentation), re-normalised; ``uncertain`` threshold = 95th percentile of the nearest-prototype distance
 of the correctly classified Valid faces. ONNX opset 17, input (N, 1, 48, 48) float in [0, 1], outputs
 ``probabilities`` (N, 8) = softmax(logits / T) and ``embedding`` (N, d), norm s.
+
+Mirror averaging (``training.expression_model.predict``; ``--no-flip`` to leave it out) is baked into the
+ONNX graph, and the temperature, prototypes, threshold and reported accuracies are all computed with it,
+so the numbers describe exactly what the service runs.
 """
 from __future__ import annotations
 
@@ -64,11 +68,11 @@ def load_net(run_dir: Path) -> tuple[ExpressionNet, dict]:
     return net, ckpt
 
 
-def export_onnx(net: ExpressionNet, temperature: float, path: Path) -> float:
+def export_onnx(net: ExpressionNet, temperature: float, path: Path, flip: bool = True) -> float:
     """Write the ONNX file; return max |torch - onnx| over both outputs on a random batch."""
     import onnxruntime as ort
 
-    wrapper = ExportWrapper(net, temperature).eval()
+    wrapper = ExportWrapper(net, temperature, flip).eval()
     dummy = torch.rand(2, 1, INPUT_SIZE, INPUT_SIZE)
     path.parent.mkdir(parents=True, exist_ok=True)
     kwargs = dict(input_names=["input"], output_names=["probabilities", "embedding"], opset_version=OPSET,
@@ -86,7 +90,7 @@ def export_onnx(net: ExpressionNet, temperature: float, path: Path) -> float:
 
 
 def export_run(run_dir: Path, data: dict | None = None, onnx_path: Path | None = None,
-               install: bool = False) -> dict:
+               install: bool = False, flip: bool = True) -> dict:
     from training.train_expression import accuracy, infer, load_split
 
     run_dir = Path(run_dir)
@@ -94,15 +98,15 @@ def export_run(run_dir: Path, data: dict | None = None, onnx_path: Path | None =
     torch.set_num_threads(1)
     if data is None:
         data = {s: load_split(s) for s in ("train", "valid", "test")}
-    v_logits, v_emb = infer(net, data["valid"]["x"])
+    v_logits, v_emb = infer(net, data["valid"]["x"], flip=flip)
     yv = data["valid"]["y"]
     t = fit_temperature(v_logits, yv)
     ece_before, ece_after = ece(softmax(v_logits), yv), ece(softmax(v_logits / t), yv)
-    t_logits, _ = infer(net, data["test"]["x"])
+    t_logits, _ = infer(net, data["test"]["x"], flip=flip)
     yt = data["test"]["y"]
     test_ece_before, test_ece_after = ece(softmax(t_logits), yt), ece(softmax(t_logits / t), yt)
 
-    _, tr_emb = infer(net, data["train"]["x"])
+    _, tr_emb = infer(net, data["train"]["x"], flip=flip)
     unit = lambda e: e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)  # noqa: E731
     tr_unit, v_unit = unit(tr_emb), unit(v_emb)
     protos = np.zeros((len(FERPLUS_CLASSES), tr_unit.shape[1]), np.float32)
@@ -120,9 +124,10 @@ def export_run(run_dir: Path, data: dict | None = None, onnx_path: Path | None =
     acc_certain = float(correct[nearest <= threshold].mean()) if (nearest <= threshold).any() else float("nan")
 
     onnx_path = onnx_path or run_dir / "expression.onnx"
-    diff = export_onnx(net, t, onnx_path)
+    diff = export_onnx(net, t, onnx_path, flip)
     info = {
         "run": run_dir.name, "epoch": ckpt["epoch"], "args": ckpt["args"], "temperature": round(t, 4),
+        "flip_averaging": flip,
         "valid_acc": accuracy(v_logits, yv), "test_acc": accuracy(t_logits, yt),
         "ece_valid_before": ece_before, "ece_valid_after": ece_after,
         "ece_test_before": test_ece_before, "ece_test_after": test_ece_after,
@@ -161,13 +166,17 @@ def install_model(info: dict, onnx_path: Path, models_dir: Path = MODELS) -> Non
                   "range": [0.0, 1.0],
                   "resize": "app.align 112x112 aligned crop -> BGR2GRAY -> cv2.resize INTER_AREA to 48x48 -> /255; "
                             "the network standardises each image itself"},
-        "outputs": {"probabilities": "[batch, 8]: softmax(logits / temperature), classes order",
+        "outputs": {"probabilities": "[batch, 8]: softmax(logits / temperature), classes order"
+                                     + (", logits averaged over the face and its mirror image"
+                                        if info.get("flip_averaging") else ""),
                     "embedding": f"[batch, {a['d']}]: L2 norm s = {a['s']}"},
         "classes": list(FERPLUS_CLASSES),
         "d": int(a["d"]), "s": float(a["s"]),
         "loss": a["loss"], "screening": bool(a["screening"]) and a["loss"] != "ce", "mu_sigma": a["mu_sigma"],
         "alpha_p": float(a["alpha_p"]), "alpha_n": float(a["alpha_n"]), "margin": float(a["margin"]),
         "temperature": info["temperature"],
+        "flip_averaging": bool(info.get("flip_averaging", False)),
+        "architecture": f"residual CNN, width {a['width']}",
         "prototypes": {"space": "unit sphere (embedding / s)", "file": proto_file.name,
                        "sha256": sha256_of(proto_file), "shape": list(protos.shape),
                        "threshold": round(info["prototype_threshold"], 5),
@@ -191,6 +200,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", type=Path)
     p.add_argument("--install", action="store_true", help="copy to models/expression.onnx and write the manifest")
+    p.add_argument("--no-flip", dest="flip", action="store_false",
+                   help="export the single-view network, without mirror averaging")
     p.add_argument("--install-only", action="store_true",
                    help="install RUN_DIR/expression.onnx with the numbers of a previous export (export.json)")
     args = p.parse_args()
@@ -198,7 +209,7 @@ def main() -> None:
         info = json.loads((args.run_dir / "export.json").read_text())
         install_model(info, Path(info["onnx"]))
     else:
-        export_run(args.run_dir, install=args.install)
+        export_run(args.run_dir, install=args.install, flip=args.flip)
 
 
 if __name__ == "__main__":

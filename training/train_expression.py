@@ -33,12 +33,13 @@ import torch
 import torch.nn.functional as F
 
 from app.model_zoo.expression import INPUT_SIZE, preprocess
-from training.data import FERPLUS_CLASSES, RUNS_DIR
-from training.expression_model import ExpressionNet
+from training.data import FERPLUS_CLASSES, REPO_ROOT, RUNS_DIR
+from training.expression_model import ExpressionNet, predict
 from training.macs import count_macs
 from training.screening import ScreeningBounds, batch_stats, sphere_stats
 
 CACHE = RUNS_DIR / "cache"
+MODELS_DIR = REPO_ROOT / "models"
 NC = len(FERPLUS_CLASSES)
 
 
@@ -58,14 +59,30 @@ def soft_targets(votes: np.ndarray) -> np.ndarray:
     return v / np.maximum(v.sum(1, keepdims=True), 1.0)
 
 
-def prescreen_mask(pose: np.ndarray, presence: np.ndarray, max_yaw: float = 30.0, max_pitch: float = 25.0,
-                   min_presence: float = 0.5) -> dict[str, np.ndarray]:
+def prescreen_mask(pose: np.ndarray, presence: np.ndarray, occluded: np.ndarray | None = None,
+                   max_yaw: float = 30.0, max_pitch: float = 25.0, min_presence: float = 0.5
+                   ) -> dict[str, np.ndarray]:
+    """The service's pre-filters on training faces: side face (pose), mesh presence, occlusion."""
     side = (np.abs(pose[:, 0]) > max_yaw) | (np.abs(pose[:, 1]) > max_pitch)
     low = presence < min_presence
-    return {"side_face": side, "low_presence": low, "keep": ~(side | low)}
+    occ = np.zeros_like(low) if occluded is None else occluded
+    return {"side_face": side, "low_presence": low, "occluded": occ, "keep": ~(side | low | occ)}
 
 
-def load_split(split: str, cache: Path = CACHE, limit: int = 0) -> dict[str, np.ndarray]:
+def occluded_faces(crops: np.ndarray, models_dir: Path = MODELS_DIR, batch: int = 256) -> np.ndarray:
+    """The service's occlusion verdict (models/occlusion.onnx, manifest thresholds, any region) per crop."""
+    from app.model_zoo.occlusion import OcclusionClassifier
+
+    clf = OcclusionClassifier(models_dir)
+    limits = np.array([clf.thresholds[r] for r in clf.REGIONS], dtype=np.float32)
+    out = []
+    for i in range(0, len(crops), batch):
+        tensor = np.concatenate([clf.preprocess(c) for c in crops[i: i + batch]])
+        out.append((clf.run(tensor)[0] >= limits).any(1))
+    return np.concatenate(out) if out else np.zeros(0, bool)
+
+
+def load_split(split: str, cache: Path = CACHE, limit: int = 0, occlusion: bool = False) -> dict[str, np.ndarray]:
     with np.load(cache / f"ferplus_{split}.npz") as z:
         crops, votes, pose, presence = z["crops"], z["votes"], z["pose"], z["presence"]
     if limit:
@@ -73,8 +90,11 @@ def load_split(split: str, cache: Path = CACHE, limit: int = 0) -> dict[str, np.
     y = majority_labels(votes)
     ok = y >= 0
     x = np.stack([preprocess(c) for c in crops[ok]])[:, None]
-    return {"x": x, "y": y[ok], "soft": soft_targets(votes[ok]), "pose": pose[ok], "presence": presence[ok],
-            "dropped_no_majority": int((~ok).sum()), "total": int(len(y))}
+    split_data = {"x": x, "y": y[ok], "soft": soft_targets(votes[ok]), "pose": pose[ok], "presence": presence[ok],
+                  "dropped_no_majority": int((~ok).sum()), "total": int(len(y))}
+    if occlusion:
+        split_data["occluded"] = occluded_faces(crops[ok])
+    return split_data
 
 
 def synthetic_split(n: int, seed: int) -> dict[str, np.ndarray]:
@@ -86,7 +106,7 @@ def synthetic_split(n: int, seed: int) -> dict[str, np.ndarray]:
         x[i, 0, 6 * c: 6 * c + 6, :] += 0.5
     soft = np.eye(NC, dtype=np.float32)[y]
     return {"x": x, "y": y, "soft": soft, "pose": np.zeros((n, 3), np.float32),
-            "presence": np.ones(n, np.float32), "dropped_no_majority": 0, "total": n}
+            "presence": np.ones(n, np.float32), "occluded": np.zeros(n, bool), "dropped_no_majority": 0, "total": n}
 
 
 # ------------------------------------------------------------------------------------------ augment
@@ -164,11 +184,11 @@ def metric_loss(emb: torch.Tensor, y: torch.Tensor, *, s: float, d: int, margin:
 
 # --------------------------------------------------------------------------------------------- eval
 @torch.no_grad()
-def infer(net: ExpressionNet, x: np.ndarray, batch: int = 512) -> tuple[np.ndarray, np.ndarray]:
+def infer(net: ExpressionNet, x: np.ndarray, batch: int = 512, flip: bool = False) -> tuple[np.ndarray, np.ndarray]:
     net.eval()
     logits, embs = [], []
     for i in range(0, len(x), batch):
-        lo, e = net(torch.from_numpy(x[i: i + batch]))
+        lo, e = predict(net, torch.from_numpy(x[i: i + batch]), flip)
         logits.append(lo.numpy())
         embs.append(e.numpy())
     return np.concatenate(logits), np.concatenate(embs)
@@ -193,7 +213,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--targets", choices=["soft", "majority"], default="soft",
                    help="CE targets: the 8-class vote distribution or the majority label")
     p.add_argument("--prescreen", action="store_true",
-                   help="drop training faces with |yaw|>30, |pitch|>25 or mesh presence < 0.5")
+                   help="drop training faces the service would filter: |yaw|>30, |pitch|>25, mesh presence < 0.5 "
+                        "or occluded (models/occlusion.onnx); the counts are logged either way")
     p.add_argument("--d", type=int, default=64)
     p.add_argument("--s", type=float, default=16.0)
     p.add_argument("--width", type=int, default=16)
@@ -232,12 +253,13 @@ def train(args: argparse.Namespace) -> Path:
         sys.exit(f"no FER+ cache in {args.cache}; run `python -m training.prepare_faces` first")
     else:
         lim = 256 if args.smoke else 0
-        data = {s: load_split(s, args.cache, lim) for s in ("train", "valid", "test")}
+        data = {s: load_split(s, args.cache, lim, occlusion=s == "train") for s in ("train", "valid", "test")}
     tr = data["train"]
-    screen_counts = prescreen_mask(tr["pose"], tr["presence"])
+    screen_counts = prescreen_mask(tr["pose"], tr["presence"], tr["occluded"])
     counts = {"train_total": tr["total"], "train_no_majority": tr["dropped_no_majority"],
               "train_side_face": int(screen_counts["side_face"].sum()),
               "train_low_presence": int(screen_counts["low_presence"].sum()),
+              "train_occluded": int(screen_counts["occluded"].sum()),
               "train_prescreened_out": int((~screen_counts["keep"]).sum()), "prescreen": args.prescreen,
               "valid_n": int(len(data["valid"]["y"])), "test_n": int(len(data["test"]["y"]))}
     if args.prescreen:
