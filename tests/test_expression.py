@@ -217,3 +217,18 @@ def test_training_smoke_exports_loadable_onnx(tmp_path, face_cache):
     p1, _ = sess.run(None, {"input": mirror})
     p2, _ = sess.run(None, {"input": mirror[..., ::-1].copy()})
     np.testing.assert_allclose(p1, p2, atol=1e-5)  # mirror averaging is in the exported graph
+
+
+@pytest.mark.slow
+def test_ablation_table_reads_a_trained_run(tmp_path, face_cache, capsys):
+    pytest.importorskip("torch")
+    from training.ablation_expression import main as ablation
+    from training.train_expression import parse_args, train
+
+    out = train(parse_args(["--smoke", "--loss", "ce", "--out", str(tmp_path / "ce"), "--cache", str(face_cache)]))
+    capsys.readouterr()
+    ablation([str(out), "--cache", str(face_cache), "--limit", "32"])
+    row = capsys.readouterr().out.strip().splitlines()[-1].split("|")
+    assert row[1].strip() == "ce" and row[2].strip() == "1"
+    accuracies = [float(v) for cell in row[3:5] for v in cell.split("/")]
+    assert len(accuracies) == 4 and all(0.0 <= a <= 1.0 for a in accuracies)
