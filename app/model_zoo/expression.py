@@ -3,8 +3,9 @@
 The network (training/expression_model.py, trained with statistically screened triplets, see
 models/EXPRESSION.md) reads the 112x112 aligned crop converted to grey and resized to 48x48 with
 cv2.INTER_AREA, scaled to [0, 1]. Its ONNX file reads each face and its mirror image and returns
-calibrated probabilities (the two views averaged, temperature baked in) and the L2-normalised embedding. A face whose embedding lies farther from every class prototype than
-the manifest's threshold is flagged ``uncertain``: the network has seen few faces like it.
+calibrated probabilities (the two views averaged, temperature baked in) and the L2-normalised
+embedding. A face whose embedding lies farther from every class prototype than the manifest's
+threshold is flagged ``uncertain``: the network has seen few faces like it.
 """
 from __future__ import annotations
 
