@@ -69,17 +69,15 @@ def prescreen_mask(pose: np.ndarray, presence: np.ndarray, occluded: np.ndarray 
     return {"side_face": side, "low_presence": low, "occluded": occ, "keep": ~(side | low | occ)}
 
 
-def occluded_faces(crops: np.ndarray, models_dir: Path = MODELS_DIR, batch: int = 256) -> np.ndarray:
-    """The service's occlusion verdict (models/occlusion.onnx, manifest thresholds, any region) per crop."""
-    from app.model_zoo.occlusion import OcclusionClassifier
+def occluded_faces(crops: np.ndarray, models_dir: Path = MODELS_DIR) -> np.ndarray:
+    """The service's occlusion verdict (models/occlusion.onnx, manifest thresholds, any region) per crop,
+    scored the way training/evaluate_occlusion.py scores it."""
+    from app.model_zoo.occlusion import REGIONS, OcclusionClassifier
+    from training.evaluate_occlusion import score
 
-    clf = OcclusionClassifier(models_dir)
-    limits = np.array([clf.thresholds[r] for r in clf.REGIONS], dtype=np.float32)
-    out = []
-    for i in range(0, len(crops), batch):
-        tensor = np.concatenate([clf.preprocess(c) for c in crops[i: i + batch]])
-        out.append((clf.run(tensor)[0] >= limits).any(1))
-    return np.concatenate(out) if out else np.zeros(0, bool)
+    model = OcclusionClassifier(models_dir)
+    limits = np.array([model.thresholds[r] for r in REGIONS], dtype=np.float32)
+    return (score(model, crops) >= limits).any(1)
 
 
 def load_split(split: str, cache: Path = CACHE, limit: int = 0, occlusion: bool = False) -> dict[str, np.ndarray]:
