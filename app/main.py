@@ -13,7 +13,7 @@ from app import __version__
 from app.errors import install_error_handlers
 from app.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from app.model_zoo.base import load_manifest
-from app.pipeline import FacePipeline
+from app.analyzer import Analyzer
 from app.registry import ModelRegistry
 from app.render_http import RENDER_RESPONSES, RenderMiddleware, render_option
 from app.routes import faces, health
@@ -45,7 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry = ModelRegistry(settings)
         registry.warm_up()
         app.state.registry = registry
-        app.state.pipeline = FacePipeline(registry, settings)
+        app.state.analyzer = Analyzer(settings, registry)
         app.state.ready = True
         yield
         app.state.ready = False

@@ -1,23 +1,41 @@
-"""Response stage: internal results -> the pydantic shapes of app/schemas.py.
+"""Response stage: the analyzer's results -> the pydantic shapes of app/schemas.py. Formatting only: every
+network has already run (``app.analyzer``), and AU boxes are already in image pixels (``app.heads``).
 
-Every analysis endpoint answers with the same face objects; an endpoint that runs a per-face network
-(AUs, expression) names it as an extra field, computed only for faces the pre-filters let through
-(a filtered face carries ``null`` there) and timed under the field's name.
+The response type follows from the heads that ran: none = /detect-faces, ``au`` = /detect-au,
+``expression`` = /recognize-expression, both = /analyze. A face the pre-filters excluded carries ``null``
+for each head that was asked for.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
-from pydantic import BaseModel
 
 from app.model_zoo.au_detector import ActionUnit
 from app.model_zoo.expression import ExpressionResult
-from app.pipeline import FaceAnalysis, ImageAnalysis
-from app.schemas import ActionUnitOut, Box, ExpressionOut, ImageInfo, Occlusion, Pose
+from app.schemas import (
+    ActionUnitOut,
+    AnalysisResponse,
+    AnalyzeResponse,
+    Box,
+    DetectActionUnitsResponse,
+    DetectFacesResponse,
+    ExpressionOut,
+    ImageInfo,
+    Occlusion,
+    Pose,
+    RecognizeExpressionResponse,
+)
 
-Response = TypeVar("Response", bound=BaseModel)
-PerFace = Callable[[FaceAnalysis], Any]
+if TYPE_CHECKING:
+    from app.analyzer import FaceAnalysis, ImageAnalysis
+
+RESPONSE_MODELS: dict[frozenset[str], type[AnalysisResponse[Any]]] = {
+    frozenset(): DetectFacesResponse,
+    frozenset({"au"}): DetectActionUnitsResponse,
+    frozenset({"expression"}): RecognizeExpressionResponse,
+    frozenset({"au", "expression"}): AnalyzeResponse,
+}
 
 
 def unit_interval(value: float) -> float:
@@ -29,10 +47,38 @@ def box_out(box: np.ndarray) -> Box:
     return Box(x=round(x0, 2), y=round(y0, 2), width=round(x1 - x0, 2), height=round(y1 - y0, 2))
 
 
-def face_out(face_id: int, face: FaceAnalysis, include_landmarks: bool) -> dict:
-    """Fields shared by every endpoint's face object."""
+def action_units_out(units: list[ActionUnit]) -> list[ActionUnitOut]:
+    return [
+        ActionUnitOut(
+            au=u.au,
+            name=u.name,
+            probability=unit_interval(u.probability),
+            present=u.present,
+            box=None if u.box is None else box_out(u.box),
+        )
+        for u in units
+    ]
+
+
+def expression_out(result: ExpressionResult) -> ExpressionOut:
+    return ExpressionOut(
+        label=result.label,
+        confidence=unit_interval(result.confidence),
+        scores={k: unit_interval(v) for k, v in result.scores.items()},
+        uncertain=result.uncertain,
+    )
+
+
+# Head name -> (response field, formatter of the head's result).
+FORMATTERS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "au": ("action_units", action_units_out),
+    "expression": ("expression", expression_out),
+}
+
+
+def face_out(face_id: int, face: FaceAnalysis, heads: tuple[str, ...], include_landmarks: bool) -> dict[str, Any]:
     verdict = face.occlusion
-    return dict(
+    fields: dict[str, Any] = dict(
         face_id=face_id,
         box=box_out(face.box),
         confidence=unit_interval(face.confidence),
@@ -48,51 +94,17 @@ def face_out(face_id: int, face: FaceAnalysis, include_landmarks: bool) -> dict:
         filter_reasons=list(face.filter_reasons),
         landmarks=np.round(face.landmarks, 2).tolist() if include_landmarks else None,
     )
+    for name in heads:
+        key, formatter = FORMATTERS[name]
+        fields[key] = None if face.filtered else formatter(face.outputs[name])
+    return fields
 
 
-def action_units_out(units: list[ActionUnit], face: FaceAnalysis) -> list[ActionUnitOut]:
-    """AU boxes come out of the network in aligned-crop pixels; map them back to the image."""
-    return [
-        ActionUnitOut(
-            au=u.au,
-            name=u.name,
-            probability=unit_interval(u.probability),
-            present=u.present,
-            box=None if u.box is None else box_out(face.aligned.box_to_image(u.box)),
-        )
-        for u in units
-    ]
-
-
-def expression_out(result: ExpressionResult) -> ExpressionOut:
-    return ExpressionOut(
-        label=result.label,
-        confidence=unit_interval(result.confidence),
-        scores={k: unit_interval(v) for k, v in result.scores.items()},
-        uncertain=result.uncertain,
-    )
-
-
-def analysis_response(
-    response_model: type[Response],
-    request_id: str,
-    analysis: ImageAnalysis,
-    include_landmarks: bool,
-    **per_face: PerFace,
-) -> Response:
-    faces = []
-    for face_id, face in enumerate(analysis.faces):
-        fields = face_out(face_id, face, include_landmarks)
-        for name, compute in per_face.items():
-            if face.filtered:
-                fields[name] = None
-                continue
-            with analysis.timings.stage(name):
-                fields[name] = compute(face)
-        faces.append(fields)
-    return response_model(
+def analysis_response(request_id: str, analysis: ImageAnalysis, include_landmarks: bool) -> AnalysisResponse[Any]:
+    model = RESPONSE_MODELS[frozenset(analysis.heads)]
+    return model(
         request_id=request_id,
         image=ImageInfo(width=analysis.width, height=analysis.height),
-        faces=faces,
+        faces=[face_out(i, face, analysis.heads, include_landmarks) for i, face in enumerate(analysis.faces)],
         timings_ms=analysis.timings.rounded(),
     )

@@ -1,7 +1,7 @@
 """Every JSON shape the API returns, in one place."""
 from __future__ import annotations
 
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, Field
 
@@ -55,6 +55,17 @@ class AnalysisResponse(BaseModel, Generic[FaceT]):
     image: ImageInfo
     faces: list[FaceT]
     timings_ms: dict[str, float] = Field(description="milliseconds per stage, summed over the faces")
+
+    def to_dataframe(self, frame: int = 1, timestamp: float = 0.0, source: str = "") -> Any:
+        """One row per face (a frame without a face: one ``success=0`` row) with the OpenFace-style
+        columns of the CLI's CSV (``app/table.py``). Needs pandas: ``pip install "microfacs[dataframe]"``."""
+        import pandas as pd
+
+        from app.table import table_rows
+
+        meta = {"frame": frame, "timestamp": timestamp, "source": source}
+        cols, rows = table_rows([(meta, self.model_dump())])
+        return pd.DataFrame([{k: None if v == "" else v for k, v in row.items()} for row in rows], columns=cols)
 
 
 class DetectFacesResponse(AnalysisResponse[Face]):

@@ -6,8 +6,9 @@
     microfacs photos/ --url http://localhost:8000        # against a server (the microfacs-client SDK)
     microfacs clip.mp4 --render overlays/                # also write annotated PNGs
 
-Without ``--url`` the CLI runs the service's own app in this process (``app.main.create_app`` driven
-in-process, so the JSON is exactly what the server would answer); with ``--url`` it calls that server.
+Without ``--url`` the CLI runs the service's own ``app.analyzer.Analyzer`` in this process (frames go to
+it as arrays, never re-encoded; the JSON is what the server would answer); with ``--url`` it calls that
+server through the microfacs-client SDK.
 Column meanings: see ``microfacs_cli/output.py`` (also ``microfacs --help``).
 """
 from __future__ import annotations
@@ -65,28 +66,66 @@ class Progress:
             self.stream.flush()
 
 
-def local_client(stack: ExitStack, args: argparse.Namespace):
-    """The service's app, in this process, behind the SDK client (same JSON as a server would answer)."""
-    import warnings
-
-    with warnings.catch_warnings():  # starlette's note about its httpx-based test client is not for CLI users
-        warnings.simplefilter("ignore")
-        from fastapi.testclient import TestClient
-
-    from app.main import create_app
-    from app.settings import Settings
-    from microfacs_client import Client
-
-    # Frames are handed over as BMP (lossless, no encoding cost); lift the upload cap for large frames.
-    settings = Settings(max_upload_bytes=512 * 1024 * 1024, api_key=None, onnx_threads=args.threads)
-    test_client = stack.enter_context(TestClient(create_app(settings), raise_server_exceptions=True))
-    return stack.enter_context(Client(http_client=test_client, timeout=600))
+# CLI endpoint name -> the heads the in-process analyzer runs for it.
+HEADS_OF = {"analyze": {"au", "expression"}, "detect_faces": set(), "detect_au": {"au"},
+            "recognize_expression": {"expression"}}
 
 
-def remote_client(stack: ExitStack, args: argparse.Namespace):
-    from microfacs_client import Client
+class LocalBackend:
+    """The service's own Analyzer, in this process."""
 
-    return stack.enter_context(Client(args.url, api_key=args.api_key, timeout=args.timeout))
+    def __init__(self, args: argparse.Namespace, endpoint: str, options: dict[str, Any]) -> None:
+        from app.analyzer import Analyzer
+        from app.settings import Settings
+
+        # Files are read whole and checked against these limits; video frames arrive decoded.
+        settings = Settings(max_upload_bytes=512 * 1024 * 1024, api_key=None, onnx_threads=args.threads)
+        self.analyzer = Analyzer(settings)
+        self.endpoints = ["analyze" if endpoint == "auto" else endpoint.replace("-", "_")]
+        self.heads = HEADS_OF[self.endpoints[0]]
+        self.options = self.analyzer.options(**options)
+
+    def analyse(self, item: sources.Item) -> tuple[Optional[dict], Optional[dict], Optional[np.ndarray]]:
+        """-> (result, error, decoded image)."""
+        import uuid
+
+        from app.errors import ApiError
+        from app.respond import analysis_response
+
+        if item.error:
+            return None, {"status": 0, "code": "invalid_input", "message": item.error}, None
+        try:
+            source = item.image if item.image is not None else item.data
+            analysis = self.analyzer.run(source, self.options, self.heads)
+        except ApiError as exc:
+            return None, {"status": exc.status, "code": exc.code, "message": exc.message}, None
+        response = analysis_response(uuid.uuid4().hex, analysis, include_landmarks=False)
+        return response.model_dump(mode="json"), None, analysis.image
+
+
+class RemoteBackend:
+    """A MicroFACS server, through the client SDK."""
+
+    def __init__(self, stack: ExitStack, args: argparse.Namespace, endpoint: str, options: dict[str, Any]) -> None:
+        from microfacs_client import Client
+
+        self.client = stack.enter_context(Client(args.url, api_key=args.api_key, timeout=args.timeout))
+        self.endpoints = choose_endpoints(self.client, endpoint)
+        self.options = options
+
+    def analyse(self, item: sources.Item) -> tuple[Optional[dict], Optional[dict], Optional[np.ndarray]]:
+        from microfacs_client import MicroFACSError
+
+        if item.error:
+            return None, {"status": 0, "code": "invalid_input", "message": item.error}, None
+        data = item.data if item.data is not None else jpeg_bytes(item.image)
+        try:
+            results = [getattr(self.client, name)(data, **self.options).model_dump(exclude_unset=True)
+                       for name in self.endpoints]
+        except MicroFACSError as exc:
+            error = {"status": exc.status, "code": exc.code, "message": exc.message, "request_id": exc.request_id}
+            return None, error, None
+        return merge(results), None, None
 
 
 def choose_endpoints(client, wanted: str) -> list[str]:
@@ -116,25 +155,11 @@ def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-def frame_bytes(image: np.ndarray, local: bool) -> bytes:
-    ok, buffer = cv2.imencode(".bmp", image) if local else cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 95])
+def jpeg_bytes(image: np.ndarray) -> bytes:
+    ok, buffer = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 95])
     if not ok:
         raise RuntimeError("could not encode a frame")
     return buffer.tobytes()
-
-
-def analyse_item(client, item: sources.Item, endpoints: list[str], options: dict[str, Any], local: bool):
-    """-> (result dict or None, error dict or None)."""
-    from microfacs_client import MicroFACSError
-
-    if item.error:
-        return None, {"status": 0, "code": "invalid_input", "message": item.error}
-    data = item.data if item.data is not None else frame_bytes(item.image, local)
-    try:
-        results = [getattr(client, name)(data, **options).model_dump(exclude_unset=True) for name in endpoints]
-    except MicroFACSError as exc:
-        return None, {"status": exc.status, "code": exc.code, "message": exc.message, "request_id": exc.request_id}
-    return merge(results), None
 
 
 def decoded(item: sources.Item) -> Optional[np.ndarray]:
@@ -148,10 +173,10 @@ def decoded(item: sources.Item) -> Optional[np.ndarray]:
         return None
 
 
-def render_to(directory: Path, item: sources.Item, result: dict[str, Any]) -> None:
+def render_to(directory: Path, item: sources.Item, result: dict[str, Any], image: Optional[np.ndarray]) -> None:
     from app.render import draw_analysis
 
-    image = decoded(item)
+    image = image if image is not None else decoded(item)
     if image is None:
         return
     stem = Path(item.source).stem
@@ -188,9 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
                "expr_<label>, filtered, filter_reasons. A frame without a face gets one row with success=0.",
     )
     parser.add_argument("inputs", nargs="+", help="image files, folders of images/videos, or video files")
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument("--url", help="a MicroFACS server (e.g. http://localhost:8000); default: in-process")
-    where.add_argument("--local", action="store_true", help="in-process (the default)")
+    parser.add_argument("--url", help="a MicroFACS server (e.g. http://localhost:8000); default: in-process")
     parser.add_argument("--endpoint", default="auto", choices=sorted(ENDPOINT_NAMES),
                         help="auto: /analyze if available, else AUs and expression merged, else faces only")
     parser.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
@@ -236,14 +259,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     local = not args.url
     with ExitStack() as stack:
         try:
-            client = local_client(stack, args) if local else remote_client(stack, args)
-            endpoints = choose_endpoints(client, args.endpoint)
+            backend = (LocalBackend(args, args.endpoint, options) if local
+                       else RemoteBackend(stack, args, args.endpoint, options))
         except ImportError as exc:
             print(f"microfacs: {exc}: the CLI needs the client SDK too: pip install ./clients/python", file=sys.stderr)
             return 1
-        except Exception as exc:  # no server, models missing, ...
-            print(f"microfacs: cannot start: {exc}", file=sys.stderr)
+        except Exception as exc:  # no server, models missing, invalid options, ...
+            print(f"microfacs: cannot start: {getattr(exc, 'message', exc)}", file=sys.stderr)
             return 1
+        endpoints = backend.endpoints
         stream = stack.enter_context(open(args.output, "w", newline="")) if args.output else sys.stdout
         writer = output.Writer(stream, args.format,
                                with_aus=any(e in ("analyze", "detect_au") for e in endpoints),
@@ -252,12 +276,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         progress = Progress(sources.count_items(paths, args.every, args.max_frames), show)
         items = sources.iter_items(paths, args.every, args.max_frames)
         workers = 1 if local else max(1, args.concurrency)
-        for item, (result, error) in ordered_map(
-                lambda it: analyse_item(client, it, endpoints, options, local), items, workers):
+        for item, (result, error, image) in ordered_map(backend.analyse, items, workers):
             meta = {"source": item.source, "frame": item.frame, "timestamp": item.timestamp}
             writer.write(meta, result, error)
             if render_dir and result is not None:
-                render_to(render_dir, item, result)
+                render_to(render_dir, item, result, image)
             progress.update()
         writer.close()
         progress.close()

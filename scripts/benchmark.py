@@ -26,10 +26,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from app.decode import decode_image  # noqa: E402
-from app.pipeline import FaceOptions, FacePipeline, Timings  # noqa: E402
-from app.registry import ModelRegistry  # noqa: E402
-from app.routes.deps import limits_of  # noqa: E402
+from app.analyzer import Analyzer, FaceOptions  # noqa: E402
 from app.settings import Settings  # noqa: E402
 
 
@@ -51,45 +48,23 @@ def percentiles(values: list[float]) -> str:
     return f"p50 {np.percentile(values, 50):7.2f} ms   p95 {np.percentile(values, 95):7.2f} ms"
 
 
-def per_face_stages(pipeline: FacePipeline) -> dict:
-    """The per-face networks run after the face stage on unfiltered faces (name -> callable(face))."""
-    models = pipeline.models
-    return {
-        "au": lambda face: models.au.predict(face.aligned),
-        "expression": lambda face: models.expression.predict(face.aligned),
-    }
-
-
 def bench_in_process(images: dict[str, bytes], runs: int) -> dict:
-    settings = Settings()
-    registry = ModelRegistry(settings)
-    registry.warm_up()
-    pipeline = FacePipeline(registry, settings)
-    stages = per_face_stages(pipeline)
+    """The service's own Analyzer on the encoded bytes: decode, face stage, AU and expression heads."""
+    analyzer = Analyzer(Settings())
     results = {}
     for name, data in images.items():
         per_stage: dict[str, list[float]] = defaultdict(list)
-        n_faces = 0
         for _ in range(runs):
-            timings = Timings()
-            with timings.stage("decode"):
-                image = decode_image(data, limits_of(settings))
-            analysis = pipeline.analyze(image, FaceOptions(), timings)
-            for stage, run in stages.items():
-                for face in analysis.faces:
-                    if not face.filtered:
-                        with timings.stage(stage):
-                            run(face)
-            n_faces = len(analysis.faces)
-            for stage, ms in timings.ms.items():
+            analysis = analyzer.run(data, FaceOptions(), heads={"au", "expression"})
+            for stage, ms in analysis.timings.ms.items():
                 per_stage[stage].append(ms)
-            per_stage["total"].append(sum(timings.ms.values()))
-        print(f"\n[in-process] {name}: {image.shape[1]}x{image.shape[0]}, {n_faces} faces, {runs} runs")
+            per_stage["total"].append(sum(analysis.timings.ms.values()))
+        print(f"\n[in-process] {name}: {analysis.width}x{analysis.height}, {len(analysis.faces)} faces, {runs} runs")
         for stage, values in per_stage.items():
             print(f"  {stage:<12} {percentiles(values)}")
         results[name] = {s: {"p50": float(np.percentile(v, 50)), "p95": float(np.percentile(v, 95))}
                          for s, v in per_stage.items()}
-        results[name]["faces"] = n_faces
+        results[name]["faces"] = len(analysis.faces)
     return results
 
 

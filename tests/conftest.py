@@ -26,8 +26,9 @@ def live_url() -> str:
 
 
 @pytest.fixture(scope="session")
-def pipeline(client):
-    return client.app.state.pipeline
+def analyzer(client):
+    """The app's own Analyzer (models loaded once for the session)."""
+    return client.app.state.analyzer
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import onnxruntime as ort
 import pytest
 
 from app.model_zoo.au_detector import AuDetector, decode, detections, face_decisions, nms, preprocess
-from app.pipeline import FaceOptions
+from app.analyzer import FaceOptions
 from app.settings import Settings
 from tests.helpers import REPO, encode, post_image
 
@@ -70,20 +70,22 @@ def test_onnx_model_loads_and_decodes(detector):
     assert np.isfinite(probability).all() and ((probability >= 0) & (probability <= 1)).all()
 
 
-def test_astronaut_action_units(pipeline, detector, astronaut):
-    analysis = pipeline.analyze(astronaut, FaceOptions())
+def test_astronaut_action_units(analyzer, detector, astronaut):
+    """The AU head through the analyzer: every AU, boxes already mapped to image pixels, inside the face."""
+    analysis = analyzer.run(astronaut, FaceOptions(), heads={"au"})
     assert len(analysis.faces) == 1
     face = analysis.faces[0]
-    units = detector.predict(face.aligned)
+    units = face.outputs["au"]
     assert [u.au for u in units] == detector.classes
+    in_crop = {u.au: u for u in detector.predict(face.aligned)}
     x0, y0, x1, y1 = face.box
     pad_x, pad_y = 0.15 * (x1 - x0), 0.15 * (y1 - y0)
     for unit in units:
         assert 0.0 <= unit.probability <= 1.0 and unit.name
         assert unit.present == (unit.box is not None)
         if unit.box is not None:
-            assert (unit.box >= 0).all() and (unit.box <= face.aligned.size).all()
-            bx0, by0, bx1, by1 = face.aligned.box_to_image(unit.box)
+            np.testing.assert_allclose(unit.box, face.aligned.box_to_image(in_crop[unit.au].box))
+            bx0, by0, bx1, by1 = unit.box
             assert x0 - pad_x <= bx0 < bx1 <= x1 + pad_x and y0 - pad_y <= by0 < by1 <= y1 + pad_y, unit
     by_code = {u.au: u for u in units}
     assert by_code["AU12"].present, "the astronaut smiles: Lip Corner Puller"

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
+from app.table import EXPRESSION_LABELS
 from microfacs_cli import output
 from microfacs_cli.main import main
 from tests.helpers import SAMPLES, encode, requires_data
@@ -58,8 +59,8 @@ def test_folder_to_csv_in_process(folder, tmp_path, capsys):
     if any(c.endswith("_c") for c in header):
         assert any(c.endswith("_p") for c in header) and not any(c.endswith("_r") for c in header)
     if "expression" in header:
-        assert {f"expr_{label}" for label in output.EXPRESSION_LABELS} <= set(header)
-        assert astro[0]["expression"] in output.EXPRESSION_LABELS
+        assert {f"expr_{label}" for label in EXPRESSION_LABELS} <= set(header)
+        assert astro[0]["expression"] in EXPRESSION_LABELS
     blank = by_file["c_blank.png"]
     assert len(blank) == 1 and blank[0]["face_id"] == "" and blank[0]["success"] == "0"
     assert by_file["d_broken.jpg"][0]["filter_reasons"] == "error:invalid_image"
@@ -114,7 +115,7 @@ def test_csv_columns_for_action_units_and_expression():
     result = synthetic_result()
     for face in result["faces"]:
         face["pose"] = {"yaw": 90.0, "pitch": -45.0, "roll": 0.0}
-    result["faces"][0]["expression"]["scores"] = {label: 0.0 for label in output.EXPRESSION_LABELS}
+    result["faces"][0]["expression"]["scores"] = {label: 0.0 for label in EXPRESSION_LABELS}
     stream = io.StringIO()
     writer = output.Writer(stream, "csv", with_aus=True, with_expression=True)
     writer.write({"source": "no_face.jpg", "frame": 1, "timestamp": 0.0}, {"faces": []}, None)
@@ -125,7 +126,7 @@ def test_csv_columns_for_action_units_and_expression():
     assert header[:5] == OPENFACE_HEAD
     assert header.index("AU04_c") < header.index("AU12_c") < header.index("AU45_c") < header.index("AU04_p")
     assert not any(c.endswith("_r") for c in header)
-    assert [f"expr_{label}" for label in output.EXPRESSION_LABELS] == [c for c in header if c.startswith("expr_")]
+    assert [f"expr_{label}" for label in EXPRESSION_LABELS] == [c for c in header if c.startswith("expr_")]
     assert rows[0]["success"] == "0" and rows[0]["face_id"] == ""
     kept, dropped = rows[1], rows[2]
     assert kept["AU12_c"] == "1" and kept["AU12_p"] == "0.91" and kept["AU04_c"] == "0"

@@ -144,12 +144,12 @@ def test_mirror_image_reads_the_same():
     np.testing.assert_allclose(emb_m, emb, atol=1e-4)
 
 
-def test_astronaut_appears_happy(pipeline, astronaut):
+def test_astronaut_appears_happy(analyzer, astronaut):
     """skimage's astronaut (a smiling woman) through the service's face stage, then the recogniser."""
     rec = _recognizer()
-    from app.pipeline import FaceOptions
+    from app.analyzer import FaceOptions
 
-    faces = pipeline.analyze(astronaut, FaceOptions()).faces
+    faces = analyzer.run(astronaut, FaceOptions()).faces
     assert faces, "the face stage found no face in astronaut"
     result = rec.predict(faces[0].aligned)
     assert result.label == "happiness", result.scores

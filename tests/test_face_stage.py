@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 
 from app.align import TEMPLATE, TEMPLATE_INDICES, align_face, landmarks_in_crop
-from app.pipeline import FaceOptions
+from app.analyzer import FaceOptions
 from tests.helpers import SAMPLES, requires_data
 
 ASTRONAUT_FACE = (170, 60, 285, 185)  # x0, y0, x1, y1 drawn by hand around her face (hair excluded)
 
 
-def test_astronaut_one_frontal_face(pipeline, astronaut):
-    faces = pipeline.analyze(astronaut, FaceOptions()).faces
+def test_astronaut_one_frontal_face(analyzer, astronaut):
+    faces = analyzer.run(astronaut, FaceOptions()).faces
     assert len(faces) == 1
     face = faces[0]
     x0, y0, x1, y1 = face.box
@@ -28,36 +28,36 @@ def test_astronaut_one_frontal_face(pipeline, astronaut):
     assert (face.landmarks[:, 0] > x0 - 20).all() and (face.landmarks[:, 0] < x1 + 20).all()
 
 
-def test_profile_face_is_turned_and_filtered(pipeline, astronaut, cameraman):
-    frontal = pipeline.analyze(astronaut, FaceOptions()).faces[0]
-    turned = pipeline.analyze(cameraman, FaceOptions()).faces
+def test_profile_face_is_turned_and_filtered(analyzer, astronaut, cameraman):
+    frontal = analyzer.run(astronaut, FaceOptions()).faces[0]
+    turned = analyzer.run(cameraman, FaceOptions()).faces
     assert len(turned) == 1
     assert abs(turned[0].pose.yaw) > abs(frontal.pose.yaw) + 20
     assert "side_face" in turned[0].filter_reasons
-    unfiltered = pipeline.analyze(cameraman, FaceOptions(side_face_filter=False)).faces[0]
+    unfiltered = analyzer.run(cameraman, FaceOptions(side_face_filter=False)).faces[0]
     assert "side_face" not in unfiltered.filter_reasons
 
 
-def test_yaw_sign_follows_the_image(pipeline, cameraman):
+def test_yaw_sign_follows_the_image(analyzer, cameraman):
     """Mirroring the image mirrors the yaw (and the roll) and leaves the pitch."""
-    face = pipeline.analyze(cameraman, FaceOptions()).faces[0]
-    mirrored = pipeline.analyze(cv2.flip(cameraman, 1), FaceOptions()).faces[0]
+    face = analyzer.run(cameraman, FaceOptions()).faces[0]
+    mirrored = analyzer.run(cv2.flip(cameraman, 1), FaceOptions()).faces[0]
     assert np.sign(face.pose.yaw) == -np.sign(mirrored.pose.yaw)
     assert abs(face.pose.yaw + mirrored.pose.yaw) < 8
     assert abs(face.pose.pitch - mirrored.pose.pitch) < 8
 
 
-def test_roll_measures_an_in_plane_rotation(pipeline, astronaut):
-    base = pipeline.analyze(astronaut, FaceOptions()).faces[0].pose.roll
+def test_roll_measures_an_in_plane_rotation(analyzer, astronaut):
+    base = analyzer.run(astronaut, FaceOptions()).faces[0].pose.roll
     h, w = astronaut.shape[:2]
     # cv2's positive angle turns the picture anticlockwise, so the head leans anticlockwise: roll falls
     rotated = cv2.warpAffine(astronaut, cv2.getRotationMatrix2D((w / 2, h / 2), 20, 1.0), (w, h))
-    roll = pipeline.analyze(rotated, FaceOptions()).faces[0].pose.roll
+    roll = analyzer.run(rotated, FaceOptions()).faces[0].pose.roll
     assert roll == pytest.approx(base - 20, abs=4)
 
 
-def test_alignment_puts_template_points_in_place(pipeline, astronaut):
-    face = pipeline.analyze(astronaut, FaceOptions()).faces[0]
+def test_alignment_puts_template_points_in_place(analyzer, astronaut):
+    face = analyzer.run(astronaut, FaceOptions()).faces[0]
     aligned = align_face(astronaut, face.landmarks, size=112)
     points = landmarks_in_crop(aligned, face.landmarks)[TEMPLATE_INDICES]
     assert np.abs(points - TEMPLATE * 112).max() < 6
@@ -67,41 +67,41 @@ def test_alignment_puts_template_points_in_place(pipeline, astronaut):
     assert fx0 - 10 < x0 < x1 < fx1 + 10 and fy0 - 10 < y0 < y1 < fy1 + 10
 
 
-def test_face_crop_mode_treats_whole_image_as_face(pipeline, astronaut):
+def test_face_crop_mode_treats_whole_image_as_face(analyzer, astronaut):
     crop = astronaut[50:200, 150:300]
-    faces = pipeline.analyze(crop, FaceOptions(face_crop=True)).faces
+    faces = analyzer.run(crop, FaceOptions(face_crop=True)).faces
     assert len(faces) == 1
     assert faces[0].box.tolist() == [0.0, 0.0, 150.0, 150.0]
     assert faces[0].landmark_confidence > 0.9 and abs(faces[0].pose.yaw) < 15
 
 
-def test_no_face_gives_empty_list(pipeline):
+def test_no_face_gives_empty_list(analyzer):
     rng = np.random.default_rng(1)
     noise = cv2.GaussianBlur(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8), (9, 9), 3)
-    assert pipeline.analyze(noise, FaceOptions()).faces == []
+    assert analyzer.run(noise, FaceOptions()).faces == []
 
 
-def test_max_faces_and_min_face_size(pipeline):
+def test_max_faces_and_min_face_size(analyzer):
     image = cv2.imread(str(requires_data(SAMPLES / "multi_face.jpg")))
-    all_faces = pipeline.analyze(image, FaceOptions()).faces
+    all_faces = analyzer.run(image, FaceOptions()).faces
     assert len(all_faces) >= 4
     areas = [(f.box[2] - f.box[0]) * (f.box[3] - f.box[1]) for f in all_faces]
     assert areas == sorted(areas, reverse=True)
-    assert len(pipeline.analyze(image, FaceOptions(max_faces=2)).faces) == 2
+    assert len(analyzer.run(image, FaceOptions(max_faces=2)).faces) == 2
     smallest_side = min(min(f.box[2] - f.box[0], f.box[3] - f.box[1]) for f in all_faces)
-    fewer = pipeline.analyze(image, FaceOptions(min_face_size=int(smallest_side) + 1)).faces
+    fewer = analyzer.run(image, FaceOptions(min_face_size=int(smallest_side) + 1)).faces
     assert len(fewer) < len(all_faces)
 
 
 @pytest.mark.parametrize("name, at_least", [("sample1.jpg", 3), ("sample3.jpg", 2), ("sample4.jpg", 3),
                                             ("sample5.jpg", 3), ("sample6.jpg", 4)])
-def test_group_photos(pipeline, name, at_least):
+def test_group_photos(analyzer, name, at_least):
     image = cv2.imread(str(requires_data(SAMPLES / name)))
-    faces = pipeline.analyze(image, FaceOptions()).faces
+    faces = analyzer.run(image, FaceOptions()).faces
     assert len(faces) >= at_least
     assert all(f.landmark_confidence > 0.5 for f in faces)
 
 
-def test_no_face_sample(pipeline):
+def test_no_face_sample(analyzer):
     image = cv2.imread(str(requires_data(SAMPLES / "free-mountain-vector-01.jpg")))
-    assert pipeline.analyze(image, FaceOptions()).faces == []
+    assert analyzer.run(image, FaceOptions()).faces == []

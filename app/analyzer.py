@@ -1,0 +1,270 @@
+"""The whole analysis of one image, in one object: the service's routes, the CLI, the benchmark, the
+evaluators and anyone who wants MicroFACS without a server call it.
+
+    decode -> detect -> landmarks -> pose -> align -> occlusion -> filters -> heads (AU, expression, ...)
+
+``Analyzer.analyze`` is the in-process Python API: a path, bytes or a numpy image in, the same typed
+result the HTTP API answers out (``app.schemas``; ``.model_dump()`` is the JSON, ``.to_dataframe()`` the
+OpenFace-style table). ``Analyzer.run`` is the step below it: numpy results (aligned crops, landmarks,
+head outputs in image pixels) for callers that need more than the JSON. Every stage is timed here.
+
+    from app.analyzer import Analyzer
+    analyzer = Analyzer()                                   # loads and checks the models once
+    result = analyzer.analyze("photo.jpg", heads={"au", "expression"}, max_faces=5)
+    for face in result.faces:
+        print(face.box, face.filtered, face.expression and face.expression.label)
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from app import respond
+from app.align import AlignedFace, align_face
+from app.decode import ImageLimits, decode_image
+from app.detect import FaceDetector
+from app.errors import ApiError
+from app.filters import OcclusionVerdict, filter_reasons
+from app.heads import Head, build_heads
+from app.landmarks import LandmarkStage
+from app.model_zoo.blazeface import Detection
+from app.pose import HeadPose, head_pose
+from app.registry import ModelRegistry
+from app.schemas import AnalysisResponse
+from app.settings import Settings
+
+ImageSource = str | Path | bytes | np.ndarray
+
+
+@dataclass(frozen=True)
+class FaceOptions:
+    """The face stage's per-call options (the analysis endpoints' query parameters)."""
+
+    side_face_filter: bool = True
+    occlusion_filter: bool = True
+    max_faces: int = 20
+    min_face_size: int = 20
+    face_crop: bool = False
+
+
+@dataclass
+class FaceAnalysis:
+    box: np.ndarray  # x0, y0, x1, y1, image pixels
+    confidence: float
+    landmarks: np.ndarray  # (468, 3), image pixels
+    landmark_confidence: float
+    pose: HeadPose
+    aligned: AlignedFace
+    occlusion: OcclusionVerdict
+    filter_reasons: list[str]
+    outputs: dict[str, Any] = field(default_factory=dict)  # head name -> its result; empty when filtered
+
+    @property
+    def filtered(self) -> bool:
+        return bool(self.filter_reasons)
+
+
+@dataclass
+class Timings:
+    ms: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.ms[name] += (time.perf_counter() - start) * 1000.0
+
+    def rounded(self) -> dict[str, float]:
+        return {k: round(v, 2) for k, v in self.ms.items()}
+
+
+@dataclass
+class ImageAnalysis:
+    image: np.ndarray  # the decoded BGR image the faces were found in
+    faces: list[FaceAnalysis]
+    heads: tuple[str, ...]  # the heads that were asked for (each unfiltered face has their outputs)
+    timings: Timings
+
+    @property
+    def width(self) -> int:
+        return int(self.image.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.image.shape[0])
+
+
+def limits_of(settings: Settings) -> ImageLimits:
+    return ImageLimits(
+        max_bytes=settings.max_upload_bytes,
+        max_pixels=settings.max_image_pixels,
+        max_side=settings.max_image_side,
+        min_side=settings.min_image_side,
+    )
+
+
+def as_bgr(image: np.ndarray, channel_order: str = "bgr") -> np.ndarray:
+    """A caller's uint8 array (H, W), (H, W, 3) or (H, W, 4) -> contiguous BGR; anything else is a 422."""
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
+        raise ApiError(422, "invalid_image", "a numpy image must be a uint8 array")
+    if channel_order not in ("bgr", "rgb"):
+        raise ApiError(422, "invalid_request", "channel_order: 'bgr' or 'rgb'")
+    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
+        return cv2.cvtColor(image.reshape(image.shape[:2]), cv2.COLOR_GRAY2BGR)
+    if image.ndim != 3 or image.shape[2] not in (3, 4):
+        raise ApiError(422, "invalid_image", f"a numpy image must be (H, W), (H, W, 3) or (H, W, 4), not {image.shape}")
+    rgb = channel_order == "rgb"
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_RGBA2BGR if rgb else cv2.COLOR_BGRA2BGR)
+    return cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if rgb else np.ascontiguousarray(image)
+
+
+class Analyzer:
+    """Owns every model and runs the whole analysis. Thread-safe for concurrent calls (onnxruntime
+    sessions are); build one per process and reuse it."""
+
+    def __init__(self, settings: Settings | None = None, models: ModelRegistry | None = None) -> None:
+        self.settings = settings or Settings()
+        if models is None:
+            models = ModelRegistry(self.settings)
+            models.warm_up()
+        self.models = models
+        self.detector = FaceDetector(models.full_range, models.short_range)
+        self.landmarks = LandmarkStage(models.mesh)
+        self.heads: dict[str, Head] = build_heads(models)
+        thresholds = models.occlusion.thresholds
+        if self.settings.occlusion_threshold is not None:  # one setting overrides every region's threshold
+            thresholds = {region: self.settings.occlusion_threshold for region in thresholds}
+        self.occlusion_thresholds = thresholds
+
+    # -- the in-process API -------------------------------------------------------------------------------
+
+    def analyze(
+        self,
+        source: ImageSource,
+        *,
+        heads: Collection[str] = ("au", "expression"),
+        side_face_filter: bool = True,
+        occlusion_filter: bool = True,
+        max_faces: int | None = None,
+        min_face_size: int | None = None,
+        face_crop: bool = False,
+        landmarks: bool = False,
+        channel_order: str = "bgr",
+    ) -> AnalysisResponse[Any]:
+        """Analyse one image with the options of the HTTP endpoints; returns the endpoint's typed response
+        (``heads`` decides which: none = /detect-faces, {"au"} = /detect-au, {"expression"} =
+        /recognize-expression, both = /analyze). A path or bytes are decoded under the same limits as an
+        upload; a numpy array is taken as uint8 BGR (``channel_order="rgb"`` otherwise), grey or 4-channel.
+        Bad input raises ``app.errors.ApiError`` (``.status``, ``.code``, ``.message``), as the API would."""
+        options = self.options(side_face_filter, occlusion_filter, max_faces, min_face_size, face_crop)
+        if isinstance(source, (str, Path)):
+            try:
+                source = Path(source).read_bytes()
+            except OSError as exc:
+                raise ApiError(400, "invalid_image", f"cannot read {source}: {exc.strerror or exc}") from exc
+        elif isinstance(source, np.ndarray):
+            source = as_bgr(source, channel_order)
+        analysis = self.run(source, options, heads)
+        return respond.analysis_response(uuid.uuid4().hex, analysis, include_landmarks=landmarks)
+
+    def options(
+        self,
+        side_face_filter: bool = True,
+        occlusion_filter: bool = True,
+        max_faces: int | None = None,
+        min_face_size: int | None = None,
+        face_crop: bool = False,
+    ) -> FaceOptions:
+        """Face-stage options, with this analyzer's settings for the defaults and bounds."""
+        s = self.settings
+        max_faces = s.default_max_faces if max_faces is None else max_faces
+        min_face_size = s.default_min_face_size if min_face_size is None else min_face_size
+        if not 1 <= max_faces <= s.max_faces_limit:
+            raise ApiError(422, "invalid_request", f"max_faces: between 1 and {s.max_faces_limit}")
+        if not 0 <= min_face_size <= 10_000:
+            raise ApiError(422, "invalid_request", "min_face_size: between 0 and 10000 pixels")
+        return FaceOptions(side_face_filter, occlusion_filter, max_faces, min_face_size, face_crop)
+
+    # -- the pipeline ---------------------------------------------------------------------------------------
+
+    def run(
+        self, image: bytes | np.ndarray, options: FaceOptions = FaceOptions(), heads: Collection[str] = ()
+    ) -> ImageAnalysis:
+        """decode (bytes) -> detect -> landmarks -> pose -> align -> occlusion -> filters -> heads.
+        ``image``: encoded bytes (decoded under the settings' limits) or a BGR uint8 array."""
+        unknown = sorted(set(heads) - set(self.heads))
+        if unknown:
+            raise ApiError(422, "invalid_request", f"unknown heads {unknown}; known: {sorted(self.heads)}")
+        chosen = tuple(name for name in self.heads if name in heads)  # registry order: stable output
+        timings = Timings()
+        if isinstance(image, (bytes, bytearray, memoryview)):
+            with timings.stage("decode"):
+                image = decode_image(bytes(image), limits_of(self.settings))
+        if options.face_crop:
+            detections: list[Detection | None] = [None]
+        else:
+            with timings.stage("detect"):
+                detections = list(self.detector.detect(
+                    image, self.settings.detection_threshold, options.min_face_size, options.max_faces
+                ))
+        faces = [self._face_stage(image, detection, options, timings) for detection in detections]
+        analysed = [face for face in faces if not face.filtered]
+        for name in chosen if analysed else ():
+            head = self.heads[name]
+            with timings.stage(head.field):
+                for face in analysed:
+                    face.outputs[name] = head.get(face)
+        return ImageAnalysis(image=image, faces=faces, heads=chosen, timings=timings)
+
+    def _face_stage(
+        self, image: np.ndarray, detection: Detection | None, options: FaceOptions, timings: Timings
+    ) -> FaceAnalysis:
+        with timings.stage("landmarks"):
+            if detection is None:
+                mesh = self.landmarks.from_face_crop(image)
+            else:
+                mesh = self.landmarks.from_detection(image, detection.box, detection.keypoints)
+        with timings.stage("pose"):
+            pose = head_pose(mesh.landmarks)
+        with timings.stage("align"):
+            aligned = align_face(image, mesh.landmarks)
+        with timings.stage("occlusion"):
+            scores = self.models.occlusion.predict(aligned)
+            occlusion = OcclusionVerdict(scores=scores, thresholds=self.occlusion_thresholds)
+        reasons = filter_reasons(
+            pose,
+            occlusion,
+            mesh.presence,
+            side_face_filter=options.side_face_filter,
+            occlusion_filter=options.occlusion_filter,
+            max_yaw=self.settings.side_face_max_yaw,
+            max_pitch=self.settings.side_face_max_pitch,
+            min_landmark_confidence=self.settings.landmark_presence_threshold,
+        )
+        if detection is None:
+            h, w = image.shape[:2]
+            box, confidence = np.array([0.0, 0.0, w, h]), mesh.presence
+        else:
+            box, confidence = detection.box, detection.score
+        return FaceAnalysis(
+            box=box,
+            confidence=float(confidence),
+            landmarks=mesh.landmarks,
+            landmark_confidence=mesh.presence,
+            pose=pose,
+            aligned=aligned,
+            occlusion=occlusion,
+            filter_reasons=reasons,
+        )

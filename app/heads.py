@@ -1,0 +1,59 @@
+"""Per-face heads: the networks that run on each face the pre-filters let through, after the face stage.
+
+A head follows one small protocol (like insightface's ``model.get(img, face)``): ``get(face)`` reads the
+face stage's result (the aligned crop, the landmarks, ...) and returns a typed result in *image* space.
+Every head is registered in ``HEADS`` (the one place), under the name callers choose it by
+(``Analyzer.run(..., heads={"au", "expression"})``); its ``field`` names the response field and the
+timing it is reported under.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Callable, Protocol
+
+from app.model_zoo.au_detector import ActionUnit, AuDetector
+from app.model_zoo.expression import ExpressionRecognizer, ExpressionResult
+from app.registry import ModelRegistry
+
+if TYPE_CHECKING:
+    from app.analyzer import FaceAnalysis
+
+
+class Head(Protocol):
+    field: str  # the response field (and the timing key) this head fills
+
+    def get(self, face: FaceAnalysis) -> Any: ...
+
+
+@dataclass(frozen=True)
+class AuHead:
+    """FACS Action Units (CN109344744): per AU a probability, a decision and, when present, its box,
+    mapped from the aligned crop back to image pixels."""
+
+    model: AuDetector
+    field: str = "action_units"
+
+    def get(self, face: FaceAnalysis) -> list[ActionUnit]:
+        units = self.model.predict(face.aligned)
+        return [u if u.box is None else replace(u, box=face.aligned.box_to_image(u.box)) for u in units]
+
+
+@dataclass(frozen=True)
+class ExpressionHead:
+    """The expression a face appears to show (CN110532880): calibrated scores, label, ``uncertain``."""
+
+    model: ExpressionRecognizer
+    field: str = "expression"
+
+    def get(self, face: FaceAnalysis) -> ExpressionResult:
+        return self.model.predict(face.aligned)
+
+
+HEADS: dict[str, Callable[[ModelRegistry], Head]] = {
+    "au": lambda models: AuHead(models.au),
+    "expression": lambda models: ExpressionHead(models.expression),
+}
+
+
+def build_heads(models: ModelRegistry) -> dict[str, Head]:
+    return {name: make(models) for name, make in HEADS.items()}

@@ -1,0 +1,98 @@
+"""The OpenFace-style table of an analysis: one row per face, the columns the CLI's CSV and
+``AnalysisResponse.to_dataframe()`` share. It reads the *JSON shape* of a response (a dict), so the CLI
+can tabulate results from a remote server as well as in-process ones.
+
+Columns, in order (OpenFace 2 names where OpenFace has the quantity):
+
+* ``frame`` (1-based), ``face_id``, ``timestamp`` (seconds), ``confidence`` (our face-detector score),
+  ``success`` (1 when the face was analysed, 0 when a pre-filter excluded it or the frame has no face:
+  such a frame gets one row with an empty ``face_id``),
+* ``source`` (the file), ``face_x, face_y, face_width, face_height`` (pixels),
+* ``pose_Rx, pose_Ry, pose_Rz``: **radians**, as in OpenFace: Rx = our pitch, Ry = our yaw, Rz = our roll,
+  with MicroFACS's signs (yaw > 0 towards the image's right, pitch > 0 up, roll > 0 clockwise), which
+  have not been checked against OpenFace's own; ``pose_yaw, pose_pitch, pose_roll`` keep our degrees,
+* per Action Unit ``AUxx_c`` (present, 0/1) and ``AUxx_p``: **probability, not intensity**. OpenFace's
+  ``AUxx_r`` is an intensity on a 0-5 scale; our detector has no intensity, so we do not fill ``_r``
+  columns, to keep OpenFace tools from reading a probability as an intensity. Empty when the face is
+  filtered or the endpoint gives no AUs,
+* ``expression, expression_confidence, expression_uncertain``, then ``expr_<label>`` for the 8 labels
+  (the expression the face *appears to show*); present when the endpoint gives expressions,
+* ``filtered`` (0/1) and ``filter_reasons`` (``;``-separated).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+EXPRESSION_LABELS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt")
+HEAD = ["frame", "face_id", "timestamp", "confidence", "success", "source",
+        "face_x", "face_y", "face_width", "face_height",
+        "pose_Rx", "pose_Ry", "pose_Rz", "pose_yaw", "pose_pitch", "pose_roll"]
+TAIL = ["filtered", "filter_reasons"]
+
+
+def au_sort_key(au: str) -> tuple[int, str]:
+    digits = "".join(ch for ch in au if ch.isdigit())
+    return (int(digits) if digits else 10_000, au)
+
+
+def au_column(au: str) -> str:
+    digits = "".join(ch for ch in au if ch.isdigit())
+    return f"AU{int(digits):02d}" if digits else au
+
+
+def columns(au_names: list[str], with_expression: bool) -> list[str]:
+    cols = list(HEAD)
+    aus = sorted(au_names, key=au_sort_key)
+    cols += [f"{au_column(a)}_c" for a in aus] + [f"{au_column(a)}_p" for a in aus]
+    if with_expression:
+        cols += ["expression", "expression_confidence", "expression_uncertain"]
+        cols += [f"expr_{label}" for label in EXPRESSION_LABELS]
+    return cols + TAIL
+
+
+def _rad(deg: Optional[float]) -> Any:
+    return "" if deg is None else round(math.radians(deg), 4)
+
+
+def face_rows(meta: dict[str, Any], result: Optional[dict[str, Any]]) -> list[dict[str, Any]]:
+    """CSV rows (dicts) for one analysed image: one per face, or one ``success=0`` row when no face."""
+    base = {"frame": meta["frame"], "timestamp": meta["timestamp"], "source": meta["source"]}
+    faces = (result or {}).get("faces") or []
+    if not faces:
+        return [{**base, "face_id": "", "confidence": "", "success": 0, "filtered": "", "filter_reasons": ""}]
+    rows = []
+    for face in faces:
+        pose = face.get("pose") or {}
+        box = face["box"]
+        row = {**base, "face_id": face["face_id"], "confidence": face.get("confidence", ""),
+               "success": 0 if face.get("filtered") else 1,
+               "face_x": box["x"], "face_y": box["y"], "face_width": box["width"], "face_height": box["height"],
+               "pose_Rx": _rad(pose.get("pitch")), "pose_Ry": _rad(pose.get("yaw")), "pose_Rz": _rad(pose.get("roll")),
+               "pose_yaw": pose.get("yaw", ""), "pose_pitch": pose.get("pitch", ""), "pose_roll": pose.get("roll", ""),
+               "filtered": int(bool(face.get("filtered"))),
+               "filter_reasons": ";".join(face.get("filter_reasons") or [])}
+        for au in face.get("action_units") or []:
+            row[f"{au_column(au['au'])}_c"] = int(bool(au["present"]))
+            row[f"{au_column(au['au'])}_p"] = au["probability"]
+        expression = face.get("expression")
+        if expression:
+            row["expression"] = expression["label"]
+            row["expression_confidence"] = expression["confidence"]
+            row["expression_uncertain"] = int(bool(expression.get("uncertain")))
+            for label, p in (expression.get("scores") or {}).items():
+                row[f"expr_{label}"] = p
+        rows.append(row)
+    return rows
+
+
+def table_rows(results: list[tuple[dict[str, Any], Optional[dict[str, Any]]]]) -> tuple[list[str], list[dict[str, Any]]]:
+    """(columns, rows) for several analysed images, each given as (meta, response dict)."""
+    rows = [row for meta, result in results for row in face_rows(meta, result)]
+    au_names: list[str] = []
+    with_expression = False
+    for _, result in results:
+        for face in (result or {}).get("faces") or []:
+            au_names = au_names or [au["au"] for au in face.get("action_units") or []]
+            with_expression = with_expression or "expression" in face
+    return columns(au_names, with_expression), rows
