@@ -1,6 +1,7 @@
 """Service settings, read from the environment (prefix ``MICROFACS_``)."""
 from __future__ import annotations
 
+import sys
 from functools import lru_cache
 from pathlib import Path
 
@@ -8,12 +9,23 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+INSTALLED_MODELS = Path(sys.prefix) / "share" / "microfacs" / "models"
+
+
+def default_models_dir() -> Path:
+    """Where the models are when ``MICROFACS_MODELS_DIR`` is not set: ``models/`` beside the ``app``
+    package in a checkout (or an editable install, or the Docker image's working directory), else the copy
+    that ``pip install .`` puts in ``<prefix>/share/microfacs/models`` (pyproject's data-files)."""
+    checkout = REPO_ROOT / "models"
+    if (checkout / "manifest.json").is_file() or not (INSTALLED_MODELS / "manifest.json").is_file():
+        return checkout
+    return INSTALLED_MODELS
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MICROFACS_", env_file=None)
 
-    models_dir: Path = REPO_ROOT / "models"
+    models_dir: Path = Field(default_factory=default_models_dir, description="the ONNX files and manifest.json")
     onnx_threads: int = Field(1, ge=1, description="intra-op threads per ONNX session")
 
     # Upload limits, all checked before the image is decoded.

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import httpx
 import pytest
 import yaml
@@ -161,11 +162,10 @@ def test_dockerfile_parses_to_the_expected_steps():
 
 
 @pytest.mark.slow
-def test_dockerfile_replay_serves_readyz(tmp_path):
+def test_dockerfile_replay_serves_readyz(tmp_path, astronaut):
     """Replays COPY / RUN / ENV / WORKDIR / CMD / HEALTHCHECK into a temp dir and a fresh venv (no engine).
     Not replayed: FROM (this machine's Python instead of the image's), the user-creating RUN and USER."""
-    if models_missing():
-        pytest.skip(f"models not in the repo yet: {models_missing()} (the app cannot start without them)")
+    assert not models_missing(), f"the Dockerfile bakes in models/, but these are missing: {models_missing()}"
     docker = Dockerfile.parse((REPO / "Dockerfile").read_text())
     root, venv = tmp_path / "rootfs", tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
@@ -208,6 +208,14 @@ def test_dockerfile_replay_serves_readyz(tmp_path):
                                 "import microfacs_client, app.render; print('ok')"], cwd=workdir, env=env,
                                capture_output=True, text=True)
     assert installed.stdout.strip() == "ok", installed.stderr
+    # The CLI from the non-editable install, outside any checkout: it finds the models pip installed.
+    photo = tmp_path / "astronaut.jpg"
+    photo.write_bytes(cv2.imencode(".jpg", astronaut)[1].tobytes())
+    cli = subprocess.run([str(venv / "bin" / "microfacs"), str(photo), "--no-progress"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    (line,) = [json.loads(text) for text in cli.stdout.splitlines()]
+    assert len(line["faces"]) == 1 and line["faces"][0]["expression"]["label"]
     command = json.loads(docker.last("CMD"))
     log = (tmp_path / "server.log").open("w")
     server = subprocess.Popen(command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,

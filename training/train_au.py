@@ -268,7 +268,6 @@ def write_manifest_entry(meta: dict, onnx_check: float, models_dir: Path) -> Non
         "names": meta["names"],
         "anchors": meta["anchors"],
         "thresholds": old.get("thresholds", {a: 0.5 for a in meta["classes"]}),
-        "nms_iou": 0.5,
         "metrics": old.get("metrics", {}),
         "architecture": {"mflops": meta["mflops"], "params": meta["params"], "train_args": meta["train_args"]},
         "conversion_check": f"max |torch - onnx| = {onnx_check:.1e} on random and real crops (training/train_au.py)",

@@ -24,7 +24,8 @@ class ActionUnit:
     name: str  # FACS name, e.g. "Lip Corner Puller"
     probability: float
     present: bool
-    box: np.ndarray | None  # x0, y0, x1, y1 in aligned-crop pixels (of the best box), None when absent
+    box: np.ndarray | None  # x0, y0, x1, y1 of the best box (None when absent): aligned-crop pixels from
+    # AuDetector.predict, image pixels from the analyzer's AU head (app/heads.py)
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -91,7 +92,6 @@ class AuDetector(OnnxModel):
         self.anchors = np.asarray(extra["anchors"], np.float32)
         self.size = int(extra["input"]["shape"][2])
         self.thresholds = np.array([float(extra["thresholds"][a]) for a in self.classes], np.float32)
-        self.nms_iou = float(extra.get("nms_iou", 0.5))
 
     def predict(self, aligned: AlignedFace) -> list[ActionUnit]:
         (raw,) = self.run(preprocess(aligned.image, self.size))

@@ -31,7 +31,6 @@ class ExpressionResult:
     confidence: float  # its calibrated probability
     scores: dict[str, float] = field(hash=False)  # all classes, summing to 1
     uncertain: bool  # the embedding is farther from every class prototype than the manifest threshold
-    distance: float  # unit-sphere distance from the embedding to the nearest class prototype
 
 
 class ExpressionRecognizer(OnnxModel):
@@ -72,7 +71,6 @@ class ExpressionRecognizer(OnnxModel):
             confidence=float(probs[best]),
             scores={c: float(p) for c, p in zip(self.classes, probs)},
             uncertain=bool(distance > self.threshold),
-            distance=float(distance),
         )
 
     def predict(self, aligned) -> ExpressionResult:

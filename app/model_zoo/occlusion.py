@@ -17,7 +17,6 @@ REGIONS = ("eyes", "nose", "mouth", "brows")
 
 class OcclusionClassifier(OnnxModel):
     manifest_name = "occlusion"
-    REGIONS = REGIONS
 
     def __init__(self, models_dir: Path, threads: int = 1) -> None:
         super().__init__(models_dir, threads)

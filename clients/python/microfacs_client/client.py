@@ -7,8 +7,8 @@ import os
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any, Iterable, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Iterable, Optional, Sequence
 
 import httpx
 
@@ -48,24 +48,30 @@ class BatchItem:
 @dataclass(frozen=True)
 class RetryPolicy:
     """Exponential backoff: ``backoff * 2**attempt`` seconds (plus up to 10 % jitter), at most ``max_backoff``;
-    a ``Retry-After`` header (seconds or an HTTP date) wins, capped at ``max_retry_after``."""
+    a ``Retry-After`` header (seconds or an HTTP date) wins, capped at ``max_retry_after``.
+
+    ``sleep`` / ``async_sleep`` wait between tries and ``clock`` (epoch seconds) dates an HTTP-date
+    Retry-After; swap them to test or to drive retries from your own event loop or scheduler."""
 
     max_retries: int = 3
     backoff: float = 0.5
     max_backoff: float = 8.0
     max_retry_after: float = 60.0
     statuses: frozenset = RETRY_STATUSES
+    sleep: Callable[[float], None] = field(default=time.sleep, compare=False, repr=False)
+    async_sleep: Callable[[float], Awaitable[None]] = field(default=asyncio.sleep, compare=False, repr=False)
+    clock: Callable[[], float] = field(default=time.time, compare=False, repr=False)
 
     def delay(self, attempt: int, response: Optional[httpx.Response]) -> float:
         if response is not None:
-            after = _retry_after(response.headers.get("retry-after"))
+            after = _retry_after(response.headers.get("retry-after"), self.clock())
             if after is not None:
                 return min(max(after, 0.0), self.max_retry_after)
         base = min(self.backoff * (2 ** attempt), self.max_backoff)
         return base * (1.0 + 0.1 * random.random())
 
 
-def _retry_after(value: Optional[str]) -> Optional[float]:
+def _retry_after(value: Optional[str], now: float) -> Optional[float]:
     if not value:
         return None
     try:
@@ -76,7 +82,7 @@ def _retry_after(value: Optional[str]) -> Optional[float]:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    return when.timestamp() - time.time()
+    return when.timestamp() - now
 
 
 def _params(params: dict[str, Any]) -> dict[str, str]:
@@ -168,7 +174,7 @@ class Client(_Base):
                     return response
                 if response.status_code not in self.retry.statuses or attempt >= self.retry.max_retries:
                     raise _error_from(response)
-            time.sleep(self.retry.delay(attempt, response))
+            self.retry.sleep(self.retry.delay(attempt, response))
             attempt += 1
 
     def _analyse(self, endpoint: str, image: ImageInput, options: dict[str, str]) -> AnalysisResult:
@@ -288,7 +294,7 @@ class AsyncClient(_Base):
                     return response
                 if response.status_code not in self.retry.statuses or attempt >= self.retry.max_retries:
                     raise _error_from(response)
-            await asyncio.sleep(self.retry.delay(attempt, response))
+            await self.retry.async_sleep(self.retry.delay(attempt, response))
             attempt += 1
 
     async def _analyse(self, endpoint: str, image: ImageInput, options: dict[str, str]) -> AnalysisResult:
