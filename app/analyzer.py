@@ -37,6 +37,7 @@ from app.filters import OcclusionVerdict, filter_reasons
 from app.heads import Head, build_heads
 from app.landmarks import LandmarkStage
 from app.model_zoo.blazeface import Detection
+from app.model_zoo.expression import PRIORS
 from app.pose import HeadPose, head_pose
 from app.registry import ModelRegistry
 from app.schemas import AnalysisResponse
@@ -47,13 +48,14 @@ ImageSource = str | Path | bytes | np.ndarray
 
 @dataclass(frozen=True)
 class FaceOptions:
-    """The face stage's per-call options (the analysis endpoints' query parameters)."""
+    """Per-call options (the analysis endpoints' query parameters): the face stage's, and the heads'."""
 
     side_face_filter: bool = True
     occlusion_filter: bool = True
     max_faces: int = 20
     min_face_size: int = 20
     face_crop: bool = False
+    expression_prior: str = "balanced"  # the expression head's class prior: "balanced" or "ferplus"
 
 
 @dataclass
@@ -162,13 +164,15 @@ class Analyzer:
         face_crop: bool = False,
         landmarks: bool = False,
         channel_order: str = "bgr",
+        prior: str | None = None,
     ) -> AnalysisResponse[Any]:
         """Analyse one image with the options of the HTTP endpoints; returns the endpoint's typed response
         (``heads`` decides which: none = /detect-faces, {"au"} = /detect-au, {"expression"} =
         /recognize-expression, both = /analyze). A path or bytes are decoded under the same limits as an
         upload; a numpy array is taken as uint8 BGR (``channel_order="rgb"`` otherwise), grey or 4-channel.
+        ``prior``: the expression scores' class prior, "balanced" or "ferplus" (default: the setting).
         Bad input raises ``app.errors.ApiError`` (``.status``, ``.code``, ``.message``), as the API would."""
-        options = self.options(side_face_filter, occlusion_filter, max_faces, min_face_size, face_crop)
+        options = self.options(side_face_filter, occlusion_filter, max_faces, min_face_size, face_crop, prior)
         if isinstance(source, (str, Path)):
             try:
                 source = Path(source).read_bytes()
@@ -186,16 +190,20 @@ class Analyzer:
         max_faces: int | None = None,
         min_face_size: int | None = None,
         face_crop: bool = False,
+        prior: str | None = None,
     ) -> FaceOptions:
-        """Face-stage options, with this analyzer's settings for the defaults and bounds."""
+        """Per-call options, with this analyzer's settings for the defaults and bounds."""
         s = self.settings
+        prior = s.expression_prior if prior is None else prior
+        if prior not in PRIORS:
+            raise ApiError(422, "invalid_request", f"prior: one of {', '.join(PRIORS)}")
         max_faces = s.default_max_faces if max_faces is None else max_faces
         min_face_size = s.default_min_face_size if min_face_size is None else min_face_size
         if not 1 <= max_faces <= s.max_faces_limit:
             raise ApiError(422, "invalid_request", f"max_faces: between 1 and {s.max_faces_limit}")
         if not 0 <= min_face_size <= 10_000:
             raise ApiError(422, "invalid_request", "min_face_size: between 0 and 10000 pixels")
-        return FaceOptions(side_face_filter, occlusion_filter, max_faces, min_face_size, face_crop)
+        return FaceOptions(side_face_filter, occlusion_filter, max_faces, min_face_size, face_crop, prior)
 
     # -- the pipeline ---------------------------------------------------------------------------------------
 
@@ -225,7 +233,7 @@ class Analyzer:
             head = self.heads[name]
             with timings.stage(head.field):
                 for face in analysed:
-                    face.outputs[name] = head.get(face)
+                    face.outputs[name] = head.get(face, options)
         return ImageAnalysis(image=image, faces=faces, heads=chosen, timings=timings)
 
     def _face_stage(

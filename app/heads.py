@@ -1,7 +1,8 @@
 """Per-face heads: the networks that run on each face the pre-filters let through, after the face stage.
 
-A head follows one small protocol (like insightface's ``model.get(img, face)``): ``get(face)`` reads the
-face stage's result (the aligned crop, the landmarks, ...) and returns a typed result in *image* space.
+A head follows one small protocol (like insightface's ``model.get(img, face)``): ``get(face, options)`` reads
+the face stage's result (the aligned crop, the landmarks, ...) and the call's options, and returns a typed
+result in *image* space.
 Every head is registered in ``HEADS`` (the one place), under the name callers choose it by
 (``Analyzer.run(..., heads={"au", "expression"})``); its ``field`` names the response field and the
 timing it is reported under.
@@ -16,13 +17,15 @@ from app.model_zoo.expression import ExpressionRecognizer, ExpressionResult
 from app.registry import ModelRegistry
 
 if TYPE_CHECKING:
-    from app.analyzer import FaceAnalysis
+    from app.analyzer import FaceAnalysis, FaceOptions
 
 
 class Head(Protocol):
-    field: str  # the response field (and the timing key) this head fills
+    @property
+    def field(self) -> str:  # the response field (and the timing key) this head fills
+        ...
 
-    def get(self, face: FaceAnalysis) -> Any: ...
+    def get(self, face: FaceAnalysis, options: FaceOptions) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -33,20 +36,21 @@ class AuHead:
     model: AuDetector
     field: str = "action_units"
 
-    def get(self, face: FaceAnalysis) -> list[ActionUnit]:
+    def get(self, face: FaceAnalysis, options: FaceOptions) -> list[ActionUnit]:
         units = self.model.predict(face.aligned)
         return [u if u.box is None else replace(u, box=face.aligned.box_to_image(u.box)) for u in units]
 
 
 @dataclass(frozen=True)
 class ExpressionHead:
-    """The expression a face appears to show (CN110532880): calibrated scores, label, ``uncertain``."""
+    """The expression a face appears to show (CN110532880): calibrated scores under the call's class prior,
+    label, ``uncertain``."""
 
     model: ExpressionRecognizer
     field: str = "expression"
 
-    def get(self, face: FaceAnalysis) -> ExpressionResult:
-        return self.model.predict(face.aligned)
+    def get(self, face: FaceAnalysis, options: FaceOptions) -> ExpressionResult:
+        return self.model.predict(face.aligned, options.expression_prior)
 
 
 HEADS: dict[str, Callable[[ModelRegistry], Head]] = {

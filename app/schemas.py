@@ -153,8 +153,17 @@ class Limits(BaseModel):
     max_faces: int
 
 
+class Defaults(BaseModel):
+    """What the analysis endpoints use when a query parameter is left out."""
+
+    max_faces: int
+    min_face_size: int
+    prior: str = Field(description="the expression scores' class prior: balanced or ferplus")
+
+
 class VersionResponse(BaseModel):
     service: str
     version: str
     models: dict[str, ModelInfo]
     limits: Limits
+    defaults: Defaults

@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -46,6 +47,12 @@ class Settings(BaseSettings):
     side_face_max_pitch: float = Field(25.0, gt=0.0, le=90.0, description="degrees")
     occlusion_threshold: float | None = Field(
         None, ge=0.0, le=1.0, description="overrides the per-region thresholds in the manifest"
+    )
+
+    # Heads.
+    expression_prior: Literal["balanced", "ferplus"] = Field(
+        "balanced", description="default class prior of the expression scores (query parameter `prior`); "
+        "models/EXPRESSION.md says why balanced is the default"
     )
 
     # The server.

@@ -229,3 +229,32 @@ def test_ablation_table_reads_a_trained_run(tmp_path, face_cache, capsys):
     assert row[1].strip() == "ce" and row[2].strip() == "1"
     accuracies = [float(v) for cell in row[3:5] for v in cell.split("/")]
     assert len(accuracies) == 4 and all(0.0 <= a <= 1.0 for a in accuracies)
+
+
+# ---------------------------------------------------------------------------------- class prior
+@pytest.mark.parametrize("prior", ["balanced", "ferplus"])
+def test_scores_sum_to_one_under_either_prior(client, astronaut, prior):
+    from tests.helpers import encode, post_image
+
+    body = post_image(client, "/recognize-expression", encode(astronaut), prior=prior).json()
+    scores = body["faces"][0]["expression"]["scores"]
+    assert set(scores) == set(CLASSES) and sum(scores.values()) == pytest.approx(1.0, abs=1e-3)
+    assert body["faces"][0]["expression"]["label"] == "happiness"
+
+
+def test_balanced_prior_lifts_rare_classes_and_is_the_default(client, analyzer, astronaut):
+    """Balanced scores divide by FER+'s label frequencies: a rare class (disgust, 0.6 % of FER+ Train) gains
+    against the most common one (neutral) on any face; the default is the setting, published by /version."""
+    ferplus = analyzer.analyze(astronaut, heads={"expression"}, prior="ferplus").faces[0].expression.scores
+    balanced = analyzer.analyze(astronaut, heads={"expression"}, prior="balanced").faces[0].expression.scores
+    assert balanced["disgust"] / balanced["neutral"] > 10 * ferplus["disgust"] / max(ferplus["neutral"], 1e-4)
+    assert client.get("/version").json()["defaults"]["prior"] == analyzer.settings.expression_prior == "balanced"
+    default = analyzer.analyze(astronaut, heads={"expression"}).faces[0].expression.scores
+    assert default == balanced
+
+
+def test_unknown_prior_is_a_clear_422(client, astronaut):
+    from tests.helpers import encode, post_image
+
+    response = post_image(client, "/recognize-expression", encode(astronaut), prior="uniformish")
+    assert response.status_code == 422 and response.json()["error"]["code"] == "invalid_request"

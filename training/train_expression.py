@@ -95,6 +95,21 @@ def load_split(split: str, cache: Path = CACHE, limit: int = 0, occlusion: bool 
     return split_data
 
 
+def ckplus_split(cache: Path, holdout: bool, holdout_every: int = 5) -> dict[str, np.ndarray]:
+    """CK+ dev faces (posed, another domain) with one-hot targets. Subjects are split, never images: every
+    ``holdout_every``-th subject (sorted ids) is held out for evaluation, the rest may join training."""
+    from training.data import CKPLUS_TO_FERPLUS
+
+    with np.load(cache / "ckplus.npz") as z:
+        crops, emotions, subjects = z["crops"], z["emotions"], z["subjects"]
+    ids = sorted(set(subjects.tolist()))
+    held = {sid for i, sid in enumerate(ids) if i % holdout_every == 0}
+    take = np.array([(sid in held) == holdout for sid in subjects])
+    y = np.array([FERPLUS_CLASSES.index(CKPLUS_TO_FERPLUS[e]) for e in emotions[take]])
+    x = np.stack([preprocess(c) for c in crops[take]])[:, None]
+    return {"x": x, "y": y, "soft": np.eye(NC, dtype=np.float32)[y], "subjects": subjects[take]}
+
+
 def synthetic_split(n: int, seed: int) -> dict[str, np.ndarray]:
     """Random 'faces' for the smoke run when no cache exists (CI): the class changes a bright patch."""
     rng = np.random.default_rng(seed)
@@ -123,6 +138,34 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     contrast = 1.0 + (r(b, 1, 1, 1) * 2 - 1) * 0.3
     bright = (r(b, 1, 1, 1) * 2 - 1) * 0.1
     return ((x - 0.5) * contrast + 0.5 + bright).clamp(0, 1)
+
+
+def augment_domain(x: torch.Tensor, gen: torch.Generator, p: float = 0.5) -> torch.Tensor:
+    """Camera/domain changes on a (B, 1, H, W) batch in [0, 1], each applied to a random half of the faces:
+    gamma, blur or sharpening, low resolution (down- and up-sampling), sensor noise, and a cut-out patch
+    (partial occluder)."""
+    b, _, h, w = x.shape
+    r = lambda *shape: torch.rand(*shape, generator=gen)  # noqa: E731
+    pick = lambda: (r(b, 1, 1, 1) < p).float()  # noqa: E731
+    gamma = torch.exp((r(b, 1, 1, 1) * 2 - 1) * 0.4)
+    x = torch.lerp(x, x.clamp_min(1e-4) ** gamma, pick())
+    kernel = torch.tensor([1.0, 2.0, 1.0])
+    kernel = (kernel[:, None] * kernel[None, :] / 16.0)[None, None]
+    blurred = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernel)
+    amount = (r(b, 1, 1, 1) * 2 - 1) * 1.0  # < 0 blurs, > 0 sharpens (unsharp mask)
+    x = torch.lerp(x, (x + amount * (x - blurred)).clamp(0, 1), pick())
+    scale = 0.35 + 0.5 * float(r(1))
+    small = F.interpolate(x, scale_factor=scale, mode="area")
+    x = torch.lerp(x, F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False), pick())
+    noise = torch.randn(x.shape, generator=gen) * (r(b, 1, 1, 1) * 0.04)
+    x = torch.lerp(x, (x + noise).clamp(0, 1), pick())
+    size = (r(b) * 0.35 * h).long() + 4
+    cy, cx = (r(b) * h).long(), (r(b) * w).long()
+    rows, cols = torch.arange(h)[None, :, None], torch.arange(w)[None, None, :]
+    box = ((rows - cy[:, None, None]).abs() < size[:, None, None] // 2) & (
+        (cols - cx[:, None, None]).abs() < size[:, None, None] // 2)
+    cut = (box[:, None] & (r(b, 1, 1, 1) < p * 0.5)).float()
+    return torch.lerp(x, r(b, 1, 1, 1).expand_as(x), cut)
 
 
 # --------------------------------------------------------------------------------------------- loss
@@ -210,6 +253,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--metric-weight", type=float, default=1.0)
     p.add_argument("--targets", choices=["soft", "majority"], default="soft",
                    help="CE targets: the 8-class vote distribution or the majority label")
+    p.add_argument("--ckplus", action="store_true",
+                   help="add CK+ dev faces of 4 in 5 subjects to training (the other subjects are held out and "
+                        "reported); one-hot targets")
+    p.add_argument("--ckplus-weight", type=int, default=4, help="times each CK+ training face is repeated")
+    p.add_argument("--domain-aug", action="store_true",
+                   help="also gamma, blur/sharpen, low resolution, noise and cut-out patches (augment_domain)")
     p.add_argument("--prescreen", action="store_true",
                    help="drop training faces the service would filter: |yaw|>30, |pitch|>25, mesh presence < 0.5 "
                         "or occluded (models/occlusion.onnx); the counts are logged either way")
@@ -263,6 +312,13 @@ def train(args: argparse.Namespace) -> Path:
     if args.prescreen:
         keep = screen_counts["keep"]
         tr = {k: (v[keep] if isinstance(v, np.ndarray) else v) for k, v in tr.items()}
+    if args.ckplus and not (args.smoke and not have_cache):
+        ck = ckplus_split(args.cache, holdout=False)
+        data["ckplus_heldout"] = ckplus_split(args.cache, holdout=True)
+        reps = max(1, args.ckplus_weight)
+        tr = {k: np.concatenate([tr[k], *[ck[k]] * reps]) for k in ("x", "y", "soft")}
+        counts.update(ckplus_train=int(len(ck["y"])), ckplus_subjects_train=len(set(ck["subjects"].tolist())),
+                      ckplus_heldout=int(len(data["ckplus_heldout"]["y"])))
     counts["train_used"] = int(len(tr["y"]))
     print(json.dumps(counts), flush=True)
 
@@ -290,6 +346,8 @@ def train(args: argparse.Namespace) -> Path:
         for step in range(steps_per_epoch):
             idx = perm[step * args.batch: (step + 1) * args.batch]
             xb, yb = augment(x_all[idx], gen), y_all[idx]
+            if args.domain_aug:
+                xb = augment_domain(xb, gen)
             logits, emb = net(xb)
             if args.targets == "soft":
                 ce = -(soft_all[idx] * F.log_softmax(logits, 1)).sum(1).mean()
@@ -316,6 +374,8 @@ def train(args: argparse.Namespace) -> Path:
         agg = {k: v / steps_per_epoch for k, v in agg.items()}
         v_logits, _ = infer(net, data["valid"]["x"])
         v_acc = accuracy(v_logits, data["valid"]["y"])
+        if "ckplus_heldout" in data:  # reported, never used for selection
+            agg["ckplus_heldout_acc"] = accuracy(infer(net, data["ckplus_heldout"]["x"])[0], data["ckplus_heldout"]["y"])
         rec = {"epoch": epoch, "valid_acc": v_acc, "sec": time.time() - t0, **{k: round(v, 5) for k, v in agg.items()}}
         history.append(rec)
         print(json.dumps(rec), flush=True)

@@ -6,6 +6,12 @@ cv2.INTER_AREA, scaled to [0, 1]. Its ONNX file reads each face and its mirror i
 calibrated probabilities (the two views averaged, temperature baked in) and the L2-normalised
 embedding. A face whose embedding lies farther from every class prototype than the manifest's
 threshold is flagged ``uncertain``: the network has seen few faces like it.
+
+Class prior (``prior``): the network learnt FER+'s label frequencies (36 % neutral, 0.7 % disgust). With
+``prior="ferplus"`` the scores are the network's own; with ``prior="balanced"`` they are re-weighted to a
+uniform prior over the classes: p_bal(c) ∝ p(c)^k / π(c), π = FER+ Train majority-label frequencies and k a
+temperature ratio fitted on FER+ Valid weighted to balanced classes (both stored in the manifest by
+``python -m training.fit_expression_prior``). The embedding, and so ``uncertain``, does not depend on it.
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ from app.align import grey_input
 from app.model_zoo.base import ModelError, OnnxModel, sha256_of
 
 INPUT_SIZE = 48
+PRIORS = ("balanced", "ferplus")
 
 
 def preprocess(crop: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
@@ -52,6 +59,22 @@ class ExpressionRecognizer(OnnxModel):
         self.prototypes = np.load(proto_path, allow_pickle=False).astype(np.float32)
         if self.prototypes.shape[0] != len(self.classes):
             raise ModelError("expression prototypes do not match the class list")
+        priors = extra.get("priors", {})
+        try:
+            self.ferplus_prior = np.array([float(priors["ferplus"][c]) for c in self.classes], np.float64)
+            self.balanced_exponent = float(priors["balanced_exponent"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError("expression manifest entry lacks priors.ferplus (per class) / priors.balanced_exponent"
+                             " (python -m training.fit_expression_prior)") from exc
+
+    def reweight(self, probs: np.ndarray, prior: str) -> np.ndarray:
+        """(N, C) probabilities under FER+'s class prior -> under ``prior`` ("ferplus" or "balanced")."""
+        if prior == "ferplus":
+            return probs
+        if prior != "balanced":
+            raise ValueError(f"prior must be one of {PRIORS}, not {prior!r}")
+        q = np.power(np.maximum(probs, 1e-12), self.balanced_exponent) / self.ferplus_prior
+        return q / q.sum(axis=-1, keepdims=True)
 
     def predict_batch(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(N, H, W[, 3]) uint8 aligned crops -> (probabilities (N, C), unit embeddings (N, d))."""
@@ -64,7 +87,8 @@ class ExpressionRecognizer(OnnxModel):
         dist = np.linalg.norm(unit_embeddings[:, None, :] - self.prototypes[None], axis=2)
         return dist.argmin(1), dist.min(1)
 
-    def result(self, probs: np.ndarray, distance: float) -> ExpressionResult:
+    def result(self, probs: np.ndarray, distance: float, prior: str = "ferplus") -> ExpressionResult:
+        probs = self.reweight(probs, prior)
         best = int(np.argmax(probs))
         return ExpressionResult(
             label=self.classes[best],
@@ -73,9 +97,9 @@ class ExpressionRecognizer(OnnxModel):
             uncertain=bool(distance > self.threshold),
         )
 
-    def predict(self, aligned) -> ExpressionResult:
+    def predict(self, aligned, prior: str = "ferplus") -> ExpressionResult:
         """``aligned``: app.align.AlignedFace (BGR crop) or a grey/BGR crop array."""
         image = getattr(aligned, "image", aligned)
         probs, emb = self.predict_batch(np.asarray(image)[None])
         _, dist = self.nearest_prototype(emb)
-        return self.result(probs[0], float(dist[0]))
+        return self.result(probs[0], float(dist[0]), prior)

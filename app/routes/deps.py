@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import Depends, File, Query, Request, UploadFile
 
@@ -43,9 +43,14 @@ def face_options(
         None, ge=0, le=10_000, description="pixels, shorter side of the face box (default 20)"
     ),
     face_crop: bool = Query(False, description="the upload is one cropped face: skip detection"),
+    prior: Literal["balanced", "ferplus"] | None = Query(
+        None, description="class prior of the expression scores: balanced (uniform over the 8 classes) or ferplus "
+        "(FER+'s own label frequencies, 36 % neutral); default: the server's setting (GET /version), see "
+        "models/EXPRESSION.md"
+    ),
     analyzer: Analyzer = Depends(analyzer_of),
 ) -> FaceOptions:
-    return analyzer.options(side_face_filter, occlusion_filter, max_faces, min_face_size, face_crop)
+    return analyzer.options(side_face_filter, occlusion_filter, max_faces, min_face_size, face_crop, prior)
 
 
 @dataclass

@@ -5,7 +5,7 @@ from fastapi.responses import JSONResponse
 
 from app import __version__
 from app.decode import SUPPORTED_FORMATS
-from app.schemas import Health, Limits, ModelInfo, Readiness, VersionResponse
+from app.schemas import Defaults, Health, Limits, ModelInfo, Readiness, VersionResponse
 
 router = APIRouter(tags=["service"])
 
@@ -45,4 +45,6 @@ def version(request: Request) -> VersionResponse:
             formats=list(SUPPORTED_FORMATS),
             max_faces=settings.max_faces_limit,
         ),
+        defaults=Defaults(max_faces=settings.default_max_faces, min_face_size=settings.default_min_face_size,
+                          prior=settings.expression_prior),
     )
