@@ -84,8 +84,23 @@ class CkPlus:
         self.subjects = data["subjects"].astype(str)
         self.emotions = data["emotions"].astype(str)
 
+        self.ckplus = len(self.images)  # CK+ faces come first; negatives (below) after them
+
     def __len__(self) -> int:
         return len(self.images)
+
+    def add_negatives(self, crops: np.ndarray, landmarks: np.ndarray, source: str) -> np.ndarray:
+        """Faces with no AU active (e.g. FER+ faces most raters call neutral): no boxes, so every anchor
+        learns 'nothing here'. Returns their indices; they never enter a CV test fold."""
+        scale = self.size / crops.shape[1]
+        start = len(self.images)
+        self.images = np.concatenate([self.images, np.stack([preprocess_crop(c, self.size) for c in crops])])
+        self.landmarks = np.concatenate([self.landmarks, landmarks.astype(np.float32) * scale])
+        self.labels = np.concatenate([self.labels, np.zeros((len(crops), len(CLASSES)), np.float32)])
+        self.subjects = np.concatenate([self.subjects, np.full(len(crops), source)])
+        self.emotions = np.concatenate([self.emotions, np.full(len(crops), "neutral")])
+        return np.arange(start, len(self.images))
+
 
     def targets(self, landmarks: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """(T, 5) class, cx, cy, w, h in crop fractions for the active AUs."""
@@ -97,6 +112,14 @@ class CkPlus:
         out = np.array(rows, np.float32).reshape(-1, 5)
         out[:, 1:] /= self.size
         return out
+
+
+def neutral_faces(cache_dir: Path, count: int, min_votes: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` FER+ Train faces (fixed random pick) with >= ``min_votes`` of 10 neutral votes: crops, landmarks."""
+    with np.load(cache_dir / "ferplus_train.npz") as z:
+        pool = np.flatnonzero(z["votes"][:, 0] >= min_votes)
+        pick = np.sort(np.random.default_rng(seed).choice(pool, size=min(count, len(pool)), replace=False))
+        return z["crops"][pick], z["landmarks"][pick]
 
 
 def subject_folds(subjects: np.ndarray, k: int = FOLDS, seed: int = 0) -> np.ndarray:
@@ -301,6 +324,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ema", type=float, default=0.99)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--neutral", type=int, default=0,
+                        help="add this many FER+ Train faces with >= 8/10 neutral votes as all-AU-absent negatives "
+                             "(always in training, never in a CV test fold)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.epochs, args.max_batches = 1, args.max_batches or 3
@@ -309,13 +335,18 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging(args.out / f"train_{name}{'_' + args.folds.replace(',', '') if args.folds else ''}.log")
     log.info(f"args: {vars(args)}")
     data = CkPlus(args.cache)
+    negatives = np.zeros(0, int)
+    if args.neutral:
+        negatives = data.add_negatives(*neutral_faces(args.cache.parent, args.neutral), source="ferplus_neutral")
+        log.info(f"{len(negatives)} FER+ neutral faces added as negatives")
     everyone = np.arange(len(data))
 
     if args.cv:
-        folds = subject_folds(data.subjects)
+        folds = subject_folds(data.subjects[:data.ckplus])
         wanted = [int(f) for f in args.folds.split(",")] if args.folds else list(range(FOLDS))
         for k in wanted:
-            train_idx, test_idx = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
+            train_idx = np.concatenate([np.flatnonzero(folds != k), negatives])
+            test_idx = np.flatnonzero(folds == k)
             model = train(data, train_idx, args, tag=f"fold {k}")
             scores = predict_scores(model, data, test_idx)
             onnx_path = args.out / "cv" / f"fold{k}.onnx"

@@ -110,6 +110,20 @@ def ckplus_split(cache: Path, holdout: bool, holdout_every: int = 5) -> dict[str
     return {"x": x, "y": y, "soft": np.eye(NC, dtype=np.float32)[y], "subjects": subjects[take]}
 
 
+def corrupt_labels(split: dict[str, np.ndarray], fraction: float, seed: int) -> dict[str, np.ndarray]:
+    """A copy of ``split`` in which ``fraction`` of the faces (seeded pick) carry a wrong class, uniformly
+    among the other classes, as label and as one-hot target: the abnormal samples screening should reject."""
+    rng = np.random.default_rng(seed + 7919)
+    n = len(split["y"])
+    hit = np.zeros(n, bool)
+    hit[rng.choice(n, size=int(round(fraction * n)), replace=False)] = True
+    y = split["y"].copy()
+    y[hit] = (y[hit] + rng.integers(1, NC, int(hit.sum()))) % NC
+    soft = split["soft"].copy()
+    soft[hit] = np.eye(NC, dtype=np.float32)[y[hit]]
+    return {**split, "y": y, "soft": soft, "corrupted": hit}
+
+
 def synthetic_split(n: int, seed: int) -> dict[str, np.ndarray]:
     """Random 'faces' for the smoke run when no cache exists (CI): the class changes a bright patch."""
     rng = np.random.default_rng(seed)
@@ -259,6 +273,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ckplus-weight", type=int, default=4, help="times each CK+ training face is repeated")
     p.add_argument("--domain-aug", action="store_true",
                    help="also gamma, blur/sharpen, low resolution, noise and cut-out patches (augment_domain)")
+    p.add_argument("--corrupt", type=float, default=0.0,
+                   help="label-noise experiment: this fraction of FER+ Train faces gets a wrong class (seeded), as "
+                        "its majority label and as a one-hot target")
     p.add_argument("--prescreen", action="store_true",
                    help="drop training faces the service would filter: |yaw|>30, |pitch|>25, mesh presence < 0.5 "
                         "or occluded (models/occlusion.onnx); the counts are logged either way")
@@ -319,6 +336,9 @@ def train(args: argparse.Namespace) -> Path:
         tr = {k: np.concatenate([tr[k], *[ck[k]] * reps]) for k in ("x", "y", "soft")}
         counts.update(ckplus_train=int(len(ck["y"])), ckplus_subjects_train=len(set(ck["subjects"].tolist())),
                       ckplus_heldout=int(len(data["ckplus_heldout"]["y"])))
+    if args.corrupt:
+        tr = corrupt_labels(tr, args.corrupt, args.seed)
+        counts["train_corrupted"] = int(tr["corrupted"].sum())
     counts["train_used"] = int(len(tr["y"]))
     print(json.dumps(counts), flush=True)
 
