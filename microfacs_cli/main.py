@@ -225,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-occlusion-filter", action="store_true", help="analyse occluded faces too")
     parser.add_argument("--max-faces", type=int, help="at most this many faces per image")
     parser.add_argument("--min-face-size", type=int, help="pixels")
+    parser.add_argument("--prior", choices=["balanced", "ferplus"],
+                        help="class prior of the expression scores (default: the server's / the setting's)")
     parser.add_argument("--api-key", help="sent as X-API-Key (default: $MICROFACS_API_KEY)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request (--url)")
     parser.add_argument("--concurrency", type=int, default=2, help="requests in flight (--url; default 2)")
@@ -255,7 +257,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     options = {k: v for k, v in dict(
         side_face_filter=False if args.no_side_face_filter else None,
         occlusion_filter=False if args.no_occlusion_filter else None,
-        max_faces=args.max_faces, min_face_size=args.min_face_size).items() if v is not None}
+        max_faces=args.max_faces, min_face_size=args.min_face_size, prior=args.prior).items() if v is not None}
     local = not args.url
     with ExitStack() as stack:
         try:
