@@ -1,0 +1,232 @@
+"""The whole analysis of one video, in one object: the /analyze-video route, the CLI, the benchmark, the
+spotting evaluation and the tests all call it.
+
+    decode (PyAV, frame by frame, limits) -> track (ROI from the previous landmarks, detection only when
+    needed) -> per-track signals (AU probabilities, expression scores; smoothed pose and box) ->
+    per-person baseline -> events (onset, apex, offset, micro)
+
+    from app.analyzer import Analyzer
+    from app.video.analyze import VideoAnalyzer
+    video = VideoAnalyzer(Analyzer())
+    result = video.analyze("clip.mp4", video.options(every=2))
+    for track in result.tracks:
+        print(track.track_id, [(e.name, e.onset_s, e.micro) for e in track.events])
+
+Only numbers are kept per analysed frame (never the pixels), so memory does not grow with the clip's
+resolution, and a 120 s clip holds a few thousand small records.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Collection, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+
+from app.analyzer import Analyzer, FaceOptions
+from app.errors import ApiError
+from app.respond import box_out, unit_interval
+from app.schemas import (
+    FrameExpression,
+    Pose,
+    TrackFrame,
+    VideoAnalysisResponse,
+    VideoEvent,
+    VideoInfo,
+    VideoTrack,
+)
+from app.video.decode import VideoFrame, VideoHeader, VideoLimits, VideoReader, spool_upload
+from app.video.events import EventParams, spot
+from app.video.tracking import Track, Tracker
+
+NEUTRAL = "neutral"
+
+
+@dataclass(frozen=True)
+class VideoOptions:
+    """The /analyze-video query parameters."""
+
+    face: FaceOptions = field(default_factory=FaceOptions)
+    every: int = 1
+    series: bool = True
+    heads: tuple[str, ...] = ("au", "expression")
+
+
+class VideoAnalyzer:
+    """Thread-safe like ``Analyzer`` (each call has its own tracker); build one per process."""
+
+    def __init__(self, analyzer: Analyzer) -> None:
+        self.analyzer = analyzer
+        self.settings = analyzer.settings
+
+    def options(
+        self,
+        every: int = 1,
+        max_faces: int | None = None,
+        side_face_filter: bool = True,
+        occlusion_filter: bool = True,
+        series: bool = True,
+        min_face_size: int | None = None,
+        heads: Collection[str] = ("au", "expression"),
+    ) -> VideoOptions:
+        if not 1 <= every <= 1000:
+            raise ApiError(422, "invalid_request", "every: between 1 and 1000")
+        face = self.analyzer.options(side_face_filter, occlusion_filter, max_faces, min_face_size)
+        self.analyzer._chosen_heads(heads)  # unknown heads are a 422 before anything is decoded
+        return VideoOptions(face=face, every=every, series=series, heads=tuple(heads))
+
+    @property
+    def limits(self) -> VideoLimits:
+        return VideoLimits.of(self.settings)
+
+    # -- entry points ---------------------------------------------------------------------------------------
+
+    def analyze(
+        self, source: str | Path, options: VideoOptions | None = None, request_id: str | None = None
+    ) -> VideoAnalysisResponse:
+        """Analyse a video file (checked against the video limits before decoding)."""
+        with VideoReader(source, self.limits) as video:
+            return self.analyze_frames(video.frames(), video.header, options, request_id)
+
+    def analyze_upload(
+        self, stream: IO[bytes], options: VideoOptions | None = None, request_id: str | None = None
+    ) -> VideoAnalysisResponse:
+        """An upload: spooled to a temporary file (bounded, checked while copying), analysed, deleted."""
+        path = spool_upload(stream, self.limits.max_bytes)
+        try:
+            return self.analyze(path, options, request_id)
+        finally:
+            path.unlink(missing_ok=True)
+
+    def analyze_frames(
+        self,
+        frames: Iterable[VideoFrame],
+        header: VideoHeader,
+        options: VideoOptions | None = None,
+        request_id: str | None = None,
+    ) -> VideoAnalysisResponse:
+        """Frames in presentation order (``VideoReader.frames()``); every ``options.every``-th is analysed."""
+        options = options or VideoOptions()
+        s = self.settings
+        fps = header.fps or 30.0
+        tracker = Tracker(
+            self.analyzer,
+            options.face,
+            options.heads,
+            redetect_every=s.video_redetect_every,
+            confirm_hits=s.video_confirm_hits,
+            max_lost_s=s.video_max_lost_s,
+        )
+        timings = tracker.timings
+        start = time.perf_counter()
+        decoded = analysed = 0
+        last_t = 0.0
+        for frame in _timed(frames, timings, "decode"):
+            decoded += 1
+            last_t = frame.t
+            if frame.index % options.every:
+                continue
+            with timings.stage("decode"):
+                image = frame.bgr()
+            tracker.step(image, frame.index, frame.t)
+            analysed += 1
+        with timings.stage("events"):
+            tracks = [self._track_out(track, options) for track in tracker.tracks()]
+        timings.ms["total"] = (time.perf_counter() - start) * 1000.0
+        duration = header.duration_s or (last_t + 1.0 / fps if decoded else 0.0)
+        return VideoAnalysisResponse(
+            request_id=request_id or uuid.uuid4().hex,
+            video=VideoInfo(
+                frames=decoded,
+                analysed_frames=analysed,
+                fps=round(fps, 4),
+                width=header.width,
+                height=header.height,
+                duration_s=round(duration, 4),
+            ),
+            tracks=tracks,
+            timings_ms=timings.rounded(),
+        )
+
+    # -- per track ------------------------------------------------------------------------------------------
+
+    def _track_out(self, track: Track, options: VideoOptions) -> VideoTrack:
+        records = track.records
+        assert track.track_id is not None
+        return VideoTrack(
+            track_id=track.track_id,
+            first_frame=records[0].frame,
+            last_frame=records[-1].frame,
+            frames=[_frame_out(r) for r in records] if options.series else [],
+            events=self.events(track),
+        )
+
+    def events(self, track: Track) -> list[VideoEvent]:
+        """AU and expression events of one track, by onset."""
+        records = track.records
+        t = np.array([r.t for r in records])
+        frames = [r.frame for r in records]
+        signals: list[tuple[str, str, np.ndarray]] = []
+        au_names = next((list(r.action_units) for r in records if r.action_units), [])
+        for name in au_names:
+            values = [np.nan if r.action_units is None else r.action_units.get(name, np.nan) for r in records]
+            signals.append(("au", name, np.array(values, dtype=np.float64)))
+        labels = next((list(r.expression[2]) for r in records if r.expression), [])
+        for name in labels:
+            if name == NEUTRAL:
+                continue
+            values = [np.nan if r.expression is None else r.expression[2].get(name, np.nan) for r in records]
+            signals.append(("expression", name, np.array(values, dtype=np.float64)))
+        params = {kind: EventParams.of(self.settings, kind) for kind in ("au", "expression")}
+        out = []
+        for kind, name, values in signals:
+            for e in spot(values, t, params[kind]):
+                out.append(
+                    VideoEvent(
+                        kind=kind,
+                        name=name,
+                        onset_frame=frames[e.onset],
+                        apex_frame=frames[e.apex],
+                        offset_frame=frames[e.offset],
+                        onset_s=round(e.onset_s, 4),
+                        apex_s=round(e.apex_s, 4),
+                        offset_s=round(e.offset_s, 4),
+                        duration_s=round(e.duration_s, 4),
+                        peak=unit_interval(e.peak),
+                        micro=e.duration_s <= self.settings.micro_max_s,
+                    )
+                )
+        return sorted(out, key=lambda e: (e.onset_frame, e.kind, e.name))
+
+
+def _timed(frames: Iterable[VideoFrame], timings, stage: str) -> Iterator[VideoFrame]:
+    iterator = iter(frames)
+    while True:
+        with timings.stage(stage):
+            frame = next(iterator, None)
+        if frame is None:
+            return
+        yield frame
+
+
+def _frame_out(r) -> TrackFrame:
+    expression = None
+    if r.expression is not None:
+        label, confidence, scores = r.expression
+        expression = FrameExpression(
+            label=label, confidence=unit_interval(confidence), scores={k: unit_interval(v) for k, v in scores.items()}
+        )
+    return TrackFrame(
+        frame=r.frame,
+        t=round(r.t, 4),
+        box=box_out(r.box),
+        confidence=unit_interval(r.confidence),
+        pose=Pose(yaw=round(float(r.pose[0]), 2), pitch=round(float(r.pose[1]), 2), roll=round(float(r.pose[2]), 2)),
+        filtered=r.filtered,
+        filter_reasons=r.filter_reasons,
+        action_units=None if r.action_units is None else {k: unit_interval(v) for k, v in r.action_units.items()},
+        expression=expression,
+    )
