@@ -151,6 +151,13 @@ class Limits(BaseModel):
     min_image_side: int
     formats: list[str]
     max_faces: int
+    # POST /analyze-video
+    max_video_upload_bytes: int | None = None
+    max_video_duration_s: float | None = None
+    max_video_frames: int | None = None
+    max_video_side: int | None = None
+    max_video_pixels: int | None = None
+    video_formats: list[str] | None = None
 
 
 class VersionResponse(BaseModel):
