@@ -39,10 +39,8 @@ from app.schemas import (
     VideoTrack,
 )
 from app.video.decode import VideoFrame, VideoHeader, VideoLimits, VideoReader, spool_upload
-from app.video.events import EventParams, spot
+from app.video.events import track_events
 from app.video.tracking import Track, Tracker
-
-NEUTRAL = "neutral"
 
 
 @dataclass(frozen=True)
@@ -167,39 +165,16 @@ class VideoAnalyzer:
     def events(self, track: Track) -> list[VideoEvent]:
         """AU and expression events of one track, by onset."""
         records = track.records
-        t = np.array([r.t for r in records])
-        frames = [r.frame for r in records]
-        signals: list[tuple[str, str, np.ndarray]] = []
+        signals: dict[tuple[str, str], np.ndarray] = {}
         au_names = next((list(r.action_units) for r in records if r.action_units), [])
         for name in au_names:
             values = [np.nan if r.action_units is None else r.action_units.get(name, np.nan) for r in records]
-            signals.append(("au", name, np.array(values, dtype=np.float64)))
+            signals["au", name] = np.array(values, dtype=np.float64)
         labels = next((list(r.expression[2]) for r in records if r.expression), [])
         for name in labels:
-            if name == NEUTRAL:
-                continue
             values = [np.nan if r.expression is None else r.expression[2].get(name, np.nan) for r in records]
-            signals.append(("expression", name, np.array(values, dtype=np.float64)))
-        params = {kind: EventParams.of(self.settings, kind) for kind in ("au", "expression")}
-        out = []
-        for kind, name, values in signals:
-            for e in spot(values, t, params[kind]):
-                out.append(
-                    VideoEvent(
-                        kind=kind,
-                        name=name,
-                        onset_frame=frames[e.onset],
-                        apex_frame=frames[e.apex],
-                        offset_frame=frames[e.offset],
-                        onset_s=round(e.onset_s, 4),
-                        apex_s=round(e.apex_s, 4),
-                        offset_s=round(e.offset_s, 4),
-                        duration_s=round(e.duration_s, 4),
-                        peak=unit_interval(e.peak),
-                        micro=e.duration_s <= self.settings.micro_max_s,
-                    )
-                )
-        return sorted(out, key=lambda e: (e.onset_frame, e.kind, e.name))
+            signals["expression", name] = np.array(values, dtype=np.float64)
+        return track_events([r.frame for r in records], [r.t for r in records], signals, self.settings)
 
 
 def _timed(frames: Iterable[VideoFrame], timings, stage: str) -> Iterator[VideoFrame]:

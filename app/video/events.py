@@ -20,6 +20,8 @@ from itertools import pairwise
 import numpy as np
 from scipy.ndimage import median_filter, percentile_filter
 
+from app.respond import unit_interval
+from app.schemas import VideoEvent
 from app.settings import Settings
 
 
@@ -140,3 +142,58 @@ def spot(values: np.ndarray, t: np.ndarray, params: EventParams) -> list[Spotted
             )
         )
     return events
+
+
+NEUTRAL = "neutral"
+
+
+def track_events(
+    frames: list[int], t: list[float], signals: dict[tuple[str, str], np.ndarray], settings: Settings
+) -> list[VideoEvent]:
+    """Every event of one track: ``signals`` maps (kind, name), kind ``au`` or ``expression``, to the
+    signal at the track's analysed frames (NaN where filtered). Never a neutral event. By onset."""
+    times = np.asarray(t, dtype=np.float64)
+    params = {kind: EventParams.of(settings, kind) for kind in ("au", "expression")}
+    out = []
+    for (kind, name), values in signals.items():
+        if kind == "expression" and name == NEUTRAL:
+            continue
+        for e in spot(values, times, params[kind]):
+            out.append(
+                VideoEvent(
+                    kind=kind,
+                    name=name,
+                    onset_frame=frames[e.onset],
+                    apex_frame=frames[e.apex],
+                    offset_frame=frames[e.offset],
+                    onset_s=round(e.onset_s, 4),
+                    apex_s=round(e.apex_s, 4),
+                    offset_s=round(e.offset_s, 4),
+                    duration_s=round(e.duration_s, 4),
+                    peak=unit_interval(e.peak),
+                    micro=e.duration_s <= settings.micro_max_s,
+                )
+            )
+    return sorted(out, key=lambda e: (e.onset_frame, e.kind, e.name))
+
+
+def series_signals(frames: list[dict]) -> dict[tuple[str, str], np.ndarray]:
+    """The signals of a track from its JSON series (``VideoTrack.frames`` dumped): for re-spotting a
+    stored result with other event settings (scripts/evaluate_spotting.py)."""
+    keys: list[tuple[str, str]] = []
+    for f in frames:
+        if f.get("action_units"):
+            keys += [("au", k) for k in f["action_units"]]
+            break
+    for f in frames:
+        if f.get("expression") and f["expression"].get("scores"):
+            keys += [("expression", k) for k in f["expression"]["scores"]]
+            break
+    out = {}
+    for kind, name in keys:
+        if kind == "au":
+            values = [np.nan if not f.get("action_units") else f["action_units"].get(name, np.nan) for f in frames]
+        else:
+            values = [np.nan if not f.get("expression") else f["expression"]["scores"].get(name, np.nan) for f in frames]
+        out[kind, name] = np.array(values, dtype=np.float64)
+    return out
