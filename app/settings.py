@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     # their own thresholds are never fitted to taiwanese_dev. micro_max_s is the MEGC convention, not tuned.
     event_baseline_window_s: float = Field(10.0, gt=0.0, description="rolling window of the person's baseline")
     event_baseline_percentile: float = Field(50.0, ge=0.0, le=100.0, description="50: the rolling median")
+    event_rest_fraction: float = Field(
+        0.3, gt=0.0, le=1.0, description="the baseline is measured on this most-neutral share of the frames"
+    )
     event_au_on: float = Field(0.25, gt=0.0, le=1.0, description="AU probability above baseline that starts an event")
     event_au_off: float = Field(0.12, gt=0.0, le=1.0, description="... and below which it ends (hysteresis)")
     event_expression_on: float = Field(0.25, gt=0.0, le=1.0)

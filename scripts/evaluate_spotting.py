@@ -252,7 +252,7 @@ def respot(series: list[tuple[Clip, list[dict]]], settings: Settings) -> list[tu
 
 
 GRID = {
-    "event_baseline_percentile": [35.0, 50.0],
+    "event_rest_fraction": [0.3, 1.0],
     "event_au_on": [0.25, 0.35, 0.5],
     "event_au_off": [0.1, 0.2],
     "event_expression_on": [0.25, 0.35, 0.5],

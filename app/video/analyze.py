@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 import numpy as np
 
-from app.analyzer import Analyzer, FaceOptions
+from app.analyzer import Analyzer, FaceOptions, Timings
 from app.errors import ApiError
 from app.respond import box_out, unit_interval
 from app.schemas import (
@@ -40,7 +40,9 @@ from app.schemas import (
 )
 from app.video.decode import VideoFrame, VideoHeader, VideoLimits, VideoReader, spool_upload
 from app.video.events import track_events
-from app.video.tracking import Track, Tracker
+from app.video.tracking import FrameRecord, Track, Tracker
+
+FrameCallback = Callable[[int, float, np.ndarray, list[tuple[int, FrameRecord]]], None]
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class VideoOptions:
     every: int = 1
     series: bool = True
     heads: tuple[str, ...] = ("au", "expression")
+    max_frames: int | None = None  # stop after this many analysed frames (the CLI's --max-frames)
 
 
 class VideoAnalyzer:
@@ -69,12 +72,13 @@ class VideoAnalyzer:
         series: bool = True,
         min_face_size: int | None = None,
         heads: Collection[str] = ("au", "expression"),
+        max_frames: int | None = None,
     ) -> VideoOptions:
         if not 1 <= every <= 1000:
             raise ApiError(422, "invalid_request", "every: between 1 and 1000")
         face = self.analyzer.options(side_face_filter, occlusion_filter, max_faces, min_face_size)
         self.analyzer._chosen_heads(heads)  # unknown heads are a 422 before anything is decoded
-        return VideoOptions(face=face, every=every, series=series, heads=tuple(heads))
+        return VideoOptions(face=face, every=every, series=series, heads=tuple(heads), max_frames=max_frames)
 
     @property
     def limits(self) -> VideoLimits:
@@ -83,11 +87,17 @@ class VideoAnalyzer:
     # -- entry points ---------------------------------------------------------------------------------------
 
     def analyze(
-        self, source: str | Path, options: VideoOptions | None = None, request_id: str | None = None
+        self,
+        source: str | Path,
+        options: VideoOptions | None = None,
+        request_id: str | None = None,
+        on_frame: FrameCallback | None = None,
     ) -> VideoAnalysisResponse:
-        """Analyse a video file (checked against the video limits before decoding)."""
+        """Analyse a video file (checked against the video limits before decoding). ``on_frame(frame, t, image,
+        faces)`` is called after each analysed frame with the confirmed tracks seen there ([(track_id,
+        FrameRecord)]), e.g. to draw them; the image is not kept."""
         with VideoReader(source, self.limits) as video:
-            return self.analyze_frames(video.frames(), video.header, options, request_id)
+            return self.analyze_frames(video.frames(), video.header, options, request_id, on_frame)
 
     def analyze_upload(
         self, stream: IO[bytes], options: VideoOptions | None = None, request_id: str | None = None
@@ -105,6 +115,7 @@ class VideoAnalyzer:
         header: VideoHeader,
         options: VideoOptions | None = None,
         request_id: str | None = None,
+        on_frame: FrameCallback | None = None,
     ) -> VideoAnalysisResponse:
         """Frames in presentation order (``VideoReader.frames()``); every ``options.every``-th is analysed."""
         options = options or VideoOptions()
@@ -127,10 +138,16 @@ class VideoAnalyzer:
             last_t = frame.t
             if frame.index % options.every:
                 continue
+            if options.max_frames is not None and analysed >= options.max_frames:
+                break
             with timings.stage("decode"):
                 image = frame.bgr()
             tracker.step(image, frame.index, frame.t)
             analysed += 1
+            if on_frame is not None:
+                seen = [(tr.track_id, tr.records[-1]) for tr in tracker.live
+                        if tr.confirmed and tr.records and tr.records[-1].frame == frame.index]
+                on_frame(frame.index, frame.t, image, seen)
         with timings.stage("events"):
             tracks = [self._track_out(track, options) for track in tracker.tracks()]
         timings.ms["total"] = (time.perf_counter() - start) * 1000.0
@@ -158,7 +175,7 @@ class VideoAnalyzer:
             track_id=track.track_id,
             first_frame=records[0].frame,
             last_frame=records[-1].frame,
-            frames=[_frame_out(r) for r in records] if options.series else [],
+            frames=[frame_out(r) for r in records] if options.series else [],
             events=self.events(track),
         )
 
@@ -177,7 +194,7 @@ class VideoAnalyzer:
         return track_events([r.frame for r in records], [r.t for r in records], signals, self.settings)
 
 
-def _timed(frames: Iterable[VideoFrame], timings, stage: str) -> Iterator[VideoFrame]:
+def _timed(frames: Iterable[VideoFrame], timings: Timings, stage: str) -> Iterator[VideoFrame]:
     iterator = iter(frames)
     while True:
         with timings.stage(stage):
@@ -187,7 +204,7 @@ def _timed(frames: Iterable[VideoFrame], timings, stage: str) -> Iterator[VideoF
         yield frame
 
 
-def _frame_out(r) -> TrackFrame:
+def frame_out(r: FrameRecord) -> TrackFrame:
     expression = None
     if r.expression is not None:
         label, confidence, scores = r.expression

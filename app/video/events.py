@@ -5,8 +5,11 @@ For each signal, sampled at the analysed frames of one track (NaN where the face
 
 1. short gaps (<= ``max_gap_s``) are bridged by linear interpolation; longer ones cut the signal;
 2. a 3-sample running median removes one-frame spikes;
-3. the baseline is a rolling low percentile over ``baseline_window_s`` (OpenFace-style person-specific
-   normalisation: the person's neutral level of that signal, whatever their resting face looks like);
+3. the baseline is a rolling median over ``baseline_window_s`` (OpenFace-style person-specific
+   normalisation) of the signal at the person's *resting* frames: those whose neutral-expression score is
+   in the top ``event_rest_fraction`` of the window (all frames when the expression head did not run). So
+   the baseline is that person's level of the signal at rest, whatever their resting face looks like, even
+   in a clip where they smile most of the time;
 4. hysteresis on the departure from the baseline: an event needs the departure to reach ``on`` and lasts
    while it stays above ``off``; events closer than ``merge_gap_s`` merge, events shorter than ``min_s``
    are dropped. Onset and offset are the first and last samples above ``off``, the apex the largest
@@ -107,15 +110,31 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     return [(int(a), int(b) - 1) for a, b in zip(edges[::2], edges[1::2])]
 
 
-def spot(values: np.ndarray, t: np.ndarray, params: EventParams) -> list[Spotted]:
-    """Events in one signal sampled at times ``t`` (seconds, increasing; NaN = no value there)."""
+def resting(neutral: np.ndarray, t: np.ndarray, window_s: float, fraction: float) -> np.ndarray:
+    """The samples where the face is most at rest: its neutral-expression score is in the top ``fraction``
+    of a rolling window (NaN never)."""
+    valid = ~np.isnan(neutral)
+    mask = np.zeros(len(neutral), dtype=bool)
+    if valid.sum() < 3:
+        return valid
+    cut = baseline(neutral[valid], t[valid], window_s, 100.0 * (1.0 - fraction))
+    mask[valid] = neutral[valid] >= cut
+    return mask
+
+
+def spot(values: np.ndarray, t: np.ndarray, params: EventParams, rest: np.ndarray | None = None) -> list[Spotted]:
+    """Events in one signal sampled at times ``t`` (seconds, increasing; NaN = no value there). ``rest``: the
+    samples the baseline is measured on (the person's resting face, ``resting``); default all."""
     t = np.asarray(t, dtype=np.float64)
     if len(t) < 3:
         return []
     filled, usable = bridge_gaps(values, t, params.max_gap_s)
     smooth = median_filter(filled, size=3, mode="nearest")
-    rest = baseline(smooth[usable], t[usable], params.baseline_window_s, params.baseline_percentile)
-    base = np.interp(t, t[usable], rest) if usable.any() else np.zeros_like(t)
+    calm = usable & ~np.isnan(np.asarray(values, dtype=np.float64))
+    if rest is not None and (calm & rest).sum() >= 3:
+        calm &= rest
+    level = baseline(smooth[calm], t[calm], params.baseline_window_s, params.baseline_percentile)
+    base = np.interp(t, t[calm], level) if calm.any() else np.zeros_like(t)
     departure = np.where(usable, smooth - base, -np.inf)
     regions = [(a, b) for a, b in _runs(departure >= params.off) if departure[a : b + 1].max() >= params.on]
     merged: list[tuple[int, int]] = []
@@ -154,11 +173,15 @@ def track_events(
     signal at the track's analysed frames (NaN where filtered). Never a neutral event. By onset."""
     times = np.asarray(t, dtype=np.float64)
     params = {kind: EventParams.of(settings, kind) for kind in ("au", "expression")}
+    neutral = signals.get(("expression", NEUTRAL))
+    rest = None
+    if neutral is not None:
+        rest = resting(neutral, times, settings.event_baseline_window_s, settings.event_rest_fraction)
     out = []
     for (kind, name), values in signals.items():
         if kind == "expression" and name == NEUTRAL:
             continue
-        for e in spot(values, times, params[kind]):
+        for e in spot(values, times, params[kind], rest):
             out.append(
                 VideoEvent(
                     kind=kind,
