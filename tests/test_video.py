@@ -291,3 +291,16 @@ def test_analyzer_run_is_unchanged_by_the_video_path(analyzer):
     assert np.abs(again.faces[0].landmarks[:, :2] - first.faces[0].landmarks[:, :2]).mean() < 3.0
     assert again.faces[0].landmark_confidence > 0.9 and "au" in again.faces[0].outputs
 
+
+
+def test_sdk_analyze_video(live_url):
+    from microfacs_client import Client, MicroFACSError
+
+    path = requires_data(SAMPLES / "single_face.mp4")
+    with Client(live_url) as client:
+        result = client.analyze_video(path, every=6, series=False)
+        assert result.video.analysed_frames == 12 and [t.track_id for t in result.tracks] == [0]
+        assert result.tracks[0].frames == []
+        with pytest.raises(MicroFACSError) as info:
+            client.analyze_video(b"not a video" * 10)
+    assert info.value.code == "unsupported_media_type" and info.value.status == 415
