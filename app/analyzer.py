@@ -116,6 +116,13 @@ def limits_of(settings: Settings) -> ImageLimits:
     )
 
 
+def mesh_box(landmarks: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """x0, y0, x1, y1 of a mesh's points, clipped to the image."""
+    h, w = shape[:2]
+    lo, hi = landmarks[:, :2].min(0), landmarks[:, :2].max(0)
+    return np.clip(np.array([lo[0], lo[1], hi[0], hi[1]]), 0, [w, h, w, h]).astype(np.float64)
+
+
 def as_bgr(image: np.ndarray, channel_order: str = "bgr") -> np.ndarray:
     """A caller's uint8 array (H, W), (H, W, 3) or (H, W, 4) -> contiguous BGR; anything else is a 422."""
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
@@ -212,10 +219,7 @@ class Analyzer:
     ) -> ImageAnalysis:
         """decode (bytes) -> detect -> landmarks -> pose -> align -> occlusion -> filters -> heads.
         ``image``: encoded bytes (decoded under the settings' limits) or a BGR uint8 array."""
-        unknown = sorted(set(heads) - set(self.heads))
-        if unknown:
-            raise ApiError(422, "invalid_request", f"unknown heads {unknown}; known: {sorted(self.heads)}")
-        chosen = tuple(name for name in self.heads if name in heads)  # registry order: stable output
+        self._chosen_heads(heads)  # unknown heads fail before any decoding
         timings = Timings()
         if isinstance(image, (bytes, bytearray, memoryview)):
             with timings.stage("decode"):
@@ -227,20 +231,70 @@ class Analyzer:
                 detections = list(self.detector.detect(
                     image, self.settings.detection_threshold, options.min_face_size, options.max_faces
                 ))
+        return self.run_from_detections(image, detections, options, heads, timings)
+
+    def run_from_landmarks(
+        self,
+        image: np.ndarray,
+        previous_landmarks: list[np.ndarray],
+        options: FaceOptions = FaceOptions(),
+        heads: Collection[str] = (),
+        timings: Timings | None = None,
+    ) -> ImageAnalysis:
+        """The face stage and heads without detection, as MediaPipe's video mode: each face's mesh runs on
+        the region its previous landmarks ((468, 3) image pixels, e.g. the last video frame's) give. The
+        face's box is its mesh's extent and its confidence the mesh presence (the caller decides whether
+        the face is still there). ``image``: a BGR uint8 array. One face per entry, in order."""
+        chosen = self._chosen_heads(heads)
+        timings = timings if timings is not None else Timings()
+        faces = [self._face_stage(image, None, options, timings, previous) for previous in previous_landmarks]
+        self._run_heads(faces, chosen, options, timings)
+        return ImageAnalysis(image=image, faces=faces, heads=chosen, timings=timings)
+
+    def run_from_detections(
+        self,
+        image: np.ndarray,
+        detections: list[Detection | None],
+        options: FaceOptions = FaceOptions(),
+        heads: Collection[str] = (),
+        timings: Timings | None = None,
+    ) -> ImageAnalysis:
+        """``run`` for detections the caller already has (``self.detector.detect``; ``None`` = the whole
+        image is one face), e.g. a video tracker that keeps only the detections no track explains."""
+        chosen = self._chosen_heads(heads)
+        timings = timings if timings is not None else Timings()
         faces = [self._face_stage(image, detection, options, timings) for detection in detections]
+        self._run_heads(faces, chosen, options, timings)
+        return ImageAnalysis(image=image, faces=faces, heads=chosen, timings=timings)
+
+    def _chosen_heads(self, heads: Collection[str]) -> tuple[str, ...]:
+        unknown = sorted(set(heads) - set(self.heads))
+        if unknown:
+            raise ApiError(422, "invalid_request", f"unknown heads {unknown}; known: {sorted(self.heads)}")
+        return tuple(name for name in self.heads if name in heads)  # registry order: stable output
+
+    def _run_heads(
+        self, faces: list[FaceAnalysis], chosen: tuple[str, ...], options: FaceOptions, timings: Timings
+    ) -> None:
         analysed = [face for face in faces if not face.filtered]
         for name in chosen if analysed else ():
             head = self.heads[name]
             with timings.stage(head.field):
                 for face in analysed:
                     face.outputs[name] = head.get(face, options)
-        return ImageAnalysis(image=image, faces=faces, heads=chosen, timings=timings)
 
     def _face_stage(
-        self, image: np.ndarray, detection: Detection | None, options: FaceOptions, timings: Timings
+        self,
+        image: np.ndarray,
+        detection: Detection | None,
+        options: FaceOptions,
+        timings: Timings,
+        previous_landmarks: np.ndarray | None = None,
     ) -> FaceAnalysis:
         with timings.stage("landmarks"):
-            if detection is None:
+            if previous_landmarks is not None:
+                mesh = self.landmarks.from_landmarks(image, previous_landmarks)
+            elif detection is None:
                 mesh = self.landmarks.from_face_crop(image)
             else:
                 mesh = self.landmarks.from_detection(image, detection.box, detection.keypoints)
@@ -261,7 +315,9 @@ class Analyzer:
             max_pitch=self.settings.side_face_max_pitch,
             min_landmark_confidence=self.settings.landmark_presence_threshold,
         )
-        if detection is None:
+        if previous_landmarks is not None:
+            box, confidence = mesh_box(mesh.landmarks, image.shape), mesh.presence
+        elif detection is None:
             h, w = image.shape[:2]
             box, confidence = np.array([0.0, 0.0, w, h]), mesh.presence
         else:

@@ -47,3 +47,7 @@ class LandmarkStage:
         h, w = image.shape[:2]
         first = self.mesh.predict(image, np.array([w / 2, h / 2]), float(max(w, h)) * 1.1, 0.0)
         return self.mesh.predict(image, *roi_from_landmarks(first.landmarks))
+
+    def from_landmarks(self, image: np.ndarray, previous: np.ndarray) -> MeshResult:
+        """The mesh on the region a previous mesh (e.g. the last video frame's) gives: MediaPipe's tracking."""
+        return self.mesh.predict(image, *roi_from_landmarks(previous))

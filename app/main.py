@@ -16,7 +16,7 @@ from app.model_zoo.base import load_manifest
 from app.analyzer import Analyzer
 from app.registry import ModelRegistry
 from app.render_http import RENDER_RESPONSES, RenderMiddleware, render_option
-from app.routes import faces, health
+from app.routes import faces, health, video
 from app.routes.demo import install_demo
 from app.routes.deps import require_api_key
 from app.schemas import ErrorResponse
@@ -69,9 +69,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(
             router, dependencies=[Depends(require_api_key), Depends(render_option)], responses=RENDER_RESPONSES
         )
+    app.include_router(video.router, dependencies=[Depends(require_api_key)])  # no ?render for videos
     install_demo(app)
     app.add_middleware(RenderMiddleware)
-    app.add_middleware(BodyLimitMiddleware, max_upload_bytes=settings.max_upload_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_upload_bytes=settings.max_upload_bytes,
+        path_limits={"/analyze-video": settings.max_video_upload_bytes},
+    )
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"])
     app.add_middleware(RequestIdMiddleware)

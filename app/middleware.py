@@ -40,21 +40,25 @@ class BodyLimitMiddleware:
 
     ENVELOPE_BYTES = 64 * 1024
 
-    def __init__(self, app: ASGIApp, max_upload_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_upload_bytes: int, path_limits: dict[str, int] | None = None) -> None:
         self.app = app
         self.limit = max_upload_bytes + self.ENVELOPE_BYTES
         self.max_upload_bytes = max_upload_bytes
+        self.path_limits = path_limits or {}  # e.g. {"/analyze-video": the video upload limit}
 
-    def _too_large(self) -> ApiError:
-        return ApiError(413, "payload_too_large", f"request body exceeds the upload limit of {self.max_upload_bytes} bytes")
+    def _too_large(self, max_bytes: int | None = None) -> ApiError:
+        limit = self.max_upload_bytes if max_bytes is None else max_bytes
+        return ApiError(413, "payload_too_large", f"request body exceeds the upload limit of {limit} bytes")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes = self.path_limits.get(scope.get("path", ""), self.max_upload_bytes)
+        limit = max_bytes + self.ENVELOPE_BYTES
         length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.limit:
-            await self._reject(scope, send)
+        if length is not None and length.isdigit() and int(length) > limit:
+            await self._reject(scope, send, max_bytes)
             return
         seen = 0
 
@@ -63,17 +67,17 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise self._too_large()
+                if seen > limit:
+                    raise self._too_large(max_bytes)
             return message
 
         await self.app(scope, counting_receive, send)
 
-    async def _reject(self, scope: Scope, send: Send) -> None:
+    async def _reject(self, scope: Scope, send: Send, max_bytes: int | None = None) -> None:
         import json
 
         request_id = scope.get("state", {}).get("request_id", "")
-        error = self._too_large()
+        error = self._too_large(max_bytes)
         body = json.dumps({"error": {"code": error.code, "message": error.message}, "request_id": request_id}).encode()
         await send(
             {

@@ -151,6 +151,13 @@ class Limits(BaseModel):
     min_image_side: int
     formats: list[str]
     max_faces: int
+    # POST /analyze-video
+    max_video_upload_bytes: int | None = None
+    max_video_duration_s: float | None = None
+    max_video_frames: int | None = None
+    max_video_side: int | None = None
+    max_video_pixels: int | None = None
+    video_formats: list[str] | None = None
 
 
 class Defaults(BaseModel):
@@ -167,3 +174,62 @@ class VersionResponse(BaseModel):
     models: dict[str, ModelInfo]
     limits: Limits
     defaults: Defaults
+
+
+# --- Video analysis (POST /analyze-video) ---------------------------------------------------------------
+
+
+class VideoInfo(BaseModel):
+    frames: int = Field(description="frames decoded from the video")
+    analysed_frames: int = Field(description="frames analysed (every n-th)")
+    fps: float = Field(description="the video's average frame rate")
+    width: int
+    height: int
+    duration_s: float = Field(description="seconds, from the container (else the last frame's timestamp)")
+
+
+class FrameExpression(BaseModel):
+    label: str = Field(description="the expression the face appears to show in this frame")
+    confidence: float = Field(ge=0.0, le=1.0)
+    scores: dict[str, float] | None = Field(None, description="calibrated probability of each FER+ expression")
+
+
+class TrackFrame(BaseModel):
+    frame: int = Field(description="0-based index into the video's frames")
+    t: float = Field(description="seconds from the first frame (the frame's timestamp)")
+    box: Box = Field(description="the face mesh's extent, smoothed over time (One-Euro)")
+    confidence: float = Field(ge=0.0, le=1.0, description="face-mesh presence in this frame")
+    pose: Pose = Field(description="head pose, smoothed over time (One-Euro)")
+    filtered: bool
+    filter_reasons: list[str]
+    action_units: dict[str, float] | None = Field(None, description="AU code -> probability; null when filtered")
+    expression: FrameExpression | None = Field(None, description="null when filtered")
+
+
+class VideoEvent(BaseModel):
+    kind: str = Field(description="au or expression")
+    name: str = Field(description="the AU code (AU12) or the expression (happiness); never neutral")
+    onset_frame: int
+    apex_frame: int
+    offset_frame: int
+    onset_s: float
+    apex_s: float
+    offset_s: float
+    duration_s: float = Field(description="offset_s - onset_s")
+    peak: float = Field(description="the signal (AU probability or expression score) at the apex")
+    micro: bool = Field(description="the event lasts at most 0.5 s (MEGC convention)")
+
+
+class VideoTrack(BaseModel):
+    track_id: int = Field(description="stable id of one person through the clip, 0-based, in order of confirmation")
+    first_frame: int
+    last_frame: int
+    frames: list[TrackFrame] = Field(description="one entry per analysed frame the face was seen in (empty with series=false)")
+    events: list[VideoEvent]
+
+
+class VideoAnalysisResponse(BaseModel):
+    request_id: str
+    video: VideoInfo
+    tracks: list[VideoTrack]
+    timings_ms: dict[str, float] = Field(description="milliseconds per stage, summed over the clip")

@@ -59,6 +59,35 @@ class Settings(BaseSettings):
     cors_origins: list[str] = []
     api_key: str | None = Field(None, description="when set, requests must send it in X-API-Key")
 
+    # --- Video analysis (POST /analyze-video, app/video/) -----------------------------------------------
+    # Limits, published in GET /version and checked from the container's header before decoding (and
+    # again while decoding, since headers can lie).
+    max_video_upload_bytes: int = Field(200 * 1024 * 1024, ge=1024)
+    max_video_duration_s: float = Field(120.0, gt=0.0)
+    max_video_frames: int = Field(7200, ge=1, description="decoded frames (120 s at 60 fps)")
+    max_video_side: int = Field(1920, ge=16)
+    max_video_pixels: int = Field(1920 * 1080, ge=256)
+    # Tracking (app/video/tracking.py).
+    video_redetect_every: int = Field(10, ge=1, description="analysed frames between full detections while tracked")
+    video_confirm_hits: int = Field(3, ge=1, description="consecutive detector hits before a track is confirmed")
+    video_max_lost_s: float = Field(1.0, ge=0.0, description="a track unseen this long ends")
+    # Event spotting (app/video/events.py). Tuned on synthetic clips built from taiwanese_dev
+    # (scripts/evaluate_spotting.py): allowed for this spotting task only; the AU and expression models and
+    # their own thresholds are never fitted to taiwanese_dev. micro_max_s is the MEGC convention, not tuned.
+    event_baseline_window_s: float = Field(10.0, gt=0.0, description="rolling window of the person's baseline")
+    event_baseline_percentile: float = Field(50.0, ge=0.0, le=100.0, description="50: the rolling median")
+    event_rest_fraction: float = Field(
+        0.3, gt=0.0, le=1.0, description="the baseline is measured on this most-neutral share of the frames"
+    )
+    event_au_on: float = Field(0.25, gt=0.0, le=1.0, description="AU probability above baseline that starts an event")
+    event_au_off: float = Field(0.12, gt=0.0, le=1.0, description="... and below which it ends (hysteresis)")
+    event_expression_on: float = Field(0.25, gt=0.0, le=1.0)
+    event_expression_off: float = Field(0.12, gt=0.0, le=1.0)
+    event_min_s: float = Field(0.1, ge=0.0, description="shorter departures are noise")
+    event_merge_gap_s: float = Field(0.15, ge=0.0, description="events this close merge into one")
+    micro_max_s: float = Field(0.5, gt=0.0, description="an event lasting at most this long is micro (MEGC)")
+    # --- end of video analysis settings ---------------------------------------------------------------------
+
 
 @lru_cache
 def get_settings() -> Settings:

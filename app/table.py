@@ -73,7 +73,8 @@ def face_rows(meta: dict[str, Any], result: Optional[dict[str, Any]]) -> list[di
                "filtered": int(bool(face.get("filtered"))),
                "filter_reasons": ";".join(face.get("filter_reasons") or [])}
         for au in face.get("action_units") or []:
-            row[f"{au_column(au['au'])}_c"] = int(bool(au["present"]))
+            present = au.get("present")  # None: not decided here (video series carry probabilities only)
+            row[f"{au_column(au['au'])}_c"] = "" if present is None else int(bool(present))
             row[f"{au_column(au['au'])}_p"] = au["probability"]
         expression = face.get("expression")
         if expression:

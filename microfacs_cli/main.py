@@ -202,6 +202,71 @@ def ordered_map(fn, items: Iterator[sources.Item], workers: int) -> Iterator[tup
             yield done_item, future.result()
 
 
+def run_videos(videos: list[Path], args: argparse.Namespace, backend: Any, options: dict[str, Any],
+               writer: output.Writer, render_dir: Optional[Path], progress: Progress) -> int:
+    """Each video whole through the tracker (in-process ``VideoAnalyzer`` or the server's /analyze-video): CSV
+    rows per analysed frame and track (``face_id`` = track id), JSON lines per video, events, plots."""
+    from microfacs_cli import video as video_out
+
+    if isinstance(backend, LocalBackend):
+        runner: Any = video_out.LocalVideoBackend(backend.analyzer, options, args.every)
+    else:
+        runner = video_out.RemoteVideoBackend(backend.client, options, args.every)
+    plot_dir = Path(args.plot) if args.plot else None
+    if plot_dir:
+        plot_dir.mkdir(parents=True, exist_ok=True)
+    done: list[tuple[str, dict[str, Any]]] = []
+    for path in videos:
+        try:
+            result = analyse_video(runner, path, args, render_dir)
+        except Exception as exc:  # ApiError in-process, MicroFACSError remote: same fields
+            error = {"status": getattr(exc, "status", 0), "code": getattr(exc, "code", "invalid_input"),
+                     "message": getattr(exc, "message", str(exc))}
+            writer.write({"source": str(path), "frame": 1, "timestamp": 0.0}, None, error)
+            progress.update()
+            continue
+        done.append((str(path), result))
+        if args.format == "jsonl":
+            writer.images += 1
+            writer.faces += len(result["tracks"])
+            writer.stream.write(video_out.to_jsonl(str(path), result) + "\n")
+        else:
+            for frame, t, frame_result in video_out.frame_results(result, args.every):
+                writer.write({"source": str(path), "frame": frame + 1, "timestamp": t}, frame_result, None)
+        if plot_dir:
+            try:
+                video_out.plot_tracks(result, str(path), plot_dir)
+            except ImportError:
+                print('microfacs: --plot needs matplotlib: pip install "microfacs[plot]"', file=sys.stderr)
+                return 1
+        progress.update()
+    events = args.events or (f"{Path(args.output).with_suffix('')}.events.csv" if args.output else None)
+    if events and done:
+        with open(events, "w", newline="") as fh:
+            n = video_out.write_events(fh, done)
+        print(f"microfacs: {n} event(s) -> {events}", file=sys.stderr)
+    return 0
+
+
+def analyse_video(runner: Any, path: Path, args: argparse.Namespace, render_dir: Optional[Path]) -> dict[str, Any]:
+    local = hasattr(runner, "video")
+    if local and (args.max_frames or render_dir):
+        from dataclasses import replace
+
+        from app.render import draw_analysis
+        from app.video.analyze import frame_out
+
+        def draw(frame: int, t: float, image: np.ndarray, seen: list) -> None:
+            faces = [{"face_id": track_id, **frame_out(record).model_dump(mode="json")} for track_id, record in seen]
+            for face in faces:
+                face["action_units"] = None  # boxes and ids only: per-frame AU boxes are not kept for videos
+            cv2.imwrite(str(render_dir / f"{path.stem}_f{frame + 1:06d}.png"), draw_analysis(image, {"faces": faces}))
+
+        options = replace(runner.options, max_frames=args.max_frames)
+        return runner.video.analyze(path, options, on_frame=draw if render_dir else None).model_dump(mode="json")
+    return runner.analyse(path)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="microfacs",
@@ -221,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--every", type=int, default=1, help="videos: analyse every Nth frame (default 1)")
     parser.add_argument("--max-frames", type=int, help="videos: at most this many analysed frames per video")
     parser.add_argument("--render", metavar="DIR", help="also write annotated PNGs here")
+    parser.add_argument("--events", metavar="FILE", help="videos: write their events (CSV) here "
+                        "(default with -o: beside it, <output>.events.csv)")
+    parser.add_argument("--plot", metavar="DIR", help="videos: a PNG timeline per track here (needs matplotlib)")
     parser.add_argument("--no-side-face-filter", action="store_true", help="analyse side faces too")
     parser.add_argument("--no-occlusion-filter", action="store_true", help="analyse occluded faces too")
     parser.add_argument("--max-faces", type=int, help="at most this many faces per image")
@@ -275,8 +343,14 @@ def main(argv: Optional[list[str]] = None) -> int:
                                with_aus=any(e in ("analyze", "detect_au") for e in endpoints),
                                with_expression=any(e in ("analyze", "recognize_expression") for e in endpoints))
         show = args.progress or (not args.no_progress and sys.stderr.isatty())
-        progress = Progress(sources.count_items(paths, args.every, args.max_frames), show)
-        items = sources.iter_items(paths, args.every, args.max_frames)
+        videos = [p for p in paths if sources.is_video(p)]
+        stills = [p for p in paths if not sources.is_video(p)]
+        progress = Progress(len(stills) + len(videos), show)
+        if videos:
+            code = run_videos(videos, args, backend, options, writer, render_dir, progress)
+            if code:
+                return code
+        items = sources.iter_items(stills, args.every, args.max_frames)
         workers = 1 if local else max(1, args.concurrency)
         for item, (result, error, image) in ordered_map(backend.analyse, items, workers):
             meta = {"source": item.source, "frame": item.frame, "timestamp": item.timestamp}

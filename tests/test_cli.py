@@ -85,11 +85,30 @@ def test_video_to_csv_every_n_frames(tmp_path):
 
 
 def test_second_video_jsonl(tmp_path, capsys):
+    """A video is one JSON line: the /analyze-video answer (tracks with their series and events)."""
     video = requires_data(SAMPLES / "WolfgangLanger_Pexels.mp4")
-    assert main([str(video), "--every", "100", "--max-frames", "2", "--no-progress"]) == 0
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [line["frame"] for line in lines] == [1, 101]
-    assert all(line["image"]["width"] > 0 and line["faces"] for line in lines)
+    events = tmp_path / "events.csv"
+    assert main([str(video), "--every", "8", "--no-progress", "--events", str(events)]) == 0
+    (line,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert line["source"].endswith("WolfgangLanger_Pexels.mp4") and line["video"]["analysed_frames"] == 59
+    assert [t["track_id"] for t in line["tracks"]] == [0]
+    assert all(f["frame"] % 8 == 0 for f in line["tracks"][0]["frames"])
+    rows = read_csv(events)
+    assert len(rows) == len(line["tracks"][0]["events"])
+    assert all(r["face_id"] == "0" and r["kind"] in ("au", "expression") for r in rows)
+
+
+def test_video_plot(tmp_path):
+    pytest.importorskip("matplotlib", reason='--plot needs matplotlib: pip install "microfacs[plot]"')
+    video = requires_data(SAMPLES / "single_face.mp4")
+    out = tmp_path / "video.csv"
+    assert main([str(video), "--every", "2", "--format", "csv", "-o", str(out), "--no-progress",
+                 "--plot", str(tmp_path / "plots")]) == 0
+    rows = read_csv(out)
+    assert len(rows) == 36 and {r["face_id"] for r in rows} == {"0"}
+    assert (tmp_path / "video.events.csv").exists()
+    (png,) = (tmp_path / "plots").glob("single_face_track0.png")
+    assert png.stat().st_size > 10_000
 
 
 def test_against_live_server(live_url, folder, tmp_path):

@@ -6,6 +6,7 @@ from fastapi.responses import JSONResponse
 from app import __version__
 from app.decode import SUPPORTED_FORMATS
 from app.schemas import Defaults, Health, Limits, ModelInfo, Readiness, VersionResponse
+from app.video.decode import VIDEO_FORMATS
 
 router = APIRouter(tags=["service"])
 
@@ -44,6 +45,12 @@ def version(request: Request) -> VersionResponse:
             min_image_side=settings.min_image_side,
             formats=list(SUPPORTED_FORMATS),
             max_faces=settings.max_faces_limit,
+            max_video_upload_bytes=settings.max_video_upload_bytes,
+            max_video_duration_s=settings.max_video_duration_s,
+            max_video_frames=settings.max_video_frames,
+            max_video_side=settings.max_video_side,
+            max_video_pixels=settings.max_video_pixels,
+            video_formats=list(VIDEO_FORMATS),
         ),
         defaults=Defaults(max_faces=settings.default_max_faces, min_face_size=settings.default_min_face_size,
                           prior=settings.expression_prior),

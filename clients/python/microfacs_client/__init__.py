@@ -25,6 +25,10 @@ from microfacs_client.models import (
     Readiness,
     RecognizeExpressionResult,
     Version,
+    VideoEvent,
+    VideoInfo,
+    VideoResult,
+    VideoTrack,
 )
 
 __version__ = "0.1.0"
@@ -33,4 +37,5 @@ __all__ = [
     "AsyncClient", "BatchItem", "Client", "RetryPolicy", "MicroFACSError", "encode_png", "EXPRESSION_LABELS",
     "ActionUnit", "AnalysisResult", "Box", "DetectActionUnitsResult", "DetectFacesResult", "Expression", "Face",
     "ImageInfo", "Occlusion", "Pose", "Readiness", "RecognizeExpressionResult", "Version",
+    "VideoEvent", "VideoInfo", "VideoResult", "VideoTrack",
 ]

@@ -14,7 +14,7 @@ import httpx
 
 from microfacs_client.errors import MicroFACSError
 from microfacs_client.images import ImageInput, describe, to_upload
-from microfacs_client.models import AnalysisResult, Readiness, Version
+from microfacs_client.models import AnalysisResult, Readiness, Version, VideoResult
 
 DEFAULT_URL = "http://localhost:8000"
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
@@ -29,6 +29,23 @@ ENDPOINTS = {
     "recognize_expression": "/recognize-expression",
     "analyze": "/analyze",
 }
+VIDEO_TIMEOUT = 600.0  # seconds: a 120 s clip is analysed in well under this on one core
+
+
+def _video_upload(video: Any) -> dict:
+    """A path (str or PathLike), bytes, or a binary file object -> the multipart ``file`` field (streamed)."""
+    if isinstance(video, (bytes, bytearray, memoryview)):
+        return {"file": ("video.mp4", bytes(video), "application/octet-stream")}
+    if hasattr(video, "read"):
+        return {"file": (os.path.basename(getattr(video, "name", "video.mp4")), video, "application/octet-stream")}
+    path = os.fspath(video)
+    return {"file": (os.path.basename(path), open(path, "rb"), "application/octet-stream")}
+
+
+def _video_options(every: Optional[int], max_faces: Optional[int], side_face_filter: Optional[bool],
+                   occlusion_filter: Optional[bool], series: Optional[bool]) -> dict[str, str]:
+    return _params(dict(every=every, max_faces=max_faces, side_face_filter=side_face_filter,
+                        occlusion_filter=occlusion_filter, series=series))
 
 
 @dataclass
@@ -214,6 +231,27 @@ class Client(_Base):
         return self._analyse("analyze", image, self._options(
             side_face_filter, occlusion_filter, max_faces, min_face_size, face_crop, landmarks, extra))
 
+    def analyze_video(self, video: Any, *, every: Optional[int] = None, max_faces: Optional[int] = None,
+                      side_face_filter: Optional[bool] = None, occlusion_filter: Optional[bool] = None,
+                      series: Optional[bool] = None, timeout: float = VIDEO_TIMEOUT) -> VideoResult:
+        """``POST /analyze-video``: face tracks (stable ``track_id``), per-frame AU probabilities and expression,
+        and AU/expression events (onset, apex, offset, ``micro``). ``video``: a path, bytes or a binary file
+        (MP4, MOV, WebM, MKV, AVI). Not retried (an upload may be large): errors raise ``MicroFACSError``."""
+        files = _video_upload(video)
+        try:
+            response = self._http.post("/analyze-video", files=files, headers=self.headers,
+                                       params=_video_options(every, max_faces, side_face_filter, occlusion_filter,
+                                                             series), timeout=timeout)
+        except httpx.HTTPError as exc:
+            raise _transport_error(exc) from exc
+        finally:
+            handle = files["file"][1]
+            if not isinstance(video, (bytes, bytearray, memoryview)) and not hasattr(video, "read"):
+                handle.close()
+        if response.status_code >= 400:
+            raise _error_from(response)
+        return VideoResult.model_validate(response.json())
+
     def render(self, image: ImageInput, endpoint: str = "detect_faces", **options: Any) -> bytes:
         """The server's annotated PNG (``?render=true``) for ``endpoint``."""
         response = self._request("POST", ENDPOINTS.get(endpoint, endpoint), files=self._files(image),
@@ -313,6 +351,26 @@ class AsyncClient(_Base):
 
     async def analyze(self, image: ImageInput, **options: Any) -> AnalysisResult:
         return await self._analyse("analyze", image, _params(options))
+
+    async def analyze_video(self, video: Any, *, every: Optional[int] = None, max_faces: Optional[int] = None,
+                            side_face_filter: Optional[bool] = None, occlusion_filter: Optional[bool] = None,
+                            series: Optional[bool] = None, timeout: float = VIDEO_TIMEOUT) -> VideoResult:
+        """``POST /analyze-video`` (see ``Client.analyze_video``)."""
+        if not isinstance(video, (bytes, bytearray, memoryview)) and not hasattr(video, "read"):
+            with open(os.fspath(video), "rb") as fh:
+                data = fh.read()  # httpx's async client needs bytes or an async stream
+            files = {"file": (os.path.basename(os.fspath(video)), data, "application/octet-stream")}
+        else:
+            files = _video_upload(video if not hasattr(video, "read") else video.read())
+        try:
+            response = await self._http.post("/analyze-video", files=files, headers=self.headers,
+                                             params=_video_options(every, max_faces, side_face_filter,
+                                                                   occlusion_filter, series), timeout=timeout)
+        except httpx.HTTPError as exc:
+            raise _transport_error(exc) from exc
+        if response.status_code >= 400:
+            raise _error_from(response)
+        return VideoResult.model_validate(response.json())
 
     async def render(self, image: ImageInput, endpoint: str = "detect_faces", **options: Any) -> bytes:
         response = await self._request("POST", ENDPOINTS.get(endpoint, endpoint), files=self._files(image),

@@ -103,3 +103,66 @@ class Version(_Model):
     version: str
     models: dict[str, dict] = Field(default_factory=dict)
     limits: dict = Field(default_factory=dict)
+
+
+# --- POST /analyze-video ------------------------------------------------------------------------------------
+
+
+class VideoInfo(_Model):
+    frames: int
+    analysed_frames: int
+    fps: float
+    width: int
+    height: int
+    duration_s: float
+
+
+class FrameExpression(_Model):
+    label: str
+    confidence: float
+    scores: Optional[dict[str, float]] = None
+
+
+class TrackFrame(_Model):
+    """One analysed frame of a track (``frame`` 0-based, ``t`` seconds from the first frame)."""
+
+    frame: int
+    t: float
+    box: Box
+    confidence: float
+    pose: Pose
+    filtered: bool
+    filter_reasons: list[str] = Field(default_factory=list)
+    action_units: Optional[dict[str, float]] = None
+    expression: Optional[FrameExpression] = None
+
+
+class VideoEvent(_Model):
+    """A departure of an AU or a (non-neutral) expression from the person's baseline; ``micro``: <= 0.5 s."""
+
+    kind: str
+    name: str
+    onset_frame: int
+    apex_frame: int
+    offset_frame: int
+    onset_s: float
+    apex_s: float
+    offset_s: float
+    duration_s: float
+    peak: float
+    micro: bool
+
+
+class VideoTrack(_Model):
+    track_id: int
+    first_frame: int
+    last_frame: int
+    frames: list[TrackFrame] = Field(default_factory=list)
+    events: list[VideoEvent] = Field(default_factory=list)
+
+
+class VideoResult(_Model):
+    request_id: str = ""
+    video: VideoInfo
+    tracks: list[VideoTrack] = Field(default_factory=list)
+    timings_ms: dict[str, float] = Field(default_factory=dict)

@@ -1,0 +1,44 @@
+"""POST /analyze-video: face tracks, AU and expression time series and events of a short clip. Thin: the
+work is ``app.video.analyze.VideoAnalyzer`` (the CLI and the tests run the same object)."""
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
+
+from app.analyzer import Analyzer
+from app.errors import request_id_of
+from app.routes.deps import analyzer_of
+from app.schemas import VideoAnalysisResponse
+from app.video.analyze import VideoAnalyzer
+
+router = APIRouter(tags=["video"])
+
+
+def video_analyzer_of(request: Request, analyzer: Annotated[Analyzer, Depends(analyzer_of)]) -> VideoAnalyzer:
+    video = getattr(request.app.state, "video_analyzer", None)
+    if video is None or video.analyzer is not analyzer:
+        video = request.app.state.video_analyzer = VideoAnalyzer(analyzer)
+    return video
+
+
+@router.post("/analyze-video", response_model=VideoAnalysisResponse)
+def analyze_video(
+    request: Request,
+    file: Annotated[UploadFile, File(description="the clip: MP4, MOV, WebM, MKV or AVI")],
+    video: Annotated[VideoAnalyzer, Depends(video_analyzer_of)],
+    every: Annotated[int, Query(ge=1, le=1000, description="analyse every n-th frame")] = 1,
+    max_faces: Annotated[int | None, Query(ge=1, description="at most this many faces (tracks) at a time")] = None,
+    side_face_filter: Annotated[
+        bool, Query(description="mark frames whose |yaw| or |pitch| exceed the thresholds")
+    ] = True,
+    occlusion_filter: Annotated[bool, Query(description="mark frames with an occluded face region")] = True,
+    series: Annotated[bool, Query(description="include each track's per-frame data (else tracks and events)")] = True,
+) -> VideoAnalysisResponse:
+    """Decode the clip as a stream (limits in GET /version, checked from its header before decoding), track
+    each face with a stable ``track_id`` (confirmed after a few consistent detections), and return per
+    track its per-frame AU probabilities, expression, smoothed pose and box, and its events: departures of
+    an AU or a non-neutral expression from the person's own baseline, with onset, apex, offset and
+    ``micro`` (<= 0.5 s). Frame numbers are 0-based; seconds come from the video's timestamps."""
+    options = video.options(every, max_faces, side_face_filter, occlusion_filter, series)
+    return video.analyze_upload(file.file, options, request_id_of(request))

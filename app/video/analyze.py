@@ -1,0 +1,224 @@
+"""The whole analysis of one video, in one object: the /analyze-video route, the CLI, the benchmark, the
+spotting evaluation and the tests all call it.
+
+    decode (PyAV, frame by frame, limits) -> track (ROI from the previous landmarks, detection only when
+    needed) -> per-track signals (AU probabilities, expression scores; smoothed pose and box) ->
+    per-person baseline -> events (onset, apex, offset, micro)
+
+    from app.analyzer import Analyzer
+    from app.video.analyze import VideoAnalyzer
+    video = VideoAnalyzer(Analyzer())
+    result = video.analyze("clip.mp4", video.options(every=2))
+    for track in result.tracks:
+        print(track.track_id, [(e.name, e.onset_s, e.micro) for e in track.events])
+
+Only numbers are kept per analysed frame (never the pixels), so memory does not grow with the clip's
+resolution, and a 120 s clip holds a few thousand small records.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Collection, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+
+from app.analyzer import Analyzer, FaceOptions, Timings
+from app.errors import ApiError
+from app.respond import box_out, unit_interval
+from app.schemas import (
+    FrameExpression,
+    Pose,
+    TrackFrame,
+    VideoAnalysisResponse,
+    VideoEvent,
+    VideoInfo,
+    VideoTrack,
+)
+from app.video.decode import VideoFrame, VideoHeader, VideoLimits, VideoReader, spool_upload
+from app.video.events import track_events
+from app.video.tracking import FrameRecord, Track, Tracker
+
+FrameCallback = Callable[[int, float, np.ndarray, list[tuple[int, FrameRecord]]], None]
+
+
+@dataclass(frozen=True)
+class VideoOptions:
+    """The /analyze-video query parameters."""
+
+    face: FaceOptions = field(default_factory=FaceOptions)
+    every: int = 1
+    series: bool = True
+    heads: tuple[str, ...] = ("au", "expression")
+    max_frames: int | None = None  # stop after this many analysed frames (the CLI's --max-frames)
+
+
+class VideoAnalyzer:
+    """Thread-safe like ``Analyzer`` (each call has its own tracker); build one per process."""
+
+    def __init__(self, analyzer: Analyzer) -> None:
+        self.analyzer = analyzer
+        self.settings = analyzer.settings
+
+    def options(
+        self,
+        every: int = 1,
+        max_faces: int | None = None,
+        side_face_filter: bool = True,
+        occlusion_filter: bool = True,
+        series: bool = True,
+        min_face_size: int | None = None,
+        heads: Collection[str] = ("au", "expression"),
+        max_frames: int | None = None,
+    ) -> VideoOptions:
+        if not 1 <= every <= 1000:
+            raise ApiError(422, "invalid_request", "every: between 1 and 1000")
+        face = self.analyzer.options(side_face_filter, occlusion_filter, max_faces, min_face_size)
+        self.analyzer._chosen_heads(heads)  # unknown heads are a 422 before anything is decoded
+        return VideoOptions(face=face, every=every, series=series, heads=tuple(heads), max_frames=max_frames)
+
+    @property
+    def limits(self) -> VideoLimits:
+        return VideoLimits.of(self.settings)
+
+    # -- entry points ---------------------------------------------------------------------------------------
+
+    def analyze(
+        self,
+        source: str | Path,
+        options: VideoOptions | None = None,
+        request_id: str | None = None,
+        on_frame: FrameCallback | None = None,
+    ) -> VideoAnalysisResponse:
+        """Analyse a video file (checked against the video limits before decoding). ``on_frame(frame, t, image,
+        faces)`` is called after each analysed frame with the confirmed tracks seen there ([(track_id,
+        FrameRecord)]), e.g. to draw them; the image is not kept."""
+        with VideoReader(source, self.limits) as video:
+            return self.analyze_frames(video.frames(), video.header, options, request_id, on_frame)
+
+    def analyze_upload(
+        self, stream: IO[bytes], options: VideoOptions | None = None, request_id: str | None = None
+    ) -> VideoAnalysisResponse:
+        """An upload: spooled to a temporary file (bounded, checked while copying), analysed, deleted."""
+        path = spool_upload(stream, self.limits.max_bytes)
+        try:
+            return self.analyze(path, options, request_id)
+        finally:
+            path.unlink(missing_ok=True)
+
+    def analyze_frames(
+        self,
+        frames: Iterable[VideoFrame],
+        header: VideoHeader,
+        options: VideoOptions | None = None,
+        request_id: str | None = None,
+        on_frame: FrameCallback | None = None,
+    ) -> VideoAnalysisResponse:
+        """Frames in presentation order (``VideoReader.frames()``); every ``options.every``-th is analysed."""
+        options = options or VideoOptions()
+        s = self.settings
+        fps = header.fps or 30.0
+        tracker = Tracker(
+            self.analyzer,
+            options.face,
+            options.heads,
+            redetect_every=s.video_redetect_every,
+            confirm_hits=s.video_confirm_hits,
+            max_lost_s=s.video_max_lost_s,
+        )
+        timings = tracker.timings
+        start = time.perf_counter()
+        decoded = analysed = 0
+        last_t = 0.0
+        for frame in _timed(frames, timings, "decode"):
+            decoded += 1
+            last_t = frame.t
+            if frame.index % options.every:
+                continue
+            if options.max_frames is not None and analysed >= options.max_frames:
+                break
+            with timings.stage("decode"):
+                image = frame.bgr()
+            tracker.step(image, frame.index, frame.t)
+            analysed += 1
+            if on_frame is not None:
+                seen = [(tr.track_id, tr.records[-1]) for tr in tracker.live
+                        if tr.confirmed and tr.records and tr.records[-1].frame == frame.index]
+                on_frame(frame.index, frame.t, image, seen)
+        with timings.stage("events"):
+            tracks = [self._track_out(track, options) for track in tracker.tracks()]
+        timings.ms["total"] = (time.perf_counter() - start) * 1000.0
+        duration = header.duration_s or (last_t + 1.0 / fps if decoded else 0.0)
+        return VideoAnalysisResponse(
+            request_id=request_id or uuid.uuid4().hex,
+            video=VideoInfo(
+                frames=decoded,
+                analysed_frames=analysed,
+                fps=round(fps, 4),
+                width=header.width,
+                height=header.height,
+                duration_s=round(duration, 4),
+            ),
+            tracks=tracks,
+            timings_ms=timings.rounded(),
+        )
+
+    # -- per track ------------------------------------------------------------------------------------------
+
+    def _track_out(self, track: Track, options: VideoOptions) -> VideoTrack:
+        records = track.records
+        assert track.track_id is not None
+        return VideoTrack(
+            track_id=track.track_id,
+            first_frame=records[0].frame,
+            last_frame=records[-1].frame,
+            frames=[frame_out(r) for r in records] if options.series else [],
+            events=self.events(track),
+        )
+
+    def events(self, track: Track) -> list[VideoEvent]:
+        """AU and expression events of one track, by onset."""
+        records = track.records
+        signals: dict[tuple[str, str], np.ndarray] = {}
+        au_names = next((list(r.action_units) for r in records if r.action_units), [])
+        for name in au_names:
+            values = [np.nan if r.action_units is None else r.action_units.get(name, np.nan) for r in records]
+            signals["au", name] = np.array(values, dtype=np.float64)
+        labels = next((list(r.expression[2]) for r in records if r.expression), [])
+        for name in labels:
+            values = [np.nan if r.expression is None else r.expression[2].get(name, np.nan) for r in records]
+            signals["expression", name] = np.array(values, dtype=np.float64)
+        return track_events([r.frame for r in records], [r.t for r in records], signals, self.settings)
+
+
+def _timed(frames: Iterable[VideoFrame], timings: Timings, stage: str) -> Iterator[VideoFrame]:
+    iterator = iter(frames)
+    while True:
+        with timings.stage(stage):
+            frame = next(iterator, None)
+        if frame is None:
+            return
+        yield frame
+
+
+def frame_out(r: FrameRecord) -> TrackFrame:
+    expression = None
+    if r.expression is not None:
+        label, confidence, scores = r.expression
+        expression = FrameExpression(
+            label=label, confidence=unit_interval(confidence), scores={k: unit_interval(v) for k, v in scores.items()}
+        )
+    return TrackFrame(
+        frame=r.frame,
+        t=round(r.t, 4),
+        box=box_out(r.box),
+        confidence=unit_interval(r.confidence),
+        pose=Pose(yaw=round(float(r.pose[0]), 2), pitch=round(float(r.pose[1]), 2), roll=round(float(r.pose[2]), 2)),
+        filtered=r.filtered,
+        filter_reasons=r.filter_reasons,
+        action_units=None if r.action_units is None else {k: unit_interval(v) for k, v in r.action_units.items()},
+        expression=expression,
+    )
