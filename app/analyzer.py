@@ -37,7 +37,7 @@ from app.filters import OcclusionVerdict, filter_reasons
 from app.heads import Head, build_heads
 from app.landmarks import LandmarkStage
 from app.model_zoo.blazeface import Detection
-from app.pose import HeadPose, head_pose
+from app.pose import PITCH_OFFSET_DEG, PITCH_OFFSET_DEG_V2, HeadPose, head_pose
 from app.registry import ModelRegistry
 from app.schemas import AnalysisResponse
 from app.settings import Settings
@@ -67,6 +67,14 @@ class FaceAnalysis:
     occlusion: OcclusionVerdict
     filter_reasons: list[str]
     outputs: dict[str, Any] = field(default_factory=dict)  # head name -> its result; empty when filtered
+    # (478, 3) FaceLandmarker v2 points, image pixels: the face stage's own with landmarks v2 (then
+    # landmarks == landmarks_v2[:468]); with v1, filled only for the heads that need them (blendshapes, gaze)
+    landmarks_v2: np.ndarray | None = None
+
+    @property
+    def irises(self) -> np.ndarray | None:
+        """(10, 3): the subject's right iris (centre + 4 contour points), then the left; None without v2."""
+        return None if self.landmarks_v2 is None else self.landmarks_v2[468:]
 
     @property
     def filtered(self) -> bool:
@@ -141,7 +149,11 @@ class Analyzer:
             models.warm_up()
         self.models = models
         self.detector = FaceDetector(models.full_range, models.short_range)
-        self.landmarks = LandmarkStage(models.mesh)
+        # Landmarks v2 (478 points with irises) unless the settings ask for the 468-point mesh; heads that need
+        # the irises (blendshapes, gaze) then run v2 per face as well (timed as landmarks_v2).
+        self.landmarks_v2 = LandmarkStage(models.landmarker)
+        self.landmarks = self.landmarks_v2 if self.settings.landmark_model == "v2" else LandmarkStage(models.mesh)
+        self.pitch_offset = PITCH_OFFSET_DEG_V2 if self.settings.landmark_model == "v2" else PITCH_OFFSET_DEG
         self.heads: dict[str, Head] = build_heads(models)
         thresholds = models.occlusion.thresholds
         if self.settings.occlusion_threshold is not None:  # one setting overrides every region's threshold
@@ -165,7 +177,8 @@ class Analyzer:
     ) -> AnalysisResponse[Any]:
         """Analyse one image with the options of the HTTP endpoints; returns the endpoint's typed response
         (``heads`` decides which: none = /detect-faces, {"au"} = /detect-au, {"expression"} =
-        /recognize-expression, both = /analyze). A path or bytes are decoded under the same limits as an
+        /recognize-expression, both = /analyze; add "blendshapes" and/or "gaze" to any of them for those
+        fields, as ``?blendshapes=true`` / ``?gaze=true`` do). A path or bytes are decoded under the same limits as an
         upload; a numpy array is taken as uint8 BGR (``channel_order="rgb"`` otherwise), grey or 4-channel.
         Bad input raises ``app.errors.ApiError`` (``.status``, ``.code``, ``.message``), as the API would."""
         options = self.options(side_face_filter, occlusion_filter, max_faces, min_face_size, face_crop)
@@ -221,6 +234,11 @@ class Analyzer:
                 ))
         faces = [self._face_stage(image, detection, options, timings) for detection in detections]
         analysed = [face for face in faces if not face.filtered]
+        if any(getattr(self.heads[name], "needs_irises", False) for name in chosen):
+            for face, detection in zip(faces, detections):
+                if face.landmarks_v2 is None and not face.filtered:
+                    with timings.stage("landmarks_v2"):
+                        face.landmarks_v2 = self._landmarks_v2(image, detection)
         for name in chosen if analysed else ():
             head = self.heads[name]
             with timings.stage(head.field):
@@ -236,10 +254,11 @@ class Analyzer:
                 mesh = self.landmarks.from_face_crop(image)
             else:
                 mesh = self.landmarks.from_detection(image, detection.box, detection.keypoints)
+        landmarks, landmarks_v2 = mesh.landmarks[:468], (mesh.landmarks if len(mesh.landmarks) > 468 else None)
         with timings.stage("pose"):
-            pose = head_pose(mesh.landmarks)
+            pose = head_pose(landmarks, self.pitch_offset)
         with timings.stage("align"):
-            aligned = align_face(image, mesh.landmarks)
+            aligned = align_face(image, landmarks)
         with timings.stage("occlusion"):
             scores = self.models.occlusion.predict(aligned)
             occlusion = OcclusionVerdict(scores=scores, thresholds=self.occlusion_thresholds)
@@ -261,10 +280,16 @@ class Analyzer:
         return FaceAnalysis(
             box=box,
             confidence=float(confidence),
-            landmarks=mesh.landmarks,
+            landmarks=landmarks,
             landmark_confidence=mesh.presence,
             pose=pose,
             aligned=aligned,
             occlusion=occlusion,
             filter_reasons=reasons,
+            landmarks_v2=landmarks_v2,
         )
+
+    def _landmarks_v2(self, image: np.ndarray, detection: Detection | None) -> np.ndarray:
+        if detection is None:
+            return self.landmarks_v2.from_face_crop(image).landmarks
+        return self.landmarks_v2.from_detection(image, detection.box, detection.keypoints).landmarks

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -28,6 +29,10 @@ class Settings(BaseSettings):
     default_max_faces: int = Field(20, ge=1)
     max_faces_limit: int = Field(100, ge=1)
     default_min_face_size: int = Field(20, ge=0, description="pixels, shorter side of the face box")
+    landmark_model: Literal["v1", "v2"] = Field(
+        "v2", description="face stage landmarks: v2 = FaceLandmarker 478 points (irises), v1 = the 468-point mesh; "
+        "with v1, blendshapes and gaze run v2 as well, per face"
+    )
 
     # Pre-filters.
     side_face_max_yaw: float = Field(30.0, gt=0.0, le=90.0, description="degrees")
