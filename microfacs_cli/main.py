@@ -225,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-occlusion-filter", action="store_true", help="analyse occluded faces too")
     parser.add_argument("--max-faces", type=int, help="at most this many faces per image")
     parser.add_argument("--min-face-size", type=int, help="pixels")
-    parser.add_argument("--blendshapes", action="store_true", help="add the 52 blendshapes (bs_<name> columns; in-process)")
+    parser.add_argument("--blendshapes", action="store_true",
+                        help="add the 52 blendshapes (bs_<name> columns; in-process)")
     parser.add_argument("--gaze", action="store_true", help="add the eye gaze (gaze_angle_x/y columns; in-process)")
     parser.add_argument("--api-key", help="sent as X-API-Key (default: $MICROFACS_API_KEY)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request (--url)")

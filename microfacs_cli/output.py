@@ -57,7 +57,8 @@ class Writer:
 
     def _start(self, au_names: list[str]) -> None:
         names = BLENDSHAPE_NAMES if self.with_blendshapes else ()
-        self.csv = csv.DictWriter(self.stream, fieldnames=columns(au_names, self.with_expression, names, self.with_gaze),
+        fields = columns(au_names, self.with_expression, names, self.with_gaze)
+        self.csv = csv.DictWriter(self.stream, fieldnames=fields,
                                   extrasaction="ignore", restval="", lineterminator="\n")
         self.csv.writeheader()
         for row in self.pending:
