@@ -38,7 +38,7 @@ from app.heads import Head, build_heads
 from app.landmarks import LandmarkStage
 from app.model_zoo.blazeface import Detection
 from app.model_zoo.expression import PRIORS
-from app.pose import HeadPose, head_pose
+from app.pose import PITCH_OFFSET_DEG, PITCH_OFFSET_DEG_V2, HeadPose, head_pose
 from app.registry import ModelRegistry
 from app.schemas import AnalysisResponse
 from app.settings import Settings
@@ -69,6 +69,14 @@ class FaceAnalysis:
     occlusion: OcclusionVerdict
     filter_reasons: list[str]
     outputs: dict[str, Any] = field(default_factory=dict)  # head name -> its result; empty when filtered
+    # (478, 3) FaceLandmarker v2 points, image pixels: the face stage's own with landmarks v2 (then
+    # landmarks == landmarks_v2[:468]); with v1, filled only for the heads that need them (blendshapes, gaze)
+    landmarks_v2: np.ndarray | None = None
+
+    @property
+    def irises(self) -> np.ndarray | None:
+        """(10, 3): the subject's right iris (centre + 4 contour points), then the left; None without v2."""
+        return None if self.landmarks_v2 is None else self.landmarks_v2[468:]
 
     @property
     def filtered(self) -> bool:
@@ -150,7 +158,11 @@ class Analyzer:
             models.warm_up()
         self.models = models
         self.detector = FaceDetector(models.full_range, models.short_range)
-        self.landmarks = LandmarkStage(models.mesh)
+        # Landmarks v2 (478 points with irises) unless the settings ask for the 468-point mesh; heads that need
+        # the irises (blendshapes, gaze) then run v2 per face as well (timed as landmarks_v2).
+        self.landmarks_v2 = LandmarkStage(models.landmarker)
+        self.landmarks = self.landmarks_v2 if self.settings.landmark_model == "v2" else LandmarkStage(models.mesh)
+        self.pitch_offset = PITCH_OFFSET_DEG_V2 if self.settings.landmark_model == "v2" else PITCH_OFFSET_DEG
         self.heads: dict[str, Head] = build_heads(models)
         thresholds = models.occlusion.thresholds
         if self.settings.occlusion_threshold is not None:  # one setting overrides every region's threshold
@@ -175,7 +187,8 @@ class Analyzer:
     ) -> AnalysisResponse[Any]:
         """Analyse one image with the options of the HTTP endpoints; returns the endpoint's typed response
         (``heads`` decides which: none = /detect-faces, {"au"} = /detect-au, {"expression"} =
-        /recognize-expression, both = /analyze). A path or bytes are decoded under the same limits as an
+        /recognize-expression, both = /analyze; add "blendshapes" and/or "gaze" to any of them for those
+        fields, as ``?blendshapes=true`` / ``?gaze=true`` do). A path or bytes are decoded under the same limits as an
         upload; a numpy array is taken as uint8 BGR (``channel_order="rgb"`` otherwise), grey or 4-channel.
         ``prior``: the expression scores' class prior, "balanced" or "ferplus" (default: the setting).
         Bad input raises ``app.errors.ApiError`` (``.status``, ``.code``, ``.message``), as the API would."""
@@ -248,7 +261,7 @@ class Analyzer:
         chosen = self._chosen_heads(heads)
         timings = timings if timings is not None else Timings()
         faces = [self._face_stage(image, None, options, timings, previous) for previous in previous_landmarks]
-        self._run_heads(faces, chosen, options, timings)
+        self._run_heads(image, faces, chosen, options, timings)
         return ImageAnalysis(image=image, faces=faces, heads=chosen, timings=timings)
 
     def run_from_detections(
@@ -264,7 +277,7 @@ class Analyzer:
         chosen = self._chosen_heads(heads)
         timings = timings if timings is not None else Timings()
         faces = [self._face_stage(image, detection, options, timings) for detection in detections]
-        self._run_heads(faces, chosen, options, timings)
+        self._run_heads(image, faces, chosen, options, timings, detections)
         return ImageAnalysis(image=image, faces=faces, heads=chosen, timings=timings)
 
     def _chosen_heads(self, heads: Collection[str]) -> tuple[str, ...]:
@@ -274,9 +287,26 @@ class Analyzer:
         return tuple(name for name in self.heads if name in heads)  # registry order: stable output
 
     def _run_heads(
-        self, faces: list[FaceAnalysis], chosen: tuple[str, ...], options: FaceOptions, timings: Timings
+        self, image: np.ndarray, faces: list[FaceAnalysis], chosen: tuple[str, ...], options: FaceOptions,
+        timings: Timings, detections: list[Detection | None] | None = None,
     ) -> None:
+        """The chosen heads on the unfiltered faces. Heads that read the irises get landmarks v2 when the face
+        stage ran the 468-point mesh: on the face's detection region (as the v2 face stage would), or on the
+        mesh's own region for faces tracked without a detection."""
         analysed = [face for face in faces if not face.filtered]
+        if any(getattr(self.heads[name], "needs_irises", False) for name in chosen):
+            regions = detections if detections is not None else [None] * len(faces)
+            for face, detection in zip(faces, regions):
+                if face.filtered or face.landmarks_v2 is not None:
+                    continue
+                with timings.stage("landmarks_v2"):
+                    if detection is not None:
+                        mesh = self.landmarks_v2.from_detection(image, detection.box, detection.keypoints)
+                    elif detections is not None:  # face_crop: the whole image is the face
+                        mesh = self.landmarks_v2.from_face_crop(image)
+                    else:
+                        mesh = self.landmarks_v2.from_landmarks(image, face.landmarks)
+                    face.landmarks_v2 = mesh.landmarks
         for name in chosen if analysed else ():
             head = self.heads[name]
             with timings.stage(head.field):
@@ -298,10 +328,11 @@ class Analyzer:
                 mesh = self.landmarks.from_face_crop(image)
             else:
                 mesh = self.landmarks.from_detection(image, detection.box, detection.keypoints)
+        landmarks, landmarks_v2 = mesh.landmarks[:468], (mesh.landmarks if len(mesh.landmarks) > 468 else None)
         with timings.stage("pose"):
-            pose = head_pose(mesh.landmarks)
+            pose = head_pose(landmarks, self.pitch_offset)
         with timings.stage("align"):
-            aligned = align_face(image, mesh.landmarks)
+            aligned = align_face(image, landmarks)
         with timings.stage("occlusion"):
             scores = self.models.occlusion.predict(aligned)
             occlusion = OcclusionVerdict(scores=scores, thresholds=self.occlusion_thresholds)
@@ -325,10 +356,11 @@ class Analyzer:
         return FaceAnalysis(
             box=box,
             confidence=float(confidence),
-            landmarks=mesh.landmarks,
+            landmarks=landmarks,
             landmark_confidence=mesh.presence,
             pose=pose,
             aligned=aligned,
             occlusion=occlusion,
             filter_reasons=reasons,
+            landmarks_v2=landmarks_v2,
         )

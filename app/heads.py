@@ -12,8 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
+from app.gaze import Gaze, gaze
 from app.model_zoo.au_detector import ActionUnit, AuDetector
 from app.model_zoo.expression import ExpressionRecognizer, ExpressionResult
+from app.model_zoo.face_landmarker import FaceBlendshapes
 from app.registry import ModelRegistry
 
 if TYPE_CHECKING:
@@ -53,9 +55,36 @@ class ExpressionHead:
         return self.model.predict(face.aligned, options.expression_prior)
 
 
+@dataclass(frozen=True)
+class BlendshapeHead:
+    """MediaPipe's 52 blendshape coefficients (0..1, ARKit names) from the 478 FaceLandmarker v2 points
+    (``needs_irises``: the analyzer provides ``face.landmarks_v2`` whichever landmark model the face stage uses).
+    Kept apart from the AU detector, so that later work can fuse the two."""
+
+    model: FaceBlendshapes
+    field: str = "blendshapes"
+    needs_irises: bool = True
+
+    def get(self, face: FaceAnalysis, options: FaceOptions) -> dict[str, float]:
+        return self.model.predict(face.landmarks_v2)
+
+
+@dataclass(frozen=True)
+class GazeHead:
+    """Eye gaze (degrees, per eye and combined) from the iris landmarks (``app/gaze.py``); no network."""
+
+    field: str = "gaze"
+    needs_irises: bool = True
+
+    def get(self, face: FaceAnalysis, options: FaceOptions) -> Gaze:
+        return gaze(face.landmarks_v2)
+
+
 HEADS: dict[str, Callable[[ModelRegistry], Head]] = {
     "au": lambda models: AuHead(models.au),
     "expression": lambda models: ExpressionHead(models.expression),
+    "blendshapes": lambda models: BlendshapeHead(models.blendshapes),
+    "gaze": lambda models: GazeHead(),
 }
 
 

@@ -11,7 +11,8 @@ forehead to chin, made orthogonal to ``x_f``. The face points along ``-z_f = -(x
 
 The mesh's forehead-to-chin line is not exactly upright on a face looking straight at the camera;
 ``PITCH_OFFSET_DEG`` removes that bias. It is the median raw pitch of the CK+ peak frames (frontal by
-protocol), measured by ``training/calibrate_pose.py``.
+protocol), measured by ``training/calibrate_pose.py``; ``PITCH_OFFSET_DEG_V2`` is the same median for the
+478-point FaceLandmarker v2 (``tools/calibrate_gaze.py``), which the face stage uses.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ RIGHT_SIDE = [33, 133, 234, 93, 132]  # subject's right: eye corners, cheek cont
 LEFT_SIDE = [263, 362, 454, 323, 361]
 FOREHEAD, CHIN = 10, 152
 PITCH_OFFSET_DEG = -5.3
+PITCH_OFFSET_DEG_V2 = -4.0
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,6 @@ def raw_head_pose(landmarks: np.ndarray) -> HeadPose:
     return HeadPose(yaw=float(yaw), pitch=float(pitch), roll=float(roll))
 
 
-def head_pose(landmarks: np.ndarray) -> HeadPose:
+def head_pose(landmarks: np.ndarray, pitch_offset: float = PITCH_OFFSET_DEG) -> HeadPose:
     raw = raw_head_pose(landmarks)
-    return HeadPose(yaw=raw.yaw, pitch=raw.pitch - PITCH_OFFSET_DEG, roll=raw.roll)
+    return HeadPose(yaw=raw.yaw, pitch=raw.pitch - pitch_offset, roll=raw.roll)

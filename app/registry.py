@@ -5,6 +5,7 @@ from app.model_zoo.au_detector import AuDetector
 from app.model_zoo.base import OnnxModel
 from app.model_zoo.blazeface import BlazeFaceFullRange, BlazeFaceShortRange
 from app.model_zoo.expression import ExpressionRecognizer
+from app.model_zoo.face_landmarker import FaceBlendshapes, FaceLandmarker
 from app.model_zoo.face_mesh import FaceMesh
 from app.model_zoo.occlusion import OcclusionClassifier
 from app.settings import Settings
@@ -15,7 +16,9 @@ class ModelRegistry:
         models_dir, threads = settings.models_dir, settings.onnx_threads
         self.full_range = BlazeFaceFullRange(models_dir, threads)
         self.short_range = BlazeFaceShortRange(models_dir, threads)
-        self.mesh = FaceMesh(models_dir, threads)
+        self.mesh = FaceMesh(models_dir, threads)  # landmarks v1 (settings.landmark_model = "v1")
+        self.landmarker = FaceLandmarker(models_dir, threads)  # landmarks v2: 478 points with irises
+        self.blendshapes = FaceBlendshapes(models_dir, threads)
         self.occlusion = OcclusionClassifier(models_dir, threads)
         self.expression = ExpressionRecognizer(models_dir, threads)
         self.au = AuDetector(models_dir, threads)

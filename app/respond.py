@@ -2,8 +2,8 @@
 network has already run (``app.analyzer``), and AU boxes are already in image pixels (``app.heads``).
 
 The response type follows from the heads that ran: none = /detect-faces, ``au`` = /detect-au,
-``expression`` = /recognize-expression, both = /analyze. A face the pre-filters excluded carries ``null``
-for each head that was asked for.
+``expression`` = /recognize-expression, both = /analyze; ``blendshapes`` and ``gaze`` add their opt-in field
+to any of them. A face the pre-filters excluded carries ``null`` for each head that was asked for.
 """
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
+from app.gaze import Gaze
 from app.model_zoo.au_detector import ActionUnit
 from app.model_zoo.expression import ExpressionResult
 from app.schemas import (
@@ -21,6 +22,8 @@ from app.schemas import (
     DetectActionUnitsResponse,
     DetectFacesResponse,
     ExpressionOut,
+    GazeAngles,
+    GazeOut,
     ImageInfo,
     Occlusion,
     Pose,
@@ -69,11 +72,26 @@ def expression_out(result: ExpressionResult) -> ExpressionOut:
     )
 
 
+def blendshapes_out(scores: dict[str, float]) -> dict[str, float]:
+    return {name: unit_interval(v) for name, v in scores.items()}
+
+
+def gaze_out(result: Gaze) -> GazeOut:
+    def angles(a) -> GazeAngles:
+        return GazeAngles(yaw=round(a.yaw, 2), pitch=round(a.pitch, 2))
+
+    return GazeOut(right=angles(result.right), left=angles(result.left), combined=angles(result.combined))
+
+
 # Head name -> (response field, formatter of the head's result).
 FORMATTERS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "au": ("action_units", action_units_out),
     "expression": ("expression", expression_out),
+    "blendshapes": ("blendshapes", blendshapes_out),
+    "gaze": ("gaze", gaze_out),
 }
+# Heads that choose the response type (the others add an opt-in field to any of them).
+TYPED_HEADS = frozenset({"au", "expression"})
 
 
 def face_out(face_id: int, face: FaceAnalysis, heads: tuple[str, ...], include_landmarks: bool) -> dict[str, Any]:
@@ -101,7 +119,7 @@ def face_out(face_id: int, face: FaceAnalysis, heads: tuple[str, ...], include_l
 
 
 def analysis_response(request_id: str, analysis: ImageAnalysis, include_landmarks: bool) -> AnalysisResponse[Any]:
-    model = RESPONSE_MODELS[frozenset(analysis.heads)]
+    model = RESPONSE_MODELS[frozenset(analysis.heads) & TYPED_HEADS]
     return model(
         request_id=request_id,
         image=ImageInfo(width=analysis.width, height=analysis.height),

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_serializer
 
 
 class Box(BaseModel):
@@ -17,6 +17,22 @@ class Pose(BaseModel):
     yaw: float = Field(description="degrees; > 0 when the face turns towards the image's right (subject's left)")
     pitch: float = Field(description="degrees; > 0 when the face tilts up")
     roll: float = Field(description="degrees; > 0 when the head leans clockwise in the image")
+
+
+class GazeAngles(BaseModel):
+    yaw: float = Field(description="degrees; > 0 when the eye looks towards the image's right (subject's left)")
+    pitch: float = Field(description="degrees; > 0 when the eye looks up")
+
+
+class GazeOut(BaseModel):
+    right: GazeAngles = Field(description="the subject's right eye (on the image's left for a frontal face)")
+    left: GazeAngles = Field(description="the subject's left eye")
+    combined: GazeAngles = Field(description="the mean direction of both eyes")
+
+
+# Opt-in per-face fields: present (null when the face is filtered) only when asked for, so that responses
+# without ?blendshapes=true / ?gaze=true keep their shape byte for byte.
+OPT_IN_FIELDS = ("blendshapes", "gaze")
 
 
 class Occlusion(BaseModel):
@@ -38,6 +54,22 @@ class Face(BaseModel):
     landmarks: list[list[float]] | None = Field(
         None, description="468 x (x, y, z) mesh points in image pixels, with ?landmarks=true"
     )
+    blendshapes: dict[str, float] | None = Field(
+        None, description="with ?blendshapes=true only: MediaPipe's 52 blendshape coefficients (0..1; ARKit names, "
+        "Left/Right = the subject's sides; '_neutral' is MediaPipe's own); null when the face is filtered"
+    )
+    gaze: GazeOut | None = Field(
+        None, description="with ?gaze=true only: eye gaze from the iris landmarks, degrees, axes and signs as pose; "
+        "null when the face is filtered"
+    )
+
+    @model_serializer(mode="wrap")
+    def _drop_fields_not_asked_for(self, handler):
+        data = handler(self)
+        for key in OPT_IN_FIELDS:
+            if key not in self.model_fields_set:
+                data.pop(key, None)
+        return data
 
 
 class ImageInfo(BaseModel):

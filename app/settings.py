@@ -41,6 +41,11 @@ class Settings(BaseSettings):
     default_max_faces: int = Field(20, ge=1)
     max_faces_limit: int = Field(100, ge=1)
     default_min_face_size: int = Field(20, ge=0, description="pixels, shorter side of the face box")
+    landmark_model: Literal["v1", "v2"] = Field(
+        "v1", description="face stage landmarks: v1 = the 468-point mesh our AU, expression and occlusion networks "
+        "were trained on (their crops are aligned from it), v2 = FaceLandmarker 478 points (irises); with v1, "
+        "blendshapes and gaze run v2 as well, on the mesh's region"
+    )
 
     # Pre-filters.
     side_face_max_yaw: float = Field(30.0, gt=0.0, le=90.0, description="degrees")

@@ -17,6 +17,11 @@ Columns, in order (OpenFace 2 names where OpenFace has the quantity):
   filtered or the endpoint gives no AUs,
 * ``expression, expression_confidence, expression_uncertain``, then ``expr_<label>`` for the 8 labels
   (the expression the face *appears to show*); present when the endpoint gives expressions,
+* ``gaze_angle_x, gaze_angle_y``: **radians**, as in OpenFace, the combined gaze of both eyes: x = our gaze
+  yaw, y = our gaze pitch, with MicroFACS's signs (x > 0 looking towards the image's right, y > 0 looking
+  up; OpenFace's own signs have not been checked against these); present when gaze was asked for,
+* ``bs_<name>`` for MediaPipe's 52 blendshape coefficients (0..1, e.g. ``bs_mouthSmileLeft``); present when
+  blendshapes were asked for,
 * ``filtered`` (0/1) and ``filter_reasons`` (``;``-separated).
 """
 from __future__ import annotations
@@ -29,6 +34,7 @@ HEAD = ["frame", "face_id", "timestamp", "confidence", "success", "source",
         "face_x", "face_y", "face_width", "face_height",
         "pose_Rx", "pose_Ry", "pose_Rz", "pose_yaw", "pose_pitch", "pose_roll"]
 TAIL = ["filtered", "filter_reasons"]
+GAZE = ["gaze_angle_x", "gaze_angle_y"]
 
 
 def au_sort_key(au: str) -> tuple[int, str]:
@@ -41,13 +47,17 @@ def au_column(au: str) -> str:
     return f"AU{int(digits):02d}" if digits else au
 
 
-def columns(au_names: list[str], with_expression: bool) -> list[str]:
+def columns(au_names: list[str], with_expression: bool, blendshape_names: tuple[str, ...] = (),
+            with_gaze: bool = False) -> list[str]:
     cols = list(HEAD)
     aus = sorted(au_names, key=au_sort_key)
     cols += [f"{au_column(a)}_c" for a in aus] + [f"{au_column(a)}_p" for a in aus]
     if with_expression:
         cols += ["expression", "expression_confidence", "expression_uncertain"]
         cols += [f"expr_{label}" for label in EXPRESSION_LABELS]
+    if with_gaze:
+        cols += GAZE
+    cols += [f"bs_{name}" for name in blendshape_names]
     return cols + TAIL
 
 
@@ -83,6 +93,11 @@ def face_rows(meta: dict[str, Any], result: Optional[dict[str, Any]]) -> list[di
             row["expression_uncertain"] = int(bool(expression.get("uncertain")))
             for label, p in (expression.get("scores") or {}).items():
                 row[f"expr_{label}"] = p
+        combined = (face.get("gaze") or {}).get("combined")
+        if combined:
+            row["gaze_angle_x"], row["gaze_angle_y"] = _rad(combined["yaw"]), _rad(combined["pitch"])
+        for name, value in (face.get("blendshapes") or {}).items():
+            row[f"bs_{name}"] = value
         rows.append(row)
     return rows
 
@@ -91,9 +106,12 @@ def table_rows(results: list[tuple[dict[str, Any], Optional[dict[str, Any]]]]) -
     """(columns, rows) for several analysed images, each given as (meta, response dict)."""
     rows = [row for meta, result in results for row in face_rows(meta, result)]
     au_names: list[str] = []
-    with_expression = False
+    blendshape_names: tuple[str, ...] = ()
+    with_expression = with_gaze = False
     for _, result in results:
         for face in (result or {}).get("faces") or []:
             au_names = au_names or [au["au"] for au in face.get("action_units") or []]
             with_expression = with_expression or "expression" in face
-    return columns(au_names, with_expression), rows
+            with_gaze = with_gaze or "gaze" in face
+            blendshape_names = blendshape_names or tuple(face.get("blendshapes") or ())
+    return columns(au_names, with_expression, blendshape_names, with_gaze), rows

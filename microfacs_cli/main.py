@@ -82,7 +82,7 @@ class LocalBackend:
         settings = Settings(max_upload_bytes=512 * 1024 * 1024, api_key=None, onnx_threads=args.threads)
         self.analyzer = Analyzer(settings)
         self.endpoints = ["analyze" if endpoint == "auto" else endpoint.replace("-", "_")]
-        self.heads = HEADS_OF[self.endpoints[0]]
+        self.heads = HEADS_OF[self.endpoints[0]] | {h for h in ("blendshapes", "gaze") if getattr(args, h, False)}
         self.options = self.analyzer.options(**options)
 
     def analyse(self, item: sources.Item) -> tuple[Optional[dict], Optional[dict], Optional[np.ndarray]]:
@@ -295,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--min-face-size", type=int, help="pixels")
     parser.add_argument("--prior", choices=["balanced", "ferplus"],
                         help="class prior of the expression scores (default: the server's / the setting's)")
+    parser.add_argument("--blendshapes", action="store_true",
+                        help="add the 52 blendshapes (bs_<name> columns; in-process)")
+    parser.add_argument("--gaze", action="store_true", help="add the eye gaze (gaze_angle_x/y columns; in-process)")
     parser.add_argument("--api-key", help="sent as X-API-Key (default: $MICROFACS_API_KEY)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request (--url)")
     parser.add_argument("--concurrency", type=int, default=2, help="requests in flight (--url; default 2)")
@@ -341,7 +344,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         stream = stack.enter_context(open(args.output, "w", newline="")) if args.output else sys.stdout
         writer = output.Writer(stream, args.format,
                                with_aus=any(e in ("analyze", "detect_au") for e in endpoints),
-                               with_expression=any(e in ("analyze", "recognize_expression") for e in endpoints))
+                               with_expression=any(e in ("analyze", "recognize_expression") for e in endpoints),
+                               with_blendshapes=args.blendshapes, with_gaze=args.gaze)
         show = args.progress or (not args.no_progress and sys.stderr.isatty())
         videos = [p for p in paths if sources.is_video(p)]
         stills = [p for p in paths if not sources.is_video(p)]

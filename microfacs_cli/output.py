@@ -8,6 +8,7 @@ import csv
 import json
 from typing import IO, Any, Optional
 
+from app.model_zoo.face_landmarker import BLENDSHAPE_NAMES
 from app.table import columns, face_rows
 
 
@@ -15,8 +16,10 @@ class Writer:
     """Writes results as they come. CSV needs the AU names for its header: it holds rows back until the first
     face that carries ``action_units`` (or the end) when the endpoint gives AUs."""
 
-    def __init__(self, stream: IO[str], fmt: str, with_aus: bool, with_expression: bool) -> None:
+    def __init__(self, stream: IO[str], fmt: str, with_aus: bool, with_expression: bool,
+                 with_blendshapes: bool = False, with_gaze: bool = False) -> None:
         self.stream, self.fmt = stream, fmt
+        self.with_blendshapes, self.with_gaze = with_blendshapes, with_gaze
         self.with_aus, self.with_expression = with_aus, with_expression
         self.pending: list[dict[str, Any]] = []
         self.csv: Optional[csv.DictWriter] = None
@@ -53,7 +56,9 @@ class Writer:
         return None
 
     def _start(self, au_names: list[str]) -> None:
-        self.csv = csv.DictWriter(self.stream, fieldnames=columns(au_names, self.with_expression),
+        names = BLENDSHAPE_NAMES if self.with_blendshapes else ()
+        fields = columns(au_names, self.with_expression, names, self.with_gaze)
+        self.csv = csv.DictWriter(self.stream, fieldnames=fields,
                                   extrasaction="ignore", restval="", lineterminator="\n")
         self.csv.writeheader()
         for row in self.pending:

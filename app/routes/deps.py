@@ -62,9 +62,10 @@ class AnalysisRequest:
     data: bytes
     options: FaceOptions
     include_landmarks: bool
+    extra_heads: tuple[str, ...] = ()  # opt-in heads any endpoint adds: blendshapes, gaze
 
     def run(self, heads: Collection[str] = ()) -> AnalysisResponse[Any]:
-        analysis = self.analyzer.run(self.data, self.options, heads)
+        analysis = self.analyzer.run(self.data, self.options, {*heads, *self.extra_heads})
         self.request.state.image = analysis.image  # for ?render=true (app/render_http.py)
         return analysis_response(request_id_of(self.request), analysis, self.include_landmarks)
 
@@ -74,9 +75,12 @@ def analysis_request(
     data: bytes = Depends(upload_bytes),
     options: FaceOptions = Depends(face_options),
     landmarks: bool = Query(False, description="include the 468 mesh points of each face"),
+    blendshapes: bool = Query(False, description="add MediaPipe's 52 blendshape coefficients to each analysed face"),
+    gaze: bool = Query(False, description="add the eye gaze (per eye and combined) to each analysed face"),
     analyzer: Analyzer = Depends(analyzer_of),
 ) -> AnalysisRequest:
-    return AnalysisRequest(request, analyzer, data, options, landmarks)
+    extra = tuple(name for name, asked in (("blendshapes", blendshapes), ("gaze", gaze)) if asked)
+    return AnalysisRequest(request, analyzer, data, options, landmarks, extra)
 
 
 def require_api_key(request: Request, settings: Settings = Depends(settings_of)) -> None:
