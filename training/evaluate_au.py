@@ -5,7 +5,7 @@
     python -m training.evaluate_au --bench           # ms per face, single thread, of models/au_detector.onnx
 
 Each face is scored by the ONNX model of the fold that held its subject out (runs/au/cv/fold{k}.onnx),
-preprocessed and decoded by app/model_zoo/au_detector.py (per-AU NMS, max over boxes).
+preprocessed and decoded by app/model_zoo/au_detector.py (each AU's best box).
 Thresholds: per AU, the one maximising F1 over all out-of-fold scores ("pooled"; these go to the manifest
 and give the optimistic F1 column). The honest column "F1 nested" picks each fold's thresholds on the
 OTHER folds' out-of-fold scores only.
@@ -23,7 +23,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from app.manifest import update_entry
 from app.model_zoo.au_detector import face_decisions, preprocess
+from training.common import MissingDataError, require_file, run_cli
 from training.data import REPO_ROOT, RUNS_DIR
 
 CACHE = RUNS_DIR / "cache" / "ckplus.npz"
@@ -56,7 +58,7 @@ def out_of_fold_scores(cv_dir: Path, crops: np.ndarray) -> tuple[np.ndarray, np.
     """Scores (N, C) by each face's held-out fold model, fold number of each face, and the fold meta."""
     metas = sorted(cv_dir.glob("fold*.json"))
     if not metas:
-        raise SystemExit(f"no fold models in {cv_dir}: run python -m training.train_au --cv")
+        raise MissingDataError(f"no fold models in {cv_dir}: run `python -m training.train_au --cv` first")
     meta0 = json.loads(metas[0].read_text())
     scores = np.full((len(crops), len(meta0["classes"])), np.nan, np.float32)
     fold_of = np.full(len(crops), -1)
@@ -77,7 +79,7 @@ def out_of_fold_scores(cv_dir: Path, crops: np.ndarray) -> tuple[np.ndarray, np.
 
 
 def evaluate(cv_dir: Path, cache: Path) -> dict:
-    data = np.load(cache)
+    data = np.load(require_file(cache, "python -m training.prepare_faces --only ckplus"))
     names = [str(a) for a in data["au_names"]]
     scores, fold_of, meta = out_of_fold_scores(cv_dir, data["crops"])
     classes = meta["classes"]
@@ -97,11 +99,11 @@ def evaluate(cv_dir: Path, cache: Path) -> dict:
             tk = best_threshold(scores[others, c], truth[others, c]) if others.any() else t
             nested[folds == k] = scores[folds == k, c] >= tk
         f1n, pn, rn = prf(nested, truth[:, c])
-        fb, pb, rb = prf(baseline[:, c], truth[:, c])
+        fb = prf(baseline[:, c], truth[:, c])[0]
         rows[au] = {"positives": int(truth[:, c].sum()), "threshold": round(t, 4), "f1": round(f1, 3),
                     "precision": round(p, 3), "recall": round(r, 3), "f1_nested": round(f1n, 3),
                     "precision_nested": round(pn, 3), "recall_nested": round(rn, 3), "baseline_f1": round(fb, 3)}
-    return {"classes": classes, "rows": rows, "faces": int(done.sum()), "folds": int(len(np.unique(folds)))}
+    return {"classes": classes, "rows": rows, "faces": int(done.sum()), "folds": len(np.unique(folds))}
 
 
 def mean(rows: dict, key: str, aus: list[str]) -> float:
@@ -125,12 +127,10 @@ def print_table(result: dict) -> None:
 
 
 def write_manifest(result: dict, models_dir: Path) -> None:
-    path = models_dir / "manifest.json"
-    manifest = json.loads(path.read_text())
-    entry = manifest["models"]["au_detector"]
+    """The per-AU thresholds and the CV metrics into the au_detector entry (both replaced)."""
     rows = result["rows"]
-    entry["thresholds"] = {a: rows[a]["threshold"] for a in result["classes"]}
-    entry["metrics"] = {
+    thresholds = {a: rows[a]["threshold"] for a in result["classes"]}
+    metrics = {
         "protocol": f"CK+ (759 faces, 94 subjects), subject-wise {result['folds']}-fold CV, exported ONNX fold models "
                     "decoded by app/model_zoo/au_detector.py; thresholds maximise pooled out-of-fold F1",
         "mean_f1_required14": round(mean(rows, "f1", REQUIRED), 3),
@@ -142,8 +142,8 @@ def write_manifest(result: dict, models_dir: Path) -> None:
         "per_au": {a: {k: rows[a][k] for k in ("positives", "f1", "precision", "recall", "f1_nested", "baseline_f1")}
                    for a in result["classes"]},
     }
-    path.write_text(json.dumps(manifest, indent=2) + "\n")
-    print(f"thresholds and metrics -> {path}")
+    update_entry(models_dir, "au_detector", {"thresholds": thresholds, "metrics": metrics})
+    print(f"thresholds and metrics -> {models_dir / 'manifest.json'}")
 
 
 def bench(models_dir: Path, repeats: int = 300) -> float:
@@ -173,14 +173,14 @@ def bench(models_dir: Path, repeats: int = 300) -> float:
     return total
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cv-dir", type=Path, default=RUNS_DIR / "au" / "cv")
     parser.add_argument("--cache", type=Path, default=CACHE)
     parser.add_argument("--models-dir", type=Path, default=REPO_ROOT / "models")
     parser.add_argument("--write-manifest", action="store_true")
     parser.add_argument("--bench", action="store_true", help="only time the served model")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.bench:
         bench(args.models_dir)
         return
@@ -192,4 +192,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_cli(main))
