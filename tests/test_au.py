@@ -5,8 +5,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from app.model_zoo.au_detector import AuDetector, decode, detections, face_decisions, nms, preprocess
 from app.analyzer import FaceOptions
+from app.model_zoo.au_detector import AuDetector, decode, face_decisions, preprocess
 from app.settings import Settings
 from tests.helpers import REPO, encode, post_image
 
@@ -44,7 +44,7 @@ def test_region_map_boxes_inside_crop():
     assert picture.shape == (224, 224, 3) and (picture != 128).any()
 
 
-def test_decode_and_nms_shapes():
+def test_decode_and_face_decisions():
     anchors = np.array([[0.2, 0.2], [0.4, 0.3]], np.float32)
     raw = np.zeros((8 * 8 * 2, 5 + 3), np.float32)
     raw[10, 4] = 6.0  # one confident box, cell row 0, col 5, anchor 0
@@ -52,12 +52,10 @@ def test_decode_and_nms_shapes():
     boxes, scores = decode(raw, anchors)
     assert boxes.shape == (128, 4) and scores.shape == (128, 3)
     np.testing.assert_allclose(boxes[10], [(5.5 / 8) - 0.1, 0.5 / 8 - 0.1, 5.5 / 8 + 0.1, 0.5 / 8 + 0.1], atol=1e-6)
-    assert nms(boxes, scores[:, 1], 0.5)[0] == 10
     probability, best = face_decisions(raw, anchors)
     assert probability.argmax() == 1 and probability[1] > 0.99
     np.testing.assert_allclose(best[1], boxes[10])
-    kept_boxes, kept_scores = detections(raw, anchors)[1]
-    assert kept_scores[0] == probability[1] and (kept_boxes[0] == best[1]).all()
+    assert probability[1] == scores[:, 1].max()
 
 
 def test_onnx_model_loads_and_decodes(detector):
@@ -66,7 +64,7 @@ def test_onnx_model_loads_and_decodes(detector):
     assert len(detector.classes) == len(entry["thresholds"]) and detector.anchors.shape[1] == 2
     (raw,) = detector.run(preprocess(np.full((112, 112, 3), 120, np.uint8), detector.size))
     assert raw.shape == (1, (detector.size // 8) ** 2 * len(detector.anchors), 5 + len(detector.classes))
-    probability, boxes = face_decisions(raw[0], detector.anchors)
+    probability, _ = face_decisions(raw[0], detector.anchors)
     assert np.isfinite(probability).all() and ((probability >= 0) & (probability <= 1)).all()
 
 

@@ -7,15 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.screening import (
-    ScreeningBounds,
-    batch_stats,
-    keep_quadruplet,
-    keep_triplet,
-    screen,
-    sphere_stats,
-    z_quantile,
-)
+from training.screening import ScreeningBounds, batch_stats, keep_negative, keep_positive, sphere_stats, z_quantile
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "models"
@@ -45,37 +37,43 @@ def test_sphere_stats_formula_and_simulation():
     assert dist.std() == pytest.approx(sigma, rel=0.1)
 
 
+def keeps_triplet(d_ap, d_an, bounds: ScreeningBounds):
+    """The patent's triplet test: each distance passes its own test."""
+    return keep_positive(d_ap, bounds) & keep_negative(d_an, bounds)
+
+
 def test_screening_keeps_and_discards_constructed_tuples():
     s, d = 16.0, 64
     mu, sigma = sphere_stats(s, d)
+    bounds = ScreeningBounds(mu, sigma, 0.05, 0.05)
     z = z_quantile(0.05)
     # ordinary tuple: positive close, negative at the typical unrelated distance
-    assert screen(0.5 * mu, mu, s=s, d=d)
+    assert keeps_triplet(0.5 * mu, mu, bounds)
     # positive far beyond mu + z sigma: as far as (farther than) unrelated faces -> label noise, discarded
-    assert not screen(mu + 3 * z * sigma, mu, s=s, d=d)
+    assert not keeps_triplet(mu + 3 * z * sigma, mu, bounds)
     # negative well below mu - z sigma: abnormally close to the anchor -> discarded
-    assert not screen(0.5 * mu, mu - 3 * z * sigma, s=s, d=d)
+    assert not keeps_triplet(0.5 * mu, mu - 3 * z * sigma, bounds)
     # just inside both bounds is kept
-    assert screen(mu + 0.99 * z * sigma, mu - 0.99 * z * sigma, s=s, d=d)
+    assert keeps_triplet(mu + 0.99 * z * sigma, mu - 0.99 * z * sigma, bounds)
 
 
 def test_alpha_moves_the_cut():
     mu, sigma = 10.0, 1.0
     d_ap = mu + 2.0 * sigma  # between z(0.05)=1.64 and z(0.01)=2.33
-    assert not screen(d_ap, mu, mu=mu, sigma=sigma, alpha_p=0.05)
-    assert screen(d_ap, mu, mu=mu, sigma=sigma, alpha_p=0.01)
+    assert not keep_positive(d_ap, ScreeningBounds(mu, sigma, alpha_p=0.05, alpha_n=0.05))
+    assert keep_positive(d_ap, ScreeningBounds(mu, sigma, alpha_p=0.01, alpha_n=0.05))
     d_an = mu - 2.0 * sigma
-    assert not screen(1.0, d_an, mu=mu, sigma=sigma, alpha_n=0.05)
-    assert screen(1.0, d_an, mu=mu, sigma=sigma, alpha_n=0.01)
+    assert not keep_negative(d_an, ScreeningBounds(mu, sigma, alpha_p=0.05, alpha_n=0.05))
+    assert keep_negative(d_an, ScreeningBounds(mu, sigma, alpha_p=0.05, alpha_n=0.01))
 
 
-def test_vectorised_triplet_and_quadruplet_masks():
+def test_vectorised_masks():
     b = ScreeningBounds(mu=10.0, sigma=1.0, alpha_p=0.05, alpha_n=0.05)
     d_ap = np.array([5.0, 12.0, 5.0, 5.0])
     d_an = np.array([10.0, 10.0, 7.0, 10.0])
     d_nn = np.array([10.0, 10.0, 10.0, 7.0])
-    assert keep_triplet(d_ap, d_an, b).tolist() == [True, False, False, True]
-    assert keep_quadruplet(d_ap, d_an, d_nn, b).tolist() == [True, False, False, False]
+    assert keeps_triplet(d_ap, d_an, b).tolist() == [True, False, False, True]
+    assert (keeps_triplet(d_ap, d_an, b) & keep_negative(d_nn, b)).tolist() == [True, False, False, False]
 
 
 def test_batch_stats_uses_cross_class_pairs_only():
@@ -103,6 +101,38 @@ def test_metric_loss_screening_removes_outlier_positive():
     loss_scr, st2 = metric_loss(emb, yt, screening=True, **kw)
     assert st["screened_frac"] > 0
     assert float(loss_scr) < float(loss_all)
+
+
+@pytest.mark.parametrize("mu_sigma", ["batch", "sphere"])
+def test_metric_loss_mines_the_hardest_triplet_that_passes_screening(mu_sigma):
+    """Brute force over every (a, p, n): with screening, the loss is the mean over anchors of the hardest
+    surviving triplet's hinge, a triplet surviving when d(a, p) passes keep_positive and d(a, n) keep_negative."""
+    torch = pytest.importorskip("torch")
+    from training.train_expression import metric_loss
+
+    s, d, margin = 16.0, 8, 0.3
+    gen = torch.Generator().manual_seed(3)
+    emb = s * torch.nn.functional.normalize(torch.randn(20, d, generator=gen), dim=1)
+    y = torch.randint(0, 3, (20,), generator=gen)
+    kw = dict(s=s, d=d, margin=margin, alpha_p=0.2, alpha_n=0.2, mu_sigma=mu_sigma)
+    for screening in (False, True):
+        loss, stats = metric_loss(emb, y, screening=screening, **kw)
+        dist = torch.cdist(emb.double(), emb.double())
+        mu, sigma = (stats["mu_batch"], stats["sigma_batch"]) if mu_sigma == "batch" else (
+            stats["mu_sphere"], stats["sigma_sphere"])
+        bounds = ScreeningBounds(mu, sigma, 0.2, 0.2)
+        terms, kept, total = [], 0, 0
+        for a in range(20):
+            triplets = [(p, n) for p in range(20) for n in range(20) if p != a and y[p] == y[a] and y[n] != y[a]]
+            passing = [(p, n) for p, n in triplets if bool(keeps_triplet(dist[a, p], dist[a, n], bounds))]
+            total, kept = total + len(triplets), kept + len(passing)
+            allowed = passing if screening else triplets
+            if allowed:  # the hardest allowed triplet: farthest positive, closest negative
+                hard_p = max(float(dist[a, p]) for p, _ in allowed)
+                hard_n = min(float(dist[a, n]) for _, n in allowed)
+                terms.append(max(hard_p - hard_n + margin * s, 0.0))
+        assert stats["screened_frac"] == pytest.approx(1 - kept / total)
+        assert float(loss) == pytest.approx(np.mean(terms) / s, rel=1e-4, abs=1e-6)
 
 
 # ---------------------------------------------------------------------------------- shipped model
@@ -180,8 +210,9 @@ def test_recognize_expression_endpoint(client, astronaut, cameraman):
 
 
 def test_prescreen_drops_side_low_presence_and_occluded_faces():
-    pytest.importorskip("torch")
-    from training.train_expression import prescreen_mask
+    """The service's own filters (app.filters) with its default thresholds: |yaw| > 30, |pitch| > 25,
+    presence < 0.5."""
+    from training.expression_data import prescreen_mask
 
     pose = np.array([[0, 0, 0], [35, 0, 0], [0, -30, 0], [10, 10, 40], [0, 0, 0], [0, 0, 0]], np.float32)
     presence = np.array([0.9, 0.9, 0.9, 0.9, 0.3, 0.9], np.float32)

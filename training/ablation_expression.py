@@ -11,9 +11,10 @@ from pathlib import Path
 
 import torch
 
+from training.common import accuracy, run_cli
 from training.data import RUNS_DIR
-from training.export_expression import load_net
-from training.train_expression import CACHE, accuracy, infer, load_split
+from training.expression_data import CACHE, load_split
+from training.expression_model import infer, load_net
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -36,4 +37,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_cli(main))

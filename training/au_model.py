@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 
 class ConvBN(nn.Sequential):
@@ -120,9 +120,9 @@ def box_iou_cxcywh(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def decode_torch(raw: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
     """(N, G*G*A, 5+C) logits -> (N, G*G*A, 4) boxes cx, cy, w, h in crop fractions."""
-    n, m, _ = raw.shape
+    m = raw.shape[1]
     a = anchors.shape[0]
-    g = int(round((m / a) ** 0.5))
+    g = round((m / a) ** 0.5)
     rows, cols = torch.meshgrid(torch.arange(g), torch.arange(g), indexing="ij")
     cell = torch.stack([cols, rows], -1).float().view(g, g, 1, 2).expand(g, g, a, 2).reshape(1, m, 2)
     wh_anchor = anchors.view(1, 1, a, 2).expand(g, g, a, 2).reshape(1, m, 2)
@@ -141,7 +141,7 @@ def yolo_loss(raw: torch.Tensor, targets: list[np.ndarray], anchors: torch.Tenso
     out of the no-object loss."""
     n, m, d = raw.shape
     a = anchors.shape[0]
-    g = int(round((m / a) ** 0.5))
+    g = round((m / a) ** 0.5)
     anchors_np = anchors.cpu().numpy()
     obj_t = np.zeros((n, m), np.float32)
     cls_t = np.zeros((n, m, d - 5), np.float32)

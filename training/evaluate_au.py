@@ -5,7 +5,7 @@
     python -m training.evaluate_au --bench           # ms per face, single thread, of models/au_detector.onnx
 
 Each face is scored by the ONNX model of the fold that held its subject out (runs/au/cv/fold{k}.onnx),
-preprocessed and decoded by app/model_zoo/au_detector.py (per-AU NMS, max over boxes).
+preprocessed and decoded by app/model_zoo/au_detector.py (each AU's best box).
 Thresholds: per AU, the one maximising F1 over all out-of-fold scores ("pooled"; these go to the manifest
 and give the optimistic F1 column). The honest column "F1 nested" picks each fold's thresholds on the
 OTHER folds' out-of-fold scores only.
@@ -23,7 +23,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from app.manifest import update_entry
 from app.model_zoo.au_detector import face_decisions, preprocess
+from training.common import MissingDataError, require_file, run_cli
 from training.data import REPO_ROOT, RUNS_DIR
 
 CACHE = RUNS_DIR / "cache" / "ckplus.npz"
@@ -56,7 +58,7 @@ def out_of_fold_scores(cv_dir: Path, crops: np.ndarray) -> tuple[np.ndarray, np.
     """Scores (N, C) by each face's held-out fold model, fold number of each face, and the fold meta."""
     metas = sorted(cv_dir.glob("fold*.json"))
     if not metas:
-        raise SystemExit(f"no fold models in {cv_dir}: run python -m training.train_au --cv")
+        raise MissingDataError(f"no fold models in {cv_dir}: run `python -m training.train_au --cv` first")
     meta0 = json.loads(metas[0].read_text())
     scores = np.full((len(crops), len(meta0["classes"])), np.nan, np.float32)
     fold_of = np.full(len(crops), -1)
@@ -99,7 +101,7 @@ def evaluate(cv_dir: Path, cache: Path, neutral: np.ndarray | None = None) -> di
     """Per-AU thresholds maximise F1 over CK+'s out-of-fold scores; with ``neutral`` (scores of faces with no
     AU active) those faces join the choice as negatives, so a threshold also has to leave neutral faces
     alone. F1/P/R are always reported on CK+ alone."""
-    data = np.load(cache)
+    data = np.load(require_file(cache, "python -m training.prepare_faces --only ckplus"))
     names = [str(a) for a in data["au_names"]]
     scores, fold_of, meta = out_of_fold_scores(cv_dir, data["crops"])
     classes = meta["classes"]
@@ -126,12 +128,12 @@ def evaluate(cv_dir: Path, cache: Path, neutral: np.ndarray | None = None) -> di
             tk = choose(others, c) if others.any() else t
             nested[folds == k] = scores[folds == k, c] >= tk
         f1n, pn, rn = prf(nested, truth[:, c])
-        fb, pb, rb = prf(baseline[:, c], truth[:, c])
+        fb = prf(baseline[:, c], truth[:, c])[0]
         rows[au] = {"positives": int(truth[:, c].sum()), "threshold": round(t, 4), "f1": round(f1, 3),
                     "neutral_rate": round(float((extra[:, c] >= t).mean()), 3) if len(extra) else None,
                     "precision": round(p, 3), "recall": round(r, 3), "f1_nested": round(f1n, 3),
                     "precision_nested": round(pn, 3), "recall_nested": round(rn, 3), "baseline_f1": round(fb, 3)}
-    result = {"classes": classes, "rows": rows, "faces": int(done.sum()), "folds": int(len(np.unique(folds)))}
+    result = {"classes": classes, "rows": rows, "faces": int(done.sum()), "folds": len(np.unique(folds))}
     if len(extra):
         thresholds = np.array([rows[a]["threshold"] for a in classes])
         result["neutral_valid"] = {"faces": int(len(extra)),
@@ -164,12 +166,10 @@ def print_table(result: dict) -> None:
 
 
 def write_manifest(result: dict, models_dir: Path) -> None:
-    path = models_dir / "manifest.json"
-    manifest = json.loads(path.read_text())
-    entry = manifest["models"]["au_detector"]
+    """The per-AU thresholds and the CV metrics into the au_detector entry (both replaced)."""
     rows = result["rows"]
-    entry["thresholds"] = {a: rows[a]["threshold"] for a in result["classes"]}
-    entry["metrics"] = {
+    thresholds = {a: rows[a]["threshold"] for a in result["classes"]}
+    metrics = {
         "protocol": f"CK+ (759 faces, 94 subjects), subject-wise {result['folds']}-fold CV, exported ONNX fold models "
                     "decoded by app/model_zoo/au_detector.py; thresholds maximise pooled out-of-fold F1",
         "mean_f1_required14": round(mean(rows, "f1", REQUIRED), 3),
@@ -181,8 +181,8 @@ def write_manifest(result: dict, models_dir: Path) -> None:
         "per_au": {a: {k: rows[a][k] for k in ("positives", "f1", "precision", "recall", "f1_nested", "baseline_f1")}
                    for a in result["classes"]},
     }
-    path.write_text(json.dumps(manifest, indent=2) + "\n")
-    print(f"thresholds and metrics -> {path}")
+    update_entry(models_dir, "au_detector", {"thresholds": thresholds, "metrics": metrics})
+    print(f"thresholds and metrics -> {models_dir / 'manifest.json'}")
 
 
 def bench(models_dir: Path, repeats: int = 300) -> float:
@@ -212,7 +212,7 @@ def bench(models_dir: Path, repeats: int = 300) -> float:
     return total
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cv-dir", type=Path, default=RUNS_DIR / "au" / "cv")
     parser.add_argument("--cache", type=Path, default=CACHE)
@@ -221,7 +221,7 @@ def main() -> None:
     parser.add_argument("--neutral-valid", action="store_true",
                         help="thresholds also leave FER+ Valid faces with >= 8/10 neutral votes alone (as negatives)")
     parser.add_argument("--bench", action="store_true", help="only time the served model")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.bench:
         bench(args.models_dir)
         return
@@ -234,4 +234,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_cli(main))

@@ -23,17 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from app.manifest import replace_entry, sha256_of
+from training.common import accuracy, ece, log, run_cli, setup_logging, softmax
 from training.data import FERPLUS_CLASSES, REPO_ROOT
-from training.expression_model import INPUT_SIZE, ExportWrapper, ExpressionNet
+from training.expression_data import SPLITS, load_split
+from training.expression_model import INPUT_SIZE, ExportWrapper, ExpressionNet, infer, load_net
+from training.torch_utils import export_onnx
 
 MODELS = REPO_ROOT / "models"
-OPSET = 17
-
-
-def softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)
 
 
 def nll(logits: np.ndarray, y: np.ndarray, t: float) -> float:
@@ -47,106 +44,87 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
     return float(grid[int(np.argmin(losses))])
 
 
-def ece(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
-    conf, pred = probs.max(1), probs.argmax(1)
-    correct = (pred == y).astype(np.float64)
-    edges = np.linspace(0, 1, bins + 1)
-    total = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        m = (conf > lo) & (conf <= hi)
-        if m.any():
-            total += m.mean() * abs(correct[m].mean() - conf[m].mean())
-    return float(total)
-
-
-def load_net(run_dir: Path) -> tuple[ExpressionNet, dict]:
-    ckpt = torch.load(run_dir / "best.pt", weights_only=False)
-    a = ckpt["args"]
-    net = ExpressionNet(len(FERPLUS_CLASSES), int(a["d"]), float(a["s"]), int(a["width"]))
-    net.load_state_dict(ckpt["state"])
-    net.eval()
-    return net, ckpt
-
-
-def export_onnx(net: ExpressionNet, temperature: float, path: Path, flip: bool = True) -> float:
-    """Write the ONNX file; return max |torch - onnx| over both outputs on a random batch."""
-    import onnxruntime as ort
-
+def export_expression_onnx(net: ExpressionNet, temperature: float, path: Path, flip: bool = True) -> float:
+    """Write the ONNX file; return max |torch - onnx| over both outputs on a seeded random batch."""
     wrapper = ExportWrapper(net, temperature, flip).eval()
     dummy = torch.rand(2, 1, INPUT_SIZE, INPUT_SIZE)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    kwargs = dict(input_names=["input"], output_names=["probabilities", "embedding"], opset_version=OPSET,
-                  dynamic_axes={"input": {0: "batch"}, "probabilities": {0: "batch"}, "embedding": {0: "batch"}})
-    try:
-        torch.onnx.export(wrapper, (dummy,), str(path), dynamo=False, **kwargs)
-    except TypeError:  # older torch without the dynamo flag
-        torch.onnx.export(wrapper, (dummy,), str(path), **kwargs)
     check = torch.rand(16, 1, INPUT_SIZE, INPUT_SIZE, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        tp, te = wrapper(check)
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    op, oe = sess.run(None, {"input": check.numpy()})
-    return float(max(np.abs(tp.numpy() - op).max(), np.abs(te.numpy() - oe).max()))
+    return export_onnx(wrapper, path, dummy, ["probabilities", "embedding"], {"random": check})
+
+
+def unit_rows(e: np.ndarray) -> np.ndarray:
+    return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+
+
+def calibration(net: ExpressionNet, data: dict, flip: bool) -> dict:
+    """Temperature on FER+ Valid and the ECE before/after on Valid and Test; also the logits it read."""
+    v_logits, v_emb = infer(net, data["valid"]["x"], flip=flip)
+    t_logits, _ = infer(net, data["test"]["x"], flip=flip)
+    yv, yt = data["valid"]["y"], data["test"]["y"]
+    t = fit_temperature(v_logits, yv)
+    return {"temperature": t, "v_logits": v_logits, "v_emb": v_emb, "t_logits": t_logits,
+            "ece_valid_before": ece(softmax(v_logits), yv), "ece_valid_after": ece(softmax(v_logits / t), yv),
+            "ece_test_before": ece(softmax(t_logits), yt), "ece_test_after": ece(softmax(t_logits / t), yt)}
+
+
+def class_prototypes(train_emb: np.ndarray, train_y: np.ndarray, valid_emb: np.ndarray,
+                     valid_correct: np.ndarray) -> dict:
+    """Mean unit embedding per class over Train, re-normalised; the ``uncertain`` threshold (95th percentile
+    of the nearest-prototype distance of correctly classified Valid faces) and what it does on Valid."""
+    tr_unit, v_unit = unit_rows(train_emb), unit_rows(valid_emb)
+    protos = np.zeros((len(FERPLUS_CLASSES), tr_unit.shape[1]), np.float32)
+    for c in range(len(FERPLUS_CLASSES)):
+        m = train_y == c
+        if m.any():
+            protos[c] = tr_unit[m].mean(0)
+    protos = unit_rows(protos)
+    nearest = np.linalg.norm(v_unit[:, None] - protos[None], axis=2).min(1)
+    correct = valid_correct
+    threshold = float(np.percentile(nearest[correct], 95)) if correct.any() else float(nearest.max())
+    certain = nearest <= threshold
+    return {"prototypes": protos, "prototype_threshold": threshold,
+            "uncertain_rate_valid_correct": float((nearest[correct] > threshold).mean()) if correct.any() else 0.0,
+            "uncertain_rate_valid_wrong": float((nearest[~correct] > threshold).mean()) if (~correct).any() else 0.0,
+            "valid_acc_when_certain": float(correct[certain].mean()) if certain.any() else float("nan")}
 
 
 def export_run(run_dir: Path, data: dict | None = None, onnx_path: Path | None = None,
                install: bool = False, flip: bool = True) -> dict:
-    from training.train_expression import accuracy, infer, load_split
-
+    """Calibrate, compute prototypes, export RUN/expression.onnx (or ``onnx_path``) and RUN/export.json;
+    with ``install``, also into models/ and the manifest. Returns what export.json holds."""
     run_dir = Path(run_dir)
     net, ckpt = load_net(run_dir)
     torch.set_num_threads(1)
     if data is None:
-        data = {s: load_split(s) for s in ("train", "valid", "test")}
-    v_logits, v_emb = infer(net, data["valid"]["x"], flip=flip)
-    yv = data["valid"]["y"]
-    t = fit_temperature(v_logits, yv)
-    ece_before, ece_after = ece(softmax(v_logits), yv), ece(softmax(v_logits / t), yv)
-    t_logits, _ = infer(net, data["test"]["x"], flip=flip)
-    yt = data["test"]["y"]
-    test_ece_before, test_ece_after = ece(softmax(t_logits), yt), ece(softmax(t_logits / t), yt)
-
-    _, tr_emb = infer(net, data["train"]["x"], flip=flip)
-    unit = lambda e: e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)  # noqa: E731
-    tr_unit, v_unit = unit(tr_emb), unit(v_emb)
-    protos = np.zeros((len(FERPLUS_CLASSES), tr_unit.shape[1]), np.float32)
-    for c in range(len(FERPLUS_CLASSES)):
-        m = data["train"]["y"] == c
-        if m.any():
-            protos[c] = tr_unit[m].mean(0)
-    protos = unit(protos)
-    dist = np.linalg.norm(v_unit[:, None] - protos[None], axis=2)
-    nearest = dist.min(1)
-    correct = v_logits.argmax(1) == yv
-    threshold = float(np.percentile(nearest[correct], 95)) if correct.any() else float(nearest.max())
-    unc_rate_correct = float((nearest[correct] > threshold).mean()) if correct.any() else 0.0
-    unc_rate_wrong = float((nearest[~correct] > threshold).mean()) if (~correct).any() else 0.0
-    acc_certain = float(correct[nearest <= threshold].mean()) if (nearest <= threshold).any() else float("nan")
-
+        data = {s: load_split(s) for s in SPLITS}
+    cal = calibration(net, data, flip)
+    yv, yt = data["valid"]["y"], data["test"]["y"]
+    _, train_emb = infer(net, data["train"]["x"], flip=flip)
+    proto = class_prototypes(train_emb, data["train"]["y"], cal["v_emb"], cal["v_logits"].argmax(1) == yv)
     onnx_path = onnx_path or run_dir / "expression.onnx"
-    diff = export_onnx(net, t, onnx_path, flip)
+    diff = export_expression_onnx(net, cal["temperature"], onnx_path, flip)
     info = {
-        "run": run_dir.name, "epoch": ckpt["epoch"], "args": ckpt["args"], "temperature": round(t, 4),
+        "run": run_dir.name, "epoch": ckpt["epoch"], "args": ckpt["args"], "temperature": round(cal["temperature"], 4),
         "flip_averaging": flip,
-        "valid_acc": accuracy(v_logits, yv), "test_acc": accuracy(t_logits, yt),
-        "ece_valid_before": ece_before, "ece_valid_after": ece_after,
-        "ece_test_before": test_ece_before, "ece_test_after": test_ece_after,
-        "prototype_threshold": threshold, "uncertain_rate_valid_correct": unc_rate_correct,
-        "uncertain_rate_valid_wrong": unc_rate_wrong, "valid_acc_when_certain": acc_certain,
-        "prototypes": protos.round(5).tolist(), "onnx": str(onnx_path), "onnx_max_abs_diff": diff,
+        "valid_acc": accuracy(cal["v_logits"], yv), "test_acc": accuracy(cal["t_logits"], yt),
+        **{k: cal[k] for k in ("ece_valid_before", "ece_valid_after", "ece_test_before", "ece_test_after")},
+        **{k: v for k, v in proto.items() if k != "prototypes"},
+        "prototypes": proto["prototypes"].round(5).tolist(), "onnx": str(onnx_path), "onnx_max_abs_diff": diff,
     }
     (run_dir / "export.json").write_text(json.dumps(info, indent=2))
-    print(f"temperature {t:.3f}; ECE valid {ece_before:.4f} -> {ece_after:.4f}, test {test_ece_before:.4f} -> "
-          f"{test_ece_after:.4f}; prototype threshold {threshold:.4f} (uncertain: {unc_rate_correct:.1%} of correct, "
-          f"{unc_rate_wrong:.1%} of wrong Valid faces); max |torch - onnx| = {diff:.2e}", flush=True)
+    log.info(f"temperature {cal['temperature']:.3f}; ECE valid {info['ece_valid_before']:.4f} -> "
+             f"{info['ece_valid_after']:.4f}, test {info['ece_test_before']:.4f} -> {info['ece_test_after']:.4f}; "
+             f"prototype threshold {info['prototype_threshold']:.4f} (uncertain: "
+             f"{info['uncertain_rate_valid_correct']:.1%} of correct, {info['uncertain_rate_valid_wrong']:.1%} of "
+             f"wrong Valid faces); max |torch - onnx| = {diff:.2e}")
     if install:
         install_model(info, onnx_path)
     return info
 
 
 def install_model(info: dict, onnx_path: Path, models_dir: Path = MODELS) -> None:
-    from app.model_zoo.base import sha256_of
-
+    """Copy the ONNX file and the prototypes into ``models_dir`` and write a new ``expression`` entry. Its
+    ``priors`` come next, from ``python -m training.fit_expression_prior --write-manifest``."""
     target = models_dir / "expression.onnx"
     shutil.copyfile(onnx_path, target)
     protos = np.asarray(info["prototypes"], dtype=np.float32)
@@ -155,8 +133,6 @@ def install_model(info: dict, onnx_path: Path, models_dir: Path = MODELS) -> Non
     metrics_path = Path(info["onnx"]).parent / "metrics.json"
     counts = json.loads(metrics_path.read_text())["counts"] if metrics_path.is_file() else {}
     a = info["args"]
-    manifest_path = models_dir / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
     entry = {
         "version": f"ferplus-{info['run']}-e{info['epoch']}",
         "file": "expression.onnx",
@@ -184,19 +160,19 @@ def install_model(info: dict, onnx_path: Path, models_dir: Path = MODELS) -> Non
                                          "FER+ Valid faces; farther = uncertain"},
         "metrics": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in info.items()
                     if k.startswith(("valid", "test", "ece", "uncertain"))},
-        "conversion_check": f"max |torch - onnx| = {info['onnx_max_abs_diff']:.1e} (training/export_expression.py)",
+        "export_check": f"max |torch - onnx| = {info['onnx_max_abs_diff']:.1e} (training/export_expression.py)",
         "training_data": "FER+ (FERPlus labels on FER2013) Train, majority vote; selected on FER+ Valid; "
                          f"aligned by the service's own face stage (training/prepare_faces.py). Counts: {counts}",
         "licence": "research use only (FER2013 pixels)",
         "model_card": "EXPRESSION.md",
         "bytes": target.stat().st_size,
     }
-    manifest["models"]["expression"] = entry
-    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
-    print(f"installed {target} ({entry['sha256'][:16]}…) and its manifest entry", flush=True)
+    replace_entry(models_dir, "expression", entry)
+    log.info(f"installed {target} ({entry['sha256'][:16]}…) and its manifest entry")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    setup_logging()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", type=Path)
     p.add_argument("--install", action="store_true", help="copy to models/expression.onnx and write the manifest")
@@ -204,7 +180,7 @@ def main() -> None:
                    help="export the single-view network, without mirror averaging")
     p.add_argument("--install-only", action="store_true",
                    help="install RUN_DIR/expression.onnx with the numbers of a previous export (export.json)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.install_only:
         info = json.loads((args.run_dir / "export.json").read_text())
         install_model(info, Path(info["onnx"]))
@@ -213,4 +189,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_cli(main))

@@ -6,9 +6,14 @@ variance), so brightness/contrast shifts of the camera do not reach the convolut
 """
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from training.data import FERPLUS_CLASSES
 
 INPUT_SIZE = 48
 
@@ -84,3 +89,25 @@ class ExportWrapper(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits, e = predict(self.net, x, self.flip)
         return torch.softmax(logits * self.inv_t, dim=1), e
+
+
+@torch.no_grad()
+def infer(net: ExpressionNet, x: np.ndarray, batch: int = 512, flip: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(logits, embeddings) of a whole split, ``x`` (N, 1, 48, 48), in eval mode."""
+    net.eval()
+    logits, embs = [], []
+    for i in range(0, len(x), batch):
+        lo, e = predict(net, torch.from_numpy(x[i: i + batch]), flip)
+        logits.append(lo.numpy())
+        embs.append(e.numpy())
+    return np.concatenate(logits), np.concatenate(embs)
+
+
+def load_net(run_dir: Path) -> tuple[ExpressionNet, dict]:
+    """The checkpoint a training run selected on Valid (RUN/best.pt), in eval mode, and the checkpoint dict."""
+    ckpt = torch.load(Path(run_dir) / "best.pt", weights_only=False)
+    a = ckpt["args"]
+    net = ExpressionNet(len(FERPLUS_CLASSES), int(a["d"]), float(a["s"]), int(a["width"]))
+    net.load_state_dict(ckpt["state"])
+    net.eval()
+    return net, ckpt

@@ -20,9 +20,12 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import minimize_scalar
 
+from app.manifest import update_entry
 from app.model_zoo.base import OnnxModel
 from app.model_zoo.expression import preprocess
+from training.common import ece, require_file, run_cli
 from training.data import FERPLUS_CLASSES, REPO_ROOT, RUNS_DIR, ferplus_rows
+from training.expression_data import PREPARE, majority_labels
 
 MODELS = REPO_ROOT / "models"
 
@@ -33,23 +36,16 @@ class RawExpression(OnnxModel):
     manifest_name = "expression"
 
 
-def majority(votes: np.ndarray) -> np.ndarray:
-    """Strict plurality among the 8 classes, -1 on ties or when unknown/not-a-face win (as in training)."""
-    top = votes.max(1, keepdims=True)
-    label = votes.argmax(1)
-    return np.where(((votes == top).sum(1) != 1) | (label >= len(FERPLUS_CLASSES)), -1, label)
-
-
 def ferplus_prior() -> np.ndarray:
-    y = majority(np.array([r.votes for r in ferplus_rows("train")]))
+    y = majority_labels(np.array([r.votes for r in ferplus_rows("train")]))
     y = y[y >= 0]
     return np.bincount(y, minlength=len(FERPLUS_CLASSES)) / len(y)
 
 
 def scores(model: RawExpression, cache: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    with np.load(cache / f"ferplus_{split}.npz") as z:
+    with np.load(require_file(cache / f"ferplus_{split}.npz", PREPARE)) as z:
         crops, votes = z["crops"], z["votes"].astype(np.int64)
-    y = majority(votes)
+    y = majority_labels(votes)
     keep = y >= 0
     probs = []
     for i in range(0, int(keep.sum()), 256):
@@ -65,18 +61,6 @@ def reweight(probs: np.ndarray, prior: np.ndarray, k: float) -> np.ndarray:
 
 def weighted_nll(probs: np.ndarray, y: np.ndarray, weights: np.ndarray) -> float:
     return float(-(weights * np.log(np.maximum(probs[np.arange(len(y)), y], 1e-12))).sum() / weights.sum())
-
-
-def ece(probs: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None, bins: int = 15) -> float:
-    weights = np.ones(len(y)) if weights is None else weights
-    conf, correct = probs.max(1), (probs.argmax(1) == y).astype(np.float64)
-    total, edges = 0.0, np.linspace(0, 1, bins + 1)
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        m = (conf > lo) & (conf <= hi)
-        if m.any():
-            w = weights[m]
-            total += w.sum() / weights.sum() * abs((w * correct[m]).sum() / w.sum() - (w * conf[m]).sum() / w.sum())
-    return float(total)
 
 
 def fit(models_dir: Path, cache: Path) -> dict:
@@ -99,7 +83,7 @@ def fit(models_dir: Path, cache: Path) -> dict:
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models-dir", type=Path, default=MODELS)
     parser.add_argument("--cache", type=Path, default=RUNS_DIR / "cache")
@@ -113,12 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"FER+ Test, prior={name}: accuracy {t['accuracy']}, mean class recall {t['mean_class_recall']}, "
               f"ECE {t['ece']} (class-balanced ECE {t['ece_class_balanced']})")
     if args.write_manifest:
-        from training.manifest_io import update_entry
-
-        update_entry(args.models_dir, "expression", priors={k: report[k] for k in ("ferplus", "balanced_exponent")},
-                     prior_metrics={k: report[k] for k in ("test_ferplus", "test_balanced")})
-    return 0
+        update_entry(args.models_dir, "expression", {
+            "priors": {k: report[k] for k in ("ferplus", "balanced_exponent")},
+            "prior_metrics": {k: report[k] for k in ("test_ferplus", "test_balanced")}})
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main))

@@ -21,8 +21,8 @@ training sample sees) exists only for evaluation.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import cv2
 import numpy as np
@@ -98,7 +98,7 @@ class FaceGeometry:
     face_grey: float
 
     @classmethod
-    def from_landmarks(cls, landmarks: np.ndarray, crop: np.ndarray) -> "FaceGeometry":
+    def from_landmarks(cls, landmarks: np.ndarray, crop: np.ndarray) -> FaceGeometry:
         lm = np.asarray(landmarks, dtype=np.float64)
         eye_r, eye_l = lm[RIGHT_EYE].mean(0), lm[LEFT_EYE].mean(0)
         eye_width = float(np.linalg.norm(lm[33] - lm[133]) + np.linalg.norm(lm[362] - lm[263])) / 2

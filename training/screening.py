@@ -13,6 +13,8 @@ Euclidean distance is ``D = s * sqrt(2 - 2c) ≈ sqrt(2)*s*(1 - c/2)``, hence
     D(a, n) >= mu - z(1 - alpha_n) * sigma    (the negative is not abnormally close to the anchor)
 
 for quadruplets both negative distances must pass the second test. ``z`` is the standard-normal quantile.
+A tuple survives when each of its distances passes its own test (``keep_positive``, ``keep_negative``);
+the trainer's ``metric_loss`` applies them to the whole distance matrix of a batch.
 Tuples failing a test are most often label noise (FER+ labels come from 10 crowd votes) or faces whose
 expression is genuinely ambiguous; training on them pulls the classes together.
 
@@ -92,30 +94,10 @@ class ScreeningBounds:
 
 
 def keep_positive(d_ap, bounds: ScreeningBounds):
-    """Element-wise: the anchor-positive distance is within the bound (works on floats, numpy, torch)."""
+    """Element-wise: an anchor-positive distance passes (works on floats, numpy, torch)."""
     return d_ap <= bounds.upper
 
 
 def keep_negative(d_an, bounds: ScreeningBounds):
+    """Element-wise: a distance to a negative passes (d(a, n); for quadruplets also d(a, n2), d(n1, n2))."""
     return d_an >= bounds.lower
-
-
-def keep_triplet(d_ap, d_an, bounds: ScreeningBounds):
-    """True where the triplet (a, p, n) survives screening."""
-    return keep_positive(d_ap, bounds) & keep_negative(d_an, bounds)
-
-
-def keep_quadruplet(d_ap, d_an1, d_n1n2, bounds: ScreeningBounds):
-    """Quadruplet (a, p, n1, n2): the positive test and the negative test on both negative distances."""
-    return keep_positive(d_ap, bounds) & keep_negative(d_an1, bounds) & keep_negative(d_n1n2, bounds)
-
-
-def screen(d_ap: float, d_an: float, *, s: float | None = None, d: int | None = None,
-           mu: float | None = None, sigma: float | None = None,
-           alpha_p: float = 0.05, alpha_n: float = 0.05) -> bool:
-    """Scalar convenience: keep the triplet? Give (s, d) for the sphere formula, or (mu, sigma) directly."""
-    if mu is None or sigma is None:
-        if s is None or d is None:
-            raise ValueError("give either (s, d) or (mu, sigma)")
-        mu, sigma = sphere_stats(s, d)
-    return bool(keep_triplet(d_ap, d_an, ScreeningBounds(mu, sigma, alpha_p, alpha_n)))

@@ -12,23 +12,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import random
-import sys
 import time
-import warnings
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 
+from app.manifest import Manifest, replace_entry, sha256_of
 from app.model_zoo.au_detector import preprocess
-from app.model_zoo.base import sha256_of
 from training.au_model import AuNet, au_scores_torch, kmeans_anchors, yolo_loss
-from training.macs import count_macs
 from training.au_regions import FACS_NAMES, au_boxes
+from training.common import log, require_file, run_cli, setup_logging
 from training.data import REPO_ROOT, RUNS_DIR
+from training.torch_utils import count_macs, export_onnx, seed_everything
 
 CACHE = RUNS_DIR / "cache" / "ckplus.npz"
 # AUs with enough positives in CK+ (>= 16 sequences). Left out: AU10 (13 sequences), AU16 (9), AU18 (5),
@@ -38,30 +35,8 @@ CLASSES = ["AU1", "AU2", "AU4", "AU5", "AU6", "AU7", "AU9", "AU12", "AU14", "AU1
 INPUT_SIZE = 64
 NUM_ANCHORS = 5
 FOLDS = 5
+SMOKE_BATCHES = 3
 LICENCE = "research use only (CK+ terms: non-commercial research, no redistribution)"
-log = logging.getLogger("train_au")
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def setup_logging(path: Path | None) -> None:
-    """Log to stdout and ``path``; only this module's logger (tests calling main() keep their logging)."""
-    for handler in list(log.handlers):
-        log.removeHandler(handler)
-        handler.close()
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(path, mode="w"))
-    for handler in handlers:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-        log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -74,7 +49,7 @@ def preprocess_crop(grey: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
 
 class CkPlus:
     def __init__(self, cache: Path = CACHE, size: int = INPUT_SIZE) -> None:
-        data = np.load(cache)
+        data = np.load(require_file(cache, "python -m training.prepare_faces --only ckplus"))
         self.size = size
         scale = size / data["crops"].shape[1]
         self.images = np.stack([preprocess_crop(c, size) for c in data["crops"]])
@@ -231,30 +206,13 @@ def predict_scores(model: AuNet, data: CkPlus, index: np.ndarray) -> np.ndarray:
     return np.concatenate(out)
 
 
-def export_onnx(model: AuNet, path: Path, data: CkPlus | None = None) -> float:
-    """Export with opset 17, check onnxruntime against torch on random and real crops; returns max |diff|."""
-    import onnxruntime as ort
-
-    model.eval()
-    path.parent.mkdir(parents=True, exist_ok=True)
+def export_au_onnx(model: AuNet, path: Path, data: CkPlus | None = None) -> float:
+    """Export, then check onnxruntime against torch on random and (given ``data``) real crops; max |diff|."""
     dummy = torch.rand(1, 1, INPUT_SIZE, INPUT_SIZE)
-    with warnings.catch_warnings():  # the TorchScript exporter is deprecated but needs no onnxscript
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(model, (dummy,), str(path), opset_version=17, input_names=["input"], output_names=["raw"],
-                          dynamic_axes={"input": {0: "batch"}, "raw": {0: "batch"}}, dynamo=False)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     checks = {"random": torch.rand(4, 1, INPUT_SIZE, INPUT_SIZE)}
     if data is not None:
         checks["real"] = torch.from_numpy(data.images[:8, None])
-    worst = 0.0
-    for name, x in checks.items():
-        with torch.no_grad():
-            expected = model(x).numpy()
-        got = session.run(None, {"input": x.numpy()})[0]
-        diff = float(np.abs(expected - got).max())
-        worst = max(worst, diff)
-        log.info(f"onnx check {path.name} ({name} input {tuple(x.shape)}): max |torch - onnx| = {diff:.2e}")
-    return worst
+    return export_onnx(model, path, dummy, ["raw"], checks)
 
 
 def model_meta(model: AuNet, args: argparse.Namespace) -> dict:
@@ -271,15 +229,15 @@ def model_meta(model: AuNet, args: argparse.Namespace) -> dict:
 
 
 def write_manifest_entry(meta: dict, onnx_check: float, models_dir: Path) -> None:
-    """Create/refresh the au_detector entry; thresholds and metrics are filled in by evaluate_au."""
-    path = models_dir / "manifest.json"
-    manifest = json.loads(path.read_text())
-    old = manifest["models"].get("au_detector", {})
+    """Create/refresh the au_detector entry; thresholds and metrics are filled in by evaluate_au (the old
+    entry's are kept until then)."""
+    old = Manifest.load(models_dir).models.get("au_detector", {})
     grid, a = meta["grid"], len(meta["anchors"])
-    manifest["models"]["au_detector"] = {
+    target = models_dir / "au_detector.onnx"
+    entry = {
         "version": time.strftime("%Y.%m.%d") + "-ckplus",
         "file": "au_detector.onnx",
-        "sha256": old.get("sha256", ""),
+        "sha256": sha256_of(target),
         "task": "FACS Action Unit detection on the aligned face crop (YOLO-style AU boxes, patent CN109344744)",
         "input": {"name": "input", "shape": ["batch", 1, meta["input_size"], meta["input_size"]], "layout": "NCHW",
                   "color": "grey (BGR->GRAY of the 112x112 aligned crop, cv2.INTER_AREA resize)",
@@ -293,19 +251,20 @@ def write_manifest_entry(meta: dict, onnx_check: float, models_dir: Path) -> Non
         "thresholds": old.get("thresholds", {a: 0.5 for a in meta["classes"]}),
         "metrics": old.get("metrics", {}),
         "architecture": {"mflops": meta["mflops"], "params": meta["params"], "train_args": meta["train_args"]},
-        "conversion_check": f"max |torch - onnx| = {onnx_check:.1e} on random and real crops (training/train_au.py)",
+        "export_check": f"max |torch - onnx| = {onnx_check:.1e} on random and real crops (training/train_au.py)",
         "training_data": "CK+ (CK+48 copy, 759 faces of 94 subjects: the last 3 frames of each emotion sequence), "
                          "FACS codes of the peak frame; AU boxes made automatically from the face mesh "
                          "(training/au_regions.py)",
         "licence": LICENCE,
-        "bytes": (models_dir / "au_detector.onnx").stat().st_size,
+        "bytes": target.stat().st_size,
     }
-    manifest["models"]["au_detector"]["sha256"] = sha256_of(models_dir / "au_detector.onnx")
-    path.write_text(json.dumps(manifest, indent=2) + "\n")
-    log.info(f"manifest entry au_detector -> {path} (run training.evaluate_au --write-manifest for thresholds)")
+    replace_entry(models_dir, "au_detector", entry)
+    log.info(f"manifest entry au_detector -> {models_dir / 'manifest.json'} "
+             "(run training.evaluate_au --write-manifest for thresholds)")
 
 
-def main(argv: list[str] | None = None) -> None:
+# --------------------------------------------------------------------------------------------------- run
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--cv", action="store_true", help="subject-wise k-fold cross-validation")
@@ -327,49 +286,69 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--neutral", type=int, default=0,
                         help="add this many FER+ Train faces with >= 8/10 neutral votes as all-AU-absent negatives "
                              "(always in training, never in a CV test fold)")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def run_config(args: argparse.Namespace) -> argparse.Namespace:
+    """What ``args`` implies, as a new namespace (``args`` is left as given): ``--smoke`` is one epoch of
+    ``--max-batches`` (default 3) batches."""
+    cfg = argparse.Namespace(**vars(args))
     if args.smoke:
-        args.epochs, args.max_batches = 1, args.max_batches or 3
-    torch.set_num_threads(args.threads)
-    name = "cv" if args.cv else "final" if args.final else "smoke"
-    setup_logging(args.out / f"train_{name}{'_' + args.folds.replace(',', '') if args.folds else ''}.log")
-    log.info(f"args: {vars(args)}")
-    data = CkPlus(args.cache)
+        cfg.epochs, cfg.max_batches = 1, args.max_batches or SMOKE_BATCHES
+    cfg.mode = "cv" if args.cv else "final" if args.final else "smoke"
+    return cfg
+
+
+def load_data(cfg: argparse.Namespace) -> tuple[CkPlus, np.ndarray]:
+    """CK+ (plus FER+ neutral negatives with --neutral) and the indices of those negatives."""
+    data = CkPlus(cfg.cache)
     negatives = np.zeros(0, int)
-    if args.neutral:
-        negatives = data.add_negatives(*neutral_faces(args.cache.parent, args.neutral), source="ferplus_neutral")
+    if cfg.neutral:
+        negatives = data.add_negatives(*neutral_faces(cfg.cache.parent, cfg.neutral), source="ferplus_neutral")
         log.info(f"{len(negatives)} FER+ neutral faces added as negatives")
-    everyone = np.arange(len(data))
+    return data, negatives
 
-    if args.cv:
-        folds = subject_folds(data.subjects[:data.ckplus])
-        wanted = [int(f) for f in args.folds.split(",")] if args.folds else list(range(FOLDS))
-        for k in wanted:
-            train_idx = np.concatenate([np.flatnonzero(folds != k), negatives])
-            test_idx = np.flatnonzero(folds == k)
-            model = train(data, train_idx, args, tag=f"fold {k}")
-            scores = predict_scores(model, data, test_idx)
-            onnx_path = args.out / "cv" / f"fold{k}.onnx"
-            check = export_onnx(model, onnx_path, data)
-            meta = model_meta(model, args) | {"fold": k, "test_index": test_idx.tolist(), "onnx_check": check,
-                                               "torch_scores": scores.round(5).tolist()}
-            (args.out / "cv" / f"fold{k}.json").write_text(json.dumps(meta))
-            hit = ((scores > 0.5) == data.labels[test_idx].astype(bool))
-            accuracy = " ".join(f"{a} {v:.2f}" for a, v in zip(CLASSES, hit.mean(0)))
-            log.info(f"[fold {k}] accuracy at 0.5 per AU: {accuracy}")
-        return
 
-    model = train(data, everyone, args, tag=name)
-    if args.smoke:
-        check = export_onnx(model, args.out / "au_detector.onnx", data)
-        (args.out / "au_detector.json").write_text(json.dumps(model_meta(model, args)))
+def cross_validate(data: CkPlus, negatives: np.ndarray, cfg: argparse.Namespace) -> None:
+    """Subject-wise folds: train on the others (+ negatives), export runs/au/cv/fold{k}.onnx and its meta
+    with the torch scores of the held-out faces (training.evaluate_au compares the ONNX decode with them)."""
+    folds = subject_folds(data.subjects[:data.ckplus])
+    wanted = [int(f) for f in cfg.folds.split(",")] if cfg.folds else list(range(FOLDS))
+    for k in wanted:
+        train_idx = np.concatenate([np.flatnonzero(folds != k), negatives])
+        test_idx = np.flatnonzero(folds == k)
+        model = train(data, train_idx, cfg, tag=f"fold {k}")
+        scores = predict_scores(model, data, test_idx)
+        check = export_au_onnx(model, cfg.out / "cv" / f"fold{k}.onnx", data)
+        meta = model_meta(model, cfg) | {"fold": k, "test_index": test_idx.tolist(), "onnx_check": check,
+                                          "torch_scores": scores.round(5).tolist()}
+        (cfg.out / "cv" / f"fold{k}.json").write_text(json.dumps(meta))
+        hit = ((scores > 0.5) == data.labels[test_idx].astype(bool))
+        accuracy = " ".join(f"{a} {v:.2f}" for a, v in zip(CLASSES, hit.mean(0)))
+        log.info(f"[fold {k}] accuracy at 0.5 per AU: {accuracy}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    cfg = run_config(args)
+    torch.set_num_threads(cfg.threads)
+    setup_logging(cfg.out / f"train_{cfg.mode}{'_' + cfg.folds.replace(',', '') if cfg.folds else ''}.log")
+    log.info(f"args: {vars(cfg)}")
+    data, negatives = load_data(cfg)
+    if cfg.cv:
+        cross_validate(data, negatives, cfg)
         return
-    path = args.models_dir / "au_detector.onnx"
-    check = export_onnx(model, path, data)
-    meta = model_meta(model, args)
+    model = train(data, np.arange(len(data)), cfg, tag=cfg.mode)
+    if cfg.smoke:
+        export_au_onnx(model, cfg.out / "au_detector.onnx", data)
+        (cfg.out / "au_detector.json").write_text(json.dumps(model_meta(model, cfg)))
+        return
+    path = cfg.models_dir / "au_detector.onnx"
+    check = export_au_onnx(model, path, data)
+    meta = model_meta(model, cfg)
     log.info(f"final model: {meta['mflops']} MFLOPs, {meta['params']} parameters -> {path}")
-    write_manifest_entry(meta, check, args.models_dir)
+    write_manifest_entry(meta, check, cfg.models_dir)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_cli(main))

@@ -16,131 +16,51 @@ then an export; used by tests/test_expression.py.
 
 Reads runs/cache/ferplus_{train,valid,test}.npz written by ``python -m training.prepare_faces``.
 Model selection uses FER+ Valid only; Test is evaluated once, for the checkpoint chosen on Valid.
+
+Reading order: ``train`` at the bottom runs config -> data -> model -> epochs (loop, select) -> test -> export.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
-import random
-import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from app.model_zoo.expression import INPUT_SIZE, preprocess
-from training.data import FERPLUS_CLASSES, REPO_ROOT, RUNS_DIR
-from training.expression_model import ExpressionNet, predict
-from training.macs import count_macs
-from training.screening import ScreeningBounds, batch_stats, sphere_stats
+from app.model_zoo.expression import INPUT_SIZE
+from training.common import MissingDataError, accuracy, ensure_logging, log, run_cli, setup_logging
+from training.data import RUNS_DIR
+from training.expression_data import (
+    CACHE,
+    NC,
+    PREPARE,
+    SPLITS,
+    ckplus_split,
+    corrupt_labels,
+    have_cache,
+    load_split,
+    prescreen_mask,
+    synthetic_split,
+)
+from training.expression_model import ExpressionNet, infer
+from training.screening import ScreeningBounds, batch_stats, keep_negative, keep_positive, sphere_stats
+from training.torch_utils import count_macs, seed_everything
 
-CACHE = RUNS_DIR / "cache"
-MODELS_DIR = REPO_ROOT / "models"
-NC = len(FERPLUS_CLASSES)
-
-
-# ----------------------------------------------------------------------------------------------- data
-def majority_labels(votes: np.ndarray) -> np.ndarray:
-    """Index of the strict plurality of the 10 votes, -1 when unknown/NF win or on a tie (FerPlusRow.majority)."""
-    votes = np.asarray(votes, dtype=np.int64)
-    top = votes.max(1, keepdims=True)
-    winners = votes == top
-    label = votes.argmax(1)
-    bad = (winners.sum(1) != 1) | (label >= NC)
-    return np.where(bad, -1, label)
-
-
-def soft_targets(votes: np.ndarray) -> np.ndarray:
-    v = np.asarray(votes, dtype=np.float32)[:, :NC]
-    return v / np.maximum(v.sum(1, keepdims=True), 1.0)
-
-
-def prescreen_mask(pose: np.ndarray, presence: np.ndarray, occluded: np.ndarray | None = None,
-                   max_yaw: float = 30.0, max_pitch: float = 25.0, min_presence: float = 0.5
-                   ) -> dict[str, np.ndarray]:
-    """The service's pre-filters on training faces: side face (pose), mesh presence, occlusion."""
-    side = (np.abs(pose[:, 0]) > max_yaw) | (np.abs(pose[:, 1]) > max_pitch)
-    low = presence < min_presence
-    occ = np.zeros_like(low) if occluded is None else occluded
-    return {"side_face": side, "low_presence": low, "occluded": occ, "keep": ~(side | low | occ)}
-
-
-def occluded_faces(crops: np.ndarray, models_dir: Path = MODELS_DIR) -> np.ndarray:
-    """The service's occlusion verdict (models/occlusion.onnx, manifest thresholds, any region) per crop,
-    scored the way training/evaluate_occlusion.py scores it."""
-    from app.model_zoo.occlusion import REGIONS, OcclusionClassifier
-    from training.evaluate_occlusion import score
-
-    model = OcclusionClassifier(models_dir)
-    limits = np.array([model.thresholds[r] for r in REGIONS], dtype=np.float32)
-    return (score(model, crops) >= limits).any(1)
-
-
-def load_split(split: str, cache: Path = CACHE, limit: int = 0, occlusion: bool = False) -> dict[str, np.ndarray]:
-    with np.load(cache / f"ferplus_{split}.npz") as z:
-        crops, votes, pose, presence = z["crops"], z["votes"], z["pose"], z["presence"]
-    if limit:
-        crops, votes, pose, presence = crops[:limit], votes[:limit], pose[:limit], presence[:limit]
-    y = majority_labels(votes)
-    ok = y >= 0
-    x = np.stack([preprocess(c) for c in crops[ok]])[:, None]
-    split_data = {"x": x, "y": y[ok], "soft": soft_targets(votes[ok]), "pose": pose[ok], "presence": presence[ok],
-                  "dropped_no_majority": int((~ok).sum()), "total": int(len(y))}
-    if occlusion:
-        split_data["occluded"] = occluded_faces(crops[ok])
-    return split_data
-
-
-def ckplus_split(cache: Path, holdout: bool, holdout_every: int = 5) -> dict[str, np.ndarray]:
-    """CK+ dev faces (posed, another domain) with one-hot targets. Subjects are split, never images: every
-    ``holdout_every``-th subject (sorted ids) is held out for evaluation, the rest may join training."""
-    from training.data import CKPLUS_TO_FERPLUS
-
-    with np.load(cache / "ckplus.npz") as z:
-        crops, emotions, subjects = z["crops"], z["emotions"], z["subjects"]
-    ids = sorted(set(subjects.tolist()))
-    held = {sid for i, sid in enumerate(ids) if i % holdout_every == 0}
-    take = np.array([(sid in held) == holdout for sid in subjects])
-    y = np.array([FERPLUS_CLASSES.index(CKPLUS_TO_FERPLUS[e]) for e in emotions[take]])
-    x = np.stack([preprocess(c) for c in crops[take]])[:, None]
-    return {"x": x, "y": y, "soft": np.eye(NC, dtype=np.float32)[y], "subjects": subjects[take]}
-
-
-def corrupt_labels(split: dict[str, np.ndarray], fraction: float, seed: int) -> dict[str, np.ndarray]:
-    """A copy of ``split`` in which ``fraction`` of the faces (seeded pick) carry a wrong class, uniformly
-    among the other classes, as label and as one-hot target: the abnormal samples screening should reject."""
-    rng = np.random.default_rng(seed + 7919)
-    n = len(split["y"])
-    hit = np.zeros(n, bool)
-    hit[rng.choice(n, size=int(round(fraction * n)), replace=False)] = True
-    y = split["y"].copy()
-    y[hit] = (y[hit] + rng.integers(1, NC, int(hit.sum()))) % NC
-    soft = split["soft"].copy()
-    soft[hit] = np.eye(NC, dtype=np.float32)[y[hit]]
-    return {**split, "y": y, "soft": soft, "corrupted": hit}
-
-
-def synthetic_split(n: int, seed: int) -> dict[str, np.ndarray]:
-    """Random 'faces' for the smoke run when no cache exists (CI): the class changes a bright patch."""
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, NC, n)
-    x = rng.uniform(0.2, 0.4, (n, 1, INPUT_SIZE, INPUT_SIZE)).astype(np.float32)
-    for i, c in enumerate(y):
-        x[i, 0, 6 * c: 6 * c + 6, :] += 0.5
-    soft = np.eye(NC, dtype=np.float32)[y]
-    return {"x": x, "y": y, "soft": soft, "pose": np.zeros((n, 3), np.float32),
-            "presence": np.ones(n, np.float32), "occluded": np.zeros(n, bool), "dropped_no_majority": 0, "total": n}
+SMOKE = {"epochs": 1, "max_batches": 3, "batch": 32}  # and the first SMOKE_FACES faces of each split
+SMOKE_FACES = 256
 
 
 # ------------------------------------------------------------------------------------------ augment
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Horizontal flip, small rotation/scale/shift, brightness/contrast, on a (B, 1, H, W) batch in [0, 1]."""
     b = x.shape[0]
-    r = lambda *shape: torch.rand(*shape, generator=gen)  # noqa: E731
+    r = lambda *shape: torch.rand(*shape, generator=gen)
     flip = torch.where(r(b) < 0.5, -1.0, 1.0)
     angle = (r(b) * 2 - 1) * math.radians(10)
     scale = 1.0 + (r(b) * 2 - 1) * 0.08
@@ -159,8 +79,8 @@ def augment_domain(x: torch.Tensor, gen: torch.Generator, p: float = 0.5) -> tor
     gamma, blur or sharpening, low resolution (down- and up-sampling), sensor noise, and a cut-out patch
     (partial occluder)."""
     b, _, h, w = x.shape
-    r = lambda *shape: torch.rand(*shape, generator=gen)  # noqa: E731
-    pick = lambda: (r(b, 1, 1, 1) < p).float()  # noqa: E731
+    r = lambda *shape: torch.rand(*shape, generator=gen)
+    pick = lambda: (r(b, 1, 1, 1) < p).float()
     gamma = torch.exp((r(b, 1, 1, 1) * 2 - 1) * 0.4)
     x = torch.lerp(x, x.clamp_min(1e-4) ** gamma, pick())
     kernel = torch.tensor([1.0, 2.0, 1.0])
@@ -189,9 +109,12 @@ def metric_loss(emb: torch.Tensor, y: torch.Tensor, *, s: float, d: int, margin:
     """Batch-hard triplet (or quadruplet) loss on embeddings of norm s, with statistical screening.
 
     A tuple is valid when anchor/positive share the class and the negatives differ (quadruplet: n1, n2
-    from two more classes). With ``screening`` the hardest tuple is mined among the tuples that pass
-    ``keep_triplet``/``keep_quadruplet`` (training/screening.py); anchors left with none drop out.
-    The loss is in unit-sphere distance units (divided by s); ``margin`` too.
+    from two more classes). Screening (training/screening.py) tests each distance of a tuple on its own:
+    ``keep_positive`` on d(a, p), ``keep_negative`` on d(a, n) (and, for quadruplets, on d(a, n2) and
+    d(n1, n2)); a tuple survives when all its distances do. So with ``screening`` the hardest positive
+    is mined among the pairs passing ``keep_positive`` and the hardest negative among those passing
+    ``keep_negative``, which is mining the hardest among the surviving tuples; anchors left with none drop
+    out. The loss is in unit-sphere distance units (divided by s); ``margin`` too.
     Stats report the fraction of valid tuples the screening removes (computed in both modes).
     """
     b = emb.shape[0]
@@ -207,12 +130,13 @@ def metric_loss(emb: torch.Tensor, y: torch.Tensor, *, s: float, d: int, margin:
         mu_b, sigma_b = mu_s, sigma_s
     mu, sigma = (mu_b, sigma_b) if mu_sigma == "batch" else (mu_s, sigma_s)
     bounds = ScreeningBounds(mu, sigma, alpha_p, alpha_n)
-    ok_pos = pos & (dist.detach() <= bounds.upper)
-    ok_neg = neg & (dist.detach() >= bounds.lower)
+    pair_kept_as_negative = keep_negative(dist.detach(), bounds)
+    ok_pos = pos & keep_positive(dist.detach(), bounds)
+    ok_neg = neg & pair_kept_as_negative
     n_pos, n_neg = pos.sum(1).double(), neg.sum(1).double()
     k_pos, k_neg = ok_pos.sum(1).double(), ok_neg.sum(1).double()
     total = float((n_pos * n_neg).sum())
-    kept = float((k_pos * k_neg).sum())
+    kept = float((k_pos * k_neg).sum())  # triplets (a, p, n) passing both tests
     stats = {"tuples": total, "screened_frac": 1.0 - kept / total if total else 0.0,
              "pos_screened": 1.0 - float(k_pos.sum() / n_pos.sum().clamp_min(1)),
              "neg_screened": 1.0 - float(k_neg.sum() / n_neg.sum().clamp_min(1)),
@@ -227,7 +151,7 @@ def metric_loss(emb: torch.Tensor, y: torch.Tensor, *, s: float, d: int, margin:
         # (n1, n2): two samples of two different classes, both different from the anchor's
         pair_ok = (~same) & (N[:, :, None] & N[:, None, :])  # (a, i, j)
         if screening:
-            pair_ok = pair_ok & (dist.detach() >= bounds.lower)[None]
+            pair_ok = pair_ok & pair_kept_as_negative[None]  # d(n1, n2) passes keep_negative too
         d_nn = torch.where(pair_ok, dist[None].expand(b, b, b), torch.full((b, b, b), big)).flatten(1).min(1).values
         qvalid = valid & pair_ok.flatten(1).any(1)
         terms = terms + torch.where(qvalid, F.relu(hard_p - d_nn + 0.5 * margin * s), torch.zeros_like(terms))
@@ -237,23 +161,7 @@ def metric_loss(emb: torch.Tensor, y: torch.Tensor, *, s: float, d: int, margin:
     return terms[valid].mean() / s, stats
 
 
-# --------------------------------------------------------------------------------------------- eval
-@torch.no_grad()
-def infer(net: ExpressionNet, x: np.ndarray, batch: int = 512, flip: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    net.eval()
-    logits, embs = [], []
-    for i in range(0, len(x), batch):
-        lo, e = predict(net, torch.from_numpy(x[i: i + batch]), flip)
-        logits.append(lo.numpy())
-        embs.append(e.numpy())
-    return np.concatenate(logits), np.concatenate(embs)
-
-
-def accuracy(logits: np.ndarray, y: np.ndarray) -> float:
-    return float((logits.argmax(1) == y).mean()) if len(y) else float("nan")
-
-
-# -------------------------------------------------------------------------------------------- train
+# ------------------------------------------------------------------------------------------- config
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--loss", choices=["ce", "triplet", "quadruplet"], default="triplet")
@@ -277,8 +185,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="label-noise experiment: this fraction of FER+ Train faces gets a wrong class (seeded), as "
                         "its majority label and as a one-hot target")
     p.add_argument("--prescreen", action="store_true",
-                   help="drop training faces the service would filter: |yaw|>30, |pitch|>25, mesh presence < 0.5 "
-                        "or occluded (models/occlusion.onnx); the counts are logged either way")
+                   help="drop training faces the service would filter with its default settings (side face, low mesh "
+                        "presence) or as occluded (models/occlusion.onnx); the counts are logged either way")
     p.add_argument("--d", type=int, default=64)
     p.add_argument("--s", type=float, default=16.0)
     p.add_argument("--width", type=int, default=16)
@@ -296,132 +204,184 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def set_seed(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def train(args: argparse.Namespace) -> Path:
-    torch.set_num_threads(args.threads)
-    set_seed(args.seed)
+def run_config(args: argparse.Namespace) -> argparse.Namespace:
+    """What ``args`` implies, as a new namespace (``args`` is left as given): the run folder, and for
+    ``--smoke`` one epoch of 3 batches of 32 in a temporary folder."""
+    cfg = argparse.Namespace(**vars(args))
     if args.smoke:
-        args.out = args.out or Path(tempfile.mkdtemp(prefix="expr_smoke_"))
-        args.epochs, args.max_batches, args.batch = 1, 3, 32
-    out = args.out or RUNS_DIR / "expression" / args.name
-    out.mkdir(parents=True, exist_ok=True)
-    have_cache = all((args.cache / f"ferplus_{s}.npz").is_file() for s in ("train", "valid", "test"))
-    if args.smoke and not have_cache:
+        vars(cfg).update(SMOKE)
+        cfg.out = args.out or Path(tempfile.mkdtemp(prefix="expr_smoke_"))
+    cfg.out = cfg.out or RUNS_DIR / "expression" / args.name
+    return cfg
+
+
+# --------------------------------------------------------------------------------------------- data
+def load_data(cfg: argparse.Namespace) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, np.ndarray], dict[str, Any]]:
+    """The splits as cached, the training set as trained on (pre-screened, CK+ added, labels corrupted as
+    asked), and the counts of each step."""
+    cached = have_cache(cfg.cache)
+    if cfg.smoke and not cached:
         data = {"train": synthetic_split(128, 1), "valid": synthetic_split(64, 2), "test": synthetic_split(64, 3)}
-    elif not have_cache:
-        sys.exit(f"no FER+ cache in {args.cache}; run `python -m training.prepare_faces` first")
+    elif not cached:
+        raise MissingDataError(f"no FER+ cache in {cfg.cache}; run `{PREPARE}` first")
     else:
-        lim = 256 if args.smoke else 0
-        data = {s: load_split(s, args.cache, lim, occlusion=s == "train") for s in ("train", "valid", "test")}
+        limit = SMOKE_FACES if cfg.smoke else 0
+        data = {s: load_split(s, cfg.cache, limit, occlusion=s == "train") for s in SPLITS}
     tr = data["train"]
-    screen_counts = prescreen_mask(tr["pose"], tr["presence"], tr["occluded"])
-    counts = {"train_total": tr["total"], "train_no_majority": tr["dropped_no_majority"],
-              "train_side_face": int(screen_counts["side_face"].sum()),
-              "train_low_presence": int(screen_counts["low_presence"].sum()),
-              "train_occluded": int(screen_counts["occluded"].sum()),
-              "train_prescreened_out": int((~screen_counts["keep"]).sum()), "prescreen": args.prescreen,
-              "valid_n": int(len(data["valid"]["y"])), "test_n": int(len(data["test"]["y"]))}
-    if args.prescreen:
-        keep = screen_counts["keep"]
-        tr = {k: (v[keep] if isinstance(v, np.ndarray) else v) for k, v in tr.items()}
-    if args.ckplus and not (args.smoke and not have_cache):
-        ck = ckplus_split(args.cache, holdout=False)
-        data["ckplus_heldout"] = ckplus_split(args.cache, holdout=True)
-        reps = max(1, args.ckplus_weight)
-        tr = {k: np.concatenate([tr[k], *[ck[k]] * reps]) for k in ("x", "y", "soft")}
-        counts.update(ckplus_train=int(len(ck["y"])), ckplus_subjects_train=len(set(ck["subjects"].tolist())),
-                      ckplus_heldout=int(len(data["ckplus_heldout"]["y"])))
-    if args.corrupt:
-        tr = corrupt_labels(tr, args.corrupt, args.seed)
+    screened = prescreen_mask(tr["pose"], tr["presence"], tr["occluded"])
+    counts: dict[str, Any] = {
+        "train_total": tr["total"], "train_no_majority": tr["dropped_no_majority"],
+        "train_side_face": int(screened["side_face"].sum()), "train_low_presence": int(screened["low_presence"].sum()),
+        "train_occluded": int(screened["occluded"].sum()), "train_prescreened_out": int((~screened["keep"]).sum()),
+        "prescreen": cfg.prescreen, "valid_n": len(data["valid"]["y"]), "test_n": len(data["test"]["y"])}
+    if cfg.prescreen:
+        tr = {k: (v[screened["keep"]] if isinstance(v, np.ndarray) else v) for k, v in tr.items()}
+    if cfg.ckplus and cached:
+        ck = ckplus_split(cfg.cache, holdout=False)
+        data["ckplus_heldout"] = ckplus_split(cfg.cache, holdout=True)
+        tr = {k: np.concatenate([tr[k], *[ck[k]] * max(1, cfg.ckplus_weight)]) for k in ("x", "y", "soft")}
+        counts.update(ckplus_train=len(ck["y"]), ckplus_subjects_train=len(set(ck["subjects"].tolist())),
+                      ckplus_heldout=len(data["ckplus_heldout"]["y"]))
+    if cfg.corrupt:
+        tr = corrupt_labels(tr, cfg.corrupt, cfg.seed)
         counts["train_corrupted"] = int(tr["corrupted"].sum())
-    counts["train_used"] = int(len(tr["y"]))
-    print(json.dumps(counts), flush=True)
+    counts["train_used"] = len(tr["y"])
+    return data, tr, counts
 
-    net = ExpressionNet(NC, args.d, args.s, args.width)
-    print(f"ExpressionNet width={args.width} d={args.d} s={args.s}: {count_macs(net, INPUT_SIZE) / 1e6:.1f} MMACs, "
-          f"{sum(p.numel() for p in net.parameters())} params", flush=True)
-    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.wd)
-    n = len(tr["y"])
-    steps_per_epoch = n // args.batch
-    if args.max_batches:
-        steps_per_epoch = min(steps_per_epoch, args.max_batches)
-    steps_per_epoch = max(steps_per_epoch, 1)
-    total_steps = steps_per_epoch * args.epochs
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=total_steps, pct_start=0.15)
-    gen = torch.Generator().manual_seed(args.seed)
-    order_rng = np.random.default_rng(args.seed)
-    x_all, y_all = torch.from_numpy(tr["x"]), torch.from_numpy(tr["y"]).long()
-    soft_all = torch.from_numpy(tr["soft"])
-    best, history = -1.0, []
-    for epoch in range(1, args.epochs + 1):
-        net.train()
-        t0 = time.time()
-        perm = torch.from_numpy(order_rng.permutation(n))
-        agg: dict[str, float] = {}
-        for step in range(steps_per_epoch):
-            idx = perm[step * args.batch: (step + 1) * args.batch]
-            xb, yb = augment(x_all[idx], gen), y_all[idx]
-            if args.domain_aug:
-                xb = augment_domain(xb, gen)
-            logits, emb = net(xb)
-            if args.targets == "soft":
-                ce = -(soft_all[idx] * F.log_softmax(logits, 1)).sum(1).mean()
-            else:
-                ce = F.cross_entropy(logits, yb)
-            loss = ce
-            if args.loss != "ce":
-                ml, st = metric_loss(emb, yb, s=args.s, d=args.d, margin=args.margin, screening=args.screening,
-                                     alpha_p=args.alpha_p, alpha_n=args.alpha_n, mu_sigma=args.mu_sigma,
-                                     quadruplet=args.loss == "quadruplet")
-                loss = ce + args.metric_weight * ml
-                st["metric"] = float(ml.detach())
-            else:
-                with torch.no_grad():  # what screening would do, for the log
-                    _, st = metric_loss(emb.detach(), yb, s=args.s, d=args.d, margin=args.margin, screening=True,
-                                        alpha_p=args.alpha_p, alpha_n=args.alpha_n, mu_sigma=args.mu_sigma)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            st["ce"], st["loss"] = float(ce.detach()), float(loss.detach())
-            for k, v in st.items():
-                agg[k] = agg.get(k, 0.0) + v
-        agg = {k: v / steps_per_epoch for k, v in agg.items()}
-        v_logits, _ = infer(net, data["valid"]["x"])
-        v_acc = accuracy(v_logits, data["valid"]["y"])
-        if "ckplus_heldout" in data:  # reported, never used for selection
-            agg["ckplus_heldout_acc"] = accuracy(infer(net, data["ckplus_heldout"]["x"])[0], data["ckplus_heldout"]["y"])
-        rec = {"epoch": epoch, "valid_acc": v_acc, "sec": time.time() - t0, **{k: round(v, 5) for k, v in agg.items()}}
-        history.append(rec)
-        print(json.dumps(rec), flush=True)
-        if v_acc > best:
-            best = v_acc
-            torch.save({"state": net.state_dict(), "args": {k: str(v) if isinstance(v, Path) else v
-                                                          for k, v in vars(args).items()}, "epoch": epoch},
-                       out / "best.pt")
-    ckpt = torch.load(out / "best.pt", weights_only=False)
+
+# -------------------------------------------------------------------------------------------- model
+def steps_per_epoch(n: int, cfg: argparse.Namespace) -> int:
+    steps = n // cfg.batch
+    if cfg.max_batches:
+        steps = min(steps, cfg.max_batches)
+    return max(steps, 1)
+
+
+def build_model(cfg: argparse.Namespace, steps: int) -> tuple[ExpressionNet, torch.optim.Optimizer, Any]:
+    """The network (initialised from torch's global generator), AdamW and the one-cycle schedule."""
+    net = ExpressionNet(NC, cfg.d, cfg.s, cfg.width)
+    log.info(f"ExpressionNet width={cfg.width} d={cfg.d} s={cfg.s}: {count_macs(net, INPUT_SIZE) / 1e6:.1f} MMACs, "
+             f"{sum(p.numel() for p in net.parameters())} params")
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.wd)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps * cfg.epochs, pct_start=0.15)
+    return net, opt, sched
+
+
+# --------------------------------------------------------------------------------------------- loop
+def batch_loss(net: ExpressionNet, xb: torch.Tensor, yb: torch.Tensor, soft: torch.Tensor,
+               cfg: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    """(loss, CE term, stats): CE on soft or majority targets, plus the metric loss unless ``--loss ce``
+    (then the screening stats are still computed, for the log)."""
+    logits, emb = net(xb)
+    if cfg.targets == "soft":
+        ce = -(soft * F.log_softmax(logits, 1)).sum(1).mean()
+    else:
+        ce = F.cross_entropy(logits, yb)
+    metric_args = {"s": cfg.s, "d": cfg.d, "margin": cfg.margin, "alpha_p": cfg.alpha_p, "alpha_n": cfg.alpha_n,
+                   "mu_sigma": cfg.mu_sigma}
+    if cfg.loss == "ce":
+        with torch.no_grad():  # what screening would do, for the log
+            _, stats = metric_loss(emb.detach(), yb, screening=True, **metric_args)
+        return ce, ce, stats
+    ml, stats = metric_loss(emb, yb, screening=cfg.screening, quadruplet=cfg.loss == "quadruplet", **metric_args)
+    stats["metric"] = float(ml.detach())
+    return ce + cfg.metric_weight * ml, ce, stats
+
+
+def train_epoch(net: ExpressionNet, opt: torch.optim.Optimizer, sched: Any, train: dict[str, np.ndarray],
+                cfg: argparse.Namespace, steps: int, gen: torch.Generator, order_rng: np.random.Generator
+                ) -> dict[str, float]:
+    """One pass over ``steps`` batches in a fresh random order; returns the mean of each logged stat."""
+    net.train()
+    x_all, y_all = torch.from_numpy(train["x"]), torch.from_numpy(train["y"]).long()
+    soft_all = torch.from_numpy(train["soft"])
+    perm = torch.from_numpy(order_rng.permutation(len(train["y"])))
+    sums: dict[str, float] = {}
+    for step in range(steps):
+        idx = perm[step * cfg.batch: (step + 1) * cfg.batch]
+        xb = augment(x_all[idx], gen)
+        if cfg.domain_aug:
+            xb = augment_domain(xb, gen)
+        loss, ce, stats = batch_loss(net, xb, y_all[idx], soft_all[idx], cfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        stats["ce"], stats["loss"] = float(ce.detach()), float(loss.detach())
+        for k, v in stats.items():
+            sums[k] = sums.get(k, 0.0) + v
+    return {k: v / steps for k, v in sums.items()}
+
+
+# ------------------------------------------------------------------------------------------- select
+def validate(net: ExpressionNet, data: dict[str, dict[str, np.ndarray]]) -> dict[str, float]:
+    """FER+ Valid accuracy (selects the checkpoint) and, when present, held-out CK+ (reported only)."""
+    scores = {"valid_acc": accuracy(infer(net, data["valid"]["x"])[0], data["valid"]["y"])}
+    if "ckplus_heldout" in data:
+        scores["ckplus_heldout_acc"] = accuracy(infer(net, data["ckplus_heldout"]["x"])[0], data["ckplus_heldout"]["y"])
+    return scores
+
+
+def save_checkpoint(net: ExpressionNet, cfg: argparse.Namespace, epoch: int) -> None:
+    args = {k: str(v) if isinstance(v, Path) else v for k, v in vars(cfg).items()}
+    torch.save({"state": net.state_dict(), "args": args, "epoch": epoch}, cfg.out / "best.pt")
+
+
+def load_best(net: ExpressionNet, cfg: argparse.Namespace) -> int:
+    """Load the checkpoint chosen on Valid into ``net``; returns its epoch."""
+    ckpt = torch.load(cfg.out / "best.pt", weights_only=False)
     net.load_state_dict(ckpt["state"])
+    return int(ckpt["epoch"])
+
+
+# -------------------------------------------------------------------------------------------- train
+def train(args: argparse.Namespace) -> Path:
+    """Train one run into its folder (best.pt, metrics.json; with --smoke also the exported ONNX)."""
+    ensure_logging()
+    cfg = run_config(args)
+    torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+
+    data, train_split, counts = load_data(cfg)
+    log.info(json.dumps(counts))
+    steps = steps_per_epoch(len(train_split["y"]), cfg)
+    net, opt, sched = build_model(cfg, steps)
+
+    gen = torch.Generator().manual_seed(cfg.seed)  # augmentation
+    order_rng = np.random.default_rng(cfg.seed)  # batch order
+    best, history = -1.0, []
+    for epoch in range(1, cfg.epochs + 1):
+        t0 = time.time()
+        stats = train_epoch(net, opt, sched, train_split, cfg, steps, gen, order_rng)
+        scores = validate(net, data)
+        stats.update({k: v for k, v in scores.items() if k != "valid_acc"})
+        rec = {"epoch": epoch, "valid_acc": scores["valid_acc"], "sec": time.time() - t0,
+               **{k: round(v, 5) for k, v in stats.items()}}
+        history.append(rec)
+        log.info(json.dumps(rec))
+        if scores["valid_acc"] > best:
+            best = scores["valid_acc"]
+            save_checkpoint(net, cfg, epoch)
+
+    best_epoch = load_best(net, cfg)
     t_logits, _ = infer(net, data["test"]["x"])
-    summary = {"name": args.name, "loss": args.loss, "screening": args.screening and args.loss != "ce",
-               "best_epoch": ckpt["epoch"], "valid_acc": best, "test_acc": accuracy(t_logits, data["test"]["y"]),
+    summary = {"name": cfg.name, "loss": cfg.loss, "screening": cfg.screening and cfg.loss != "ce",
+               "best_epoch": best_epoch, "valid_acc": best, "test_acc": accuracy(t_logits, data["test"]["y"]),
                "counts": counts, "history": history, "macs": count_macs(net, INPUT_SIZE)}
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
-    print(json.dumps({k: summary[k] for k in ("name", "best_epoch", "valid_acc", "test_acc")}), flush=True)
-    if args.smoke:
+    (cfg.out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    log.info(json.dumps({k: summary[k] for k in ("name", "best_epoch", "valid_acc", "test_acc")}))
+    if cfg.smoke:
         from training.export_expression import export_run
 
-        export_run(out, data=data, onnx_path=out / "expression.onnx")
-    return out
+        export_run(cfg.out, data=data, onnx_path=cfg.out / "expression.onnx")
+    return cfg.out
 
 
-def main(argv=None) -> None:
+def main(argv: list[str] | None = None) -> None:
+    setup_logging()
     train(parse_args(argv))
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_cli(main))

@@ -25,20 +25,21 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from app.align import grey_input
+from app.manifest import Manifest, replace_entry, sha256_of
+from training.common import ensure_logging, log, require_file, run_cli, setup_logging
 from training.data import REPO_ROOT, RUNS_DIR
-from training.macs import count_macs
-from training.occluders import (
-    HELDOUT_IMAGES, REGIONS, TRAIN_IMAGES, load_images, occlude,
-)
+from training.occluders import HELDOUT_IMAGES, REGIONS, TRAIN_IMAGES, load_images, occlude
+from training.torch_utils import count_macs, export_onnx, seed_everything
 
 INPUT_SIZE = 64
 SEED = 20240611
 MAX_FALSE_OCCLUSION = 0.02
 MIN_THRESHOLD = 0.5
+SMOKE_BATCHES = 3
 
 
 # ------------------------------------------------------------------------------------------ model
@@ -110,10 +111,7 @@ def photometric(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def load_cache(name: str, cache_dir: Path = RUNS_DIR / "cache") -> dict[str, np.ndarray]:
-    path = cache_dir / f"{name}.npz"
-    if not path.is_file():
-        raise SystemExit(f"{path} is missing: run `python -m training.prepare_faces` first")
-    data = np.load(path)
+    data = np.load(require_file(cache_dir / f"{name}.npz", "python -m training.prepare_faces"))
     return {"crops": data["crops"], "landmarks": data["landmarks"].astype(np.float32)}
 
 
@@ -142,7 +140,7 @@ class OccludedTrainSet(torch.utils.data.Dataset):
                 occ = occlude(crop, self.landmarks[i], rng, self._context())
                 image, labels, weights = occ.image, occ.labels, occ.weights
             except (ValueError, cv2.error) as exc:  # degenerate landmarks: keep the face clean
-                print(f"occluder failed on train face {i}: {exc}", flush=True)
+                log.warning(f"occluder failed on train face {i}: {exc}")
                 image, labels, weights = crop, np.zeros(len(REGIONS), np.float32), np.ones(len(REGIONS), np.float32)
         x = to_input(photometric(image, rng))[None]
         return torch.from_numpy(x), torch.from_numpy(labels), torch.from_numpy(weights)
@@ -209,21 +207,11 @@ def describe(clean_p: np.ndarray, occ_p: np.ndarray, occ_y: np.ndarray, threshol
 
 
 # ------------------------------------------------------------------------------------------ export
-def export_onnx(net: nn.Module, path: Path) -> float:
-    import onnxruntime as ort
-
-    model = WithSigmoid(net).eval()
+def export_occlusion_onnx(net: nn.Module, path: Path) -> float:
+    """Network + sigmoid to ONNX; max |torch - onnx| on random 0..255 input."""
     dummy = torch.rand(2, 1, INPUT_SIZE, INPUT_SIZE) * 255
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(model, (dummy,), str(path), dynamo=False, opset_version=17, input_names=["input"],
-                      output_names=["probabilities"],
-                      dynamic_axes={"input": {0: "batch"}, "probabilities": {0: "batch"}})
     check = torch.rand(8, 1, INPUT_SIZE, INPUT_SIZE) * 255
-    with torch.no_grad():
-        ref = model(check).numpy()
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = sess.run(None, {"input": check.numpy()})[0]
-    return float(np.abs(ref - got).max())
+    return export_onnx(WithSigmoid(net).eval(), path, dummy, ["probabilities"], {"random": check})
 
 
 def manifest_entry(thresholds: dict[str, float], metrics: dict, macs: int, diff: float, version: str) -> dict:
@@ -251,32 +239,28 @@ def manifest_entry(thresholds: dict[str, float], metrics: dict, macs: int, diff:
                          "(training/occluders.py: hands, bars, scarves, sunglasses, masks, textures, real image "
                          "patches); about half the samples clean",
         "licence": "research use only (trained on FER2013 pixels)",
-        "card": "OCCLUSION.md",
+        "model_card": "OCCLUSION.md",
         "bytes": 0,
     }
 
 
-def install(onnx_path: Path, entry: dict) -> None:
-    from app.model_zoo.base import sha256_of
-
-    models = REPO_ROOT / "models"
+def install(onnx_path: Path, entry: dict, models: Path = REPO_ROOT / "models") -> None:
+    """Copy the ONNX file into ``models`` and write its manifest entry, keeping the test-set numbers
+    evaluate_occlusion.py stored in the old entry's metrics (the new Valid numbers win)."""
     target = models / "occlusion.onnx"
     target.write_bytes(onnx_path.read_bytes())
-    manifest_path = models / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    old = manifest["models"].get("occlusion", {})
+    old = Manifest.load(models).models.get("occlusion", {})
     entry = dict(entry)
-    if "metrics" in old:  # keep the test-set numbers evaluate_occlusion.py wrote, refresh the rest
+    if "metrics" in old:
         entry["metrics"] = {**old["metrics"], **entry["metrics"]}
     entry["sha256"] = sha256_of(target)
     entry["bytes"] = target.stat().st_size
-    manifest["models"]["occlusion"] = entry
-    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
-    print(f"installed {target} and its manifest entry (sha256 {entry['sha256'][:16]}...)", flush=True)
+    replace_entry(models, "occlusion", entry)
+    log.info(f"installed {target} and its manifest entry (sha256 {entry['sha256'][:16]}...)")
 
 
-# -------------------------------------------------------------------------------------------- main
-def main(argv: list[str] | None = None) -> None:
+# ----------------------------------------------------------------------------------------------- config
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=14)
     parser.add_argument("--batch", type=int, default=128)
@@ -291,88 +275,149 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--version", default="1.0.0")
     parser.add_argument("--init", type=Path, default=None,
                         help="start from this best.pt; with --epochs 0 only re-pick thresholds, export, install")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
-    torch.set_num_threads(1)
-    torch.manual_seed(args.seed)
-    args.out.mkdir(parents=True, exist_ok=True)
-    start = time.time()
 
+def run_config(args: argparse.Namespace) -> argparse.Namespace:
+    """What ``args`` implies, as a new namespace (``args`` is left as given): ``--smoke`` is one epoch of
+    3 batches in the main process, and never installs."""
+    cfg = argparse.Namespace(**vars(args))
+    cfg.max_batches = 0
     if args.smoke:
-        data = load_cache("ckplus", args.cache)
+        cfg.epochs, cfg.workers, cfg.max_batches, cfg.no_install = 1, 0, SMOKE_BATCHES, True
+    return cfg
+
+
+# ------------------------------------------------------------------------------------------------- data
+def load_data(cfg: argparse.Namespace) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(train, valid) crops and landmarks: FER+ Train / Valid, or for --smoke two slices of CK+."""
+    if cfg.smoke:
+        data = load_cache("ckplus", cfg.cache)
         n_train = min(192, len(data["crops"]) * 2 // 3)
-        train = {k: v[:n_train] for k, v in data.items()}
-        valid = {k: v[n_train : n_train + 128] for k, v in data.items()}
-        args.epochs, args.workers = 1, 0
-    else:
-        train, valid = load_cache("ferplus_train", args.cache), load_cache("ferplus_valid", args.cache)
-    print(f"train {len(train['crops'])}  valid {len(valid['crops'])}", flush=True)
+        return {k: v[:n_train] for k, v in data.items()}, {k: v[n_train: n_train + 128] for k, v in data.items()}
+    return load_cache("ferplus_train", cfg.cache), load_cache("ferplus_valid", cfg.cache)
 
+
+def validation_sets(valid: dict[str, np.ndarray], seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Valid inputs clean, the same faces with a seeded occluder draw, and the latter's labels."""
     valid_clean = np.stack([to_input(c) for c in valid["crops"]])[:, None]
-    valid_occ, valid_y, _ = fixed_occluded_set(valid["crops"], valid["landmarks"], args.seed + 1)
-    print(f"valid occluded set: positives per region {dict(zip(REGIONS, valid_y.sum(0).astype(int).tolist()))} "
-          f"({time.time() - start:.0f}s)", flush=True)
+    valid_occ, valid_y, _ = fixed_occluded_set(valid["crops"], valid["landmarks"], seed)
+    return valid_clean, valid_occ, valid_y
 
-    net = OcclusionNet(args.width)
-    if args.init is not None:
-        checkpoint = torch.load(args.init)
+
+# ------------------------------------------------------------------------------------------------ model
+def build_model(cfg: argparse.Namespace) -> OcclusionNet:
+    net = OcclusionNet(cfg.width)
+    if cfg.init is not None:
+        checkpoint = torch.load(cfg.init)
         net = OcclusionNet(checkpoint["width"])
         net.load_state_dict(checkpoint["state"])
-        print(f"initialised from {args.init} (epoch {checkpoint['epoch']})", flush=True)
-    macs = count_macs(net, INPUT_SIZE)
-    print(f"model: {sum(p.numel() for p in net.parameters())} parameters, {macs / 1e6:.2f} M MACs", flush=True)
-    dataset = OccludedTrainSet(train["crops"], train["landmarks"], args.seed)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch, shuffle=True, num_workers=args.workers,
-                                         drop_last=True, persistent_workers=False,
-                                         generator=torch.Generator().manual_seed(args.seed))
-    steps_per_epoch = 3 if args.smoke else len(loader)
-    optim = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(optim, max_lr=args.lr,
-                                                total_steps=max(1, args.epochs * steps_per_epoch), pct_start=0.15)
-    best, best_state = -1.0, {k: v.clone() for k, v in net.state_dict().items()}
-    for epoch in range(args.epochs):
-        dataset.epoch = epoch
-        net.train()
-        total, n = 0.0, 0
-        for step, (x, y, w) in enumerate(loader):
-            if step >= steps_per_epoch:
-                break
-            loss = (F.binary_cross_entropy_with_logits(net(x), y, reduction="none") * w).sum() / w.sum().clamp(min=1)
-            optim.zero_grad()
-            loss.backward()
-            optim.step()
-            sched.step()
-            total, n = total + loss.item() * len(x), n + len(x)
-        clean_p, occ_p = predict(net, valid_clean), predict(net, valid_occ)
-        thresholds = choose_thresholds(clean_p)
-        recalls = [float(np.mean(occ_p[valid_y[:, k] > 0.5, k] >= thresholds[r])) for k, r in enumerate(REGIONS)]
-        score = float(np.mean(recalls))
-        print(f"epoch {epoch + 1}/{args.epochs} loss {total / max(n, 1):.4f} valid recall@thr "
-              f"{' '.join(f'{r}={v:.3f}' for r, v in zip(REGIONS, recalls))} mean {score:.3f} "
-              f"({time.time() - start:.0f}s)", flush=True)
-        if score > best:
-            best, best_state = score, {k: v.clone() for k, v in net.state_dict().items()}
-            torch.save({"state": best_state, "width": net.features[0][0].out_channels, "epoch": epoch + 1},
-                       args.out / "best.pt")
+        log.info(f"initialised from {cfg.init} (epoch {checkpoint['epoch']})")
+    return net
 
-    net.load_state_dict(best_state)
+
+# ------------------------------------------------------------------------------------------------- loop
+def train_epoch(net: nn.Module, loader, optim, sched, steps: int) -> float:
+    """``steps`` batches of weighted BCE (ambiguous regions weigh 0); returns the mean loss per face."""
+    net.train()
+    total, n = 0.0, 0
+    for step, (x, y, w) in enumerate(loader):
+        if step >= steps:
+            break
+        loss = (F.binary_cross_entropy_with_logits(net(x), y, reduction="none") * w).sum() / w.sum().clamp(min=1)
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+        sched.step()
+        total, n = total + loss.item() * len(x), n + len(x)
+    return total / max(n, 1)
+
+
+# ----------------------------------------------------------------------------------------------- select
+def valid_recalls(net: nn.Module, valid_clean: np.ndarray, valid_occ: np.ndarray, valid_y: np.ndarray
+                  ) -> tuple[list[float], dict[str, float]]:
+    """Recall per region on the occluded Valid set at the thresholds the clean Valid faces give."""
     clean_p, occ_p = predict(net, valid_clean), predict(net, valid_occ)
     thresholds = choose_thresholds(clean_p)
-    print("FER+ Valid (clean faces for FOR; seeded synthetic occlusions for recall/precision):")
+    recalls = [float(np.mean(occ_p[valid_y[:, k] > 0.5, k] >= thresholds[r])) for k, r in enumerate(REGIONS)]
+    return recalls, thresholds
+
+
+def final_metrics(net: nn.Module, valid_clean: np.ndarray, valid_occ: np.ndarray, valid_y: np.ndarray
+                  ) -> tuple[dict[str, float], dict]:
+    """Thresholds of the selected network and its FER+ Valid numbers (logged and stored in the manifest)."""
+    clean_p, occ_p = predict(net, valid_clean), predict(net, valid_occ)
+    thresholds = choose_thresholds(clean_p)
+    log.info("FER+ Valid (clean faces for FOR; seeded synthetic occlusions for recall/precision):")
     for line in describe(clean_p, occ_p, valid_y, thresholds):
-        print("  " + line)
-    diff = export_onnx(net, args.out / "occlusion.onnx")
-    print(f"exported {args.out / 'occlusion.onnx'} (opset 17); max |torch - onnx| = {diff:.2e}", flush=True)
+        log.info("  " + line)
     metrics = {"ferplus_valid": {
         name: {"false_occlusion_rate_clean": round(float(np.mean(clean_p[:, k] >= thresholds[name])), 4),
                "recall_synthetic": round(float(np.mean(occ_p[valid_y[:, k] > 0.5, k] >= thresholds[name])), 4)}
         for k, name in enumerate(REGIONS)}}
-    entry = manifest_entry(thresholds, metrics, macs, diff, args.version)
-    (args.out / "manifest_entry.json").write_text(json.dumps(entry, indent=2) + "\n")
-    if not (args.smoke or args.no_install):
-        install(args.out / "occlusion.onnx", entry)
-    print(f"done in {time.time() - start:.0f}s", flush=True)
+    return thresholds, metrics
+
+
+# -------------------------------------------------------------------------------------------------- run
+def train(args: argparse.Namespace) -> Path:
+    """Train, pick thresholds, export <out>/occlusion.onnx and <out>/manifest_entry.json, install unless
+    --smoke / --no-install. Returns the ONNX path."""
+    ensure_logging()
+    cfg = run_config(args)
+    torch.set_num_threads(1)
+    seed_everything(cfg.seed)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+
+    train_set, valid = load_data(cfg)
+    log.info(f"train {len(train_set['crops'])}  valid {len(valid['crops'])}")
+    valid_clean, valid_occ, valid_y = validation_sets(valid, cfg.seed + 1)
+    log.info(f"valid occluded set: positives per region {dict(zip(REGIONS, valid_y.sum(0).astype(int).tolist()))} "
+             f"({time.time() - start:.0f}s)")
+
+    net = build_model(cfg)
+    macs = count_macs(net, INPUT_SIZE)
+    log.info(f"model: {sum(p.numel() for p in net.parameters())} parameters, {macs / 1e6:.2f} M MACs")
+    dataset = OccludedTrainSet(train_set["crops"], train_set["landmarks"], cfg.seed)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch, shuffle=True, num_workers=cfg.workers,
+                                         drop_last=True, persistent_workers=False,
+                                         generator=torch.Generator().manual_seed(cfg.seed))
+    steps = cfg.max_batches or len(loader)
+    optim = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(optim, max_lr=cfg.lr, total_steps=max(1, cfg.epochs * steps),
+                                                pct_start=0.15)
+
+    best, best_state = -1.0, {k: v.clone() for k, v in net.state_dict().items()}
+    for epoch in range(cfg.epochs):
+        dataset.epoch = epoch
+        loss = train_epoch(net, loader, optim, sched, steps)
+        recalls, _ = valid_recalls(net, valid_clean, valid_occ, valid_y)
+        score = float(np.mean(recalls))
+        log.info(f"epoch {epoch + 1}/{cfg.epochs} loss {loss:.4f} valid recall@thr "
+                 f"{' '.join(f'{r}={v:.3f}' for r, v in zip(REGIONS, recalls))} mean {score:.3f} "
+                 f"({time.time() - start:.0f}s)")
+        if score > best:
+            best, best_state = score, {k: v.clone() for k, v in net.state_dict().items()}
+            torch.save({"state": best_state, "width": net.features[0][0].out_channels, "epoch": epoch + 1},
+                       cfg.out / "best.pt")
+
+    net.load_state_dict(best_state)
+    thresholds, metrics = final_metrics(net, valid_clean, valid_occ, valid_y)
+    onnx_path = cfg.out / "occlusion.onnx"
+    diff = export_occlusion_onnx(net, onnx_path)
+    log.info(f"exported {onnx_path} (opset 17); max |torch - onnx| = {diff:.2e}")
+    entry = manifest_entry(thresholds, metrics, macs, diff, cfg.version)
+    (cfg.out / "manifest_entry.json").write_text(json.dumps(entry, indent=2) + "\n")
+    if not cfg.no_install:
+        install(onnx_path, entry)
+    log.info(f"done in {time.time() - start:.0f}s")
+    return onnx_path
+
+
+def main(argv: list[str] | None = None) -> None:
+    setup_logging()
+    train(parse_args(argv))
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_cli(main))

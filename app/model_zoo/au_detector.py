@@ -2,9 +2,8 @@
 
 The network (training/au_model.py) outputs, per grid cell and anchor, box offsets, an objectness logit
 and one logit per AU. Here, in numpy: decode the boxes, score each AU as objectness x class probability,
-per-AU NMS (``detections``), and one decision per AU per face: its best box's score (the first box NMS keeps,
-so ``face_decisions`` takes it directly) against the AU's threshold (chosen on subject-wise cross-validation,
-stored in the manifest).
+and one decision per AU per face: its best box's score (the box per-AU NMS would keep first, so no NMS
+is run) against the AU's threshold (chosen on subject-wise cross-validation, stored in the manifest).
 """
 from __future__ import annotations
 
@@ -14,7 +13,6 @@ from pathlib import Path
 import numpy as np
 
 from app.align import AlignedFace, grey_input
-from app.boxes import box_iou
 from app.model_zoo.base import OnnxModel
 
 
@@ -40,7 +38,7 @@ def preprocess(crop_bgr_or_grey: np.ndarray, size: int) -> np.ndarray:
 def decode(raw: np.ndarray, anchors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(M, 5+C) logits of one face -> boxes (M, 4) x0, y0, x1, y1 in crop fractions, scores (M, C)."""
     a = len(anchors)
-    g = int(round((raw.shape[0] / a) ** 0.5))
+    g = round((raw.shape[0] / a) ** 0.5)
     rows, cols = np.meshgrid(np.arange(g), np.arange(g), indexing="ij")
     cell = np.repeat(np.stack([cols.ravel(), rows.ravel()], 1), a, axis=0).astype(np.float32)
     wh_anchor = np.tile(np.asarray(anchors, np.float32), (g * g, 1))
@@ -49,28 +47,6 @@ def decode(raw: np.ndarray, anchors: np.ndarray) -> tuple[np.ndarray, np.ndarray
     boxes = np.concatenate([centre - size / 2, centre + size / 2], 1)
     scores = sigmoid(raw[:, 4:5]) * sigmoid(raw[:, 5:])
     return boxes, scores
-
-
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, min_score: float = 1e-3) -> np.ndarray:
-    """Indices of the kept boxes, best first."""
-    order = np.argsort(-scores)
-    order = order[scores[order] >= min_score]
-    kept = []
-    while order.size:
-        kept.append(order[0])
-        order = order[1:][box_iou(boxes[order[0]], boxes[order[1:]]) <= iou_threshold]
-    return np.array(kept, dtype=int)
-
-
-def detections(raw: np.ndarray, anchors: np.ndarray, iou_threshold: float = 0.5,
-               min_score: float = 0.05) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """All boxes per AU after per-AU NMS: {class index: (boxes (K, 4) crop fractions, scores (K,))}."""
-    boxes, scores = decode(raw, anchors)
-    out = {}
-    for c in range(scores.shape[1]):
-        kept = nms(boxes, scores[:, c], iou_threshold, min_score)
-        out[c] = (boxes[kept], scores[kept, c])
-    return out
 
 
 def face_decisions(raw: np.ndarray, anchors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
