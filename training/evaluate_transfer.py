@@ -123,6 +123,14 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
     report["expression_ece_vs_top_vote"] = expected_calibration_error(confidence, correct)
     report["uncertain_rate"] = float(uncertain.mean()) if len(uncertain) else 0.0
     report["accuracy_vs_top_vote_when_certain"] = float(correct[~uncertain].mean()) if (~uncertain).any() else 0.0
+    # AUs per expression: the prototype AUs of a posed expression should light up (e.g. AU12 on happiness).
+    by_class: dict[str, list[list[str]]] = defaultdict(list)
+    for r in scored:
+        by_class[r["intended"]].append(r["aus"])
+    report["au_by_intended"] = {
+        c: {"faces": len(v), "present_per_face": float(np.mean([len(a) for a in v])),
+            "top": {au: round(n / len(v), 2) for au, n in Counter(x for a in v for x in a).most_common(4)}}
+        for c, v in sorted(by_class.items())}
     # AUs on neutral faces: a face with nothing active should light nothing up.
     neutral = [r for r in scored if r["neutral"]]
     report["au_neutral"] = {
@@ -174,6 +182,8 @@ def print_report(report: dict[str, Any]) -> None:
     au = tw["au_neutral"]
     top = ", ".join(f"{k} {v:.2f}" for k, v in list(au["rate_by_au"].items())[:5])
     print(f"  AUs present per neutral face: {au['present_per_face']:.2f} over {au['faces']} faces ({top})")
+    print("  AUs by intended expression: " + "; ".join(
+        f"{c} {v['present_per_face']:.1f}/face {v['top']}" for c, v in tw["au_by_intended"].items() if c != "neutral"))
     if "ferplus_test_neutral" in report:
         fn = report["ferplus_test_neutral"]
         top = ", ".join(f"{k} {v:.2f}" for k, v in list(fn["rate_by_au"].items())[:5])
