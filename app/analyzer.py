@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -197,7 +197,7 @@ class Analyzer:
             try:
                 source = Path(source).read_bytes()
             except OSError as exc:
-                raise ApiError(400, "invalid_image", f"cannot read {source}: {exc.strerror or exc}") from exc
+                raise ApiError(400, "invalid_image", f"cannot read {exc.filename}: {exc.strerror or exc}") from exc
         elif isinstance(source, np.ndarray):
             source = as_bgr(source, channel_order)
         analysis = self.run(source, options, heads)
@@ -267,7 +267,7 @@ class Analyzer:
     def run_from_detections(
         self,
         image: np.ndarray,
-        detections: list[Detection | None],
+        detections: Sequence[Detection | None],
         options: FaceOptions = FaceOptions(),
         heads: Collection[str] = (),
         timings: Timings | None = None,
@@ -288,7 +288,7 @@ class Analyzer:
 
     def _run_heads(
         self, image: np.ndarray, faces: list[FaceAnalysis], chosen: tuple[str, ...], options: FaceOptions,
-        timings: Timings, detections: list[Detection | None] | None = None,
+        timings: Timings, detections: Sequence[Detection | None] | None = None,
     ) -> None:
         """The chosen heads on the unfiltered faces. Heads that read the irises get landmarks v2 when the face
         stage ran the 468-point mesh: on the face's detection region (as the v2 face stage would), or on the

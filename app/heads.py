@@ -9,8 +9,11 @@ timing it is reported under.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
 
 from app.gaze import Gaze, gaze
 from app.model_zoo.au_detector import ActionUnit, AuDetector
@@ -55,6 +58,13 @@ class ExpressionHead:
         return self.model.predict(face.aligned, options.expression_prior)
 
 
+def irises_required(face: FaceAnalysis) -> np.ndarray:
+    """The face's 478 landmarks v2; the analyzer runs v2 before any head with ``needs_irises``."""
+    if face.landmarks_v2 is None:
+        raise RuntimeError("a head that reads the irises ran before landmarks v2")
+    return face.landmarks_v2
+
+
 @dataclass(frozen=True)
 class BlendshapeHead:
     """MediaPipe's 52 blendshape coefficients (0..1, ARKit names) from the 478 FaceLandmarker v2 points
@@ -66,7 +76,7 @@ class BlendshapeHead:
     needs_irises: bool = True
 
     def get(self, face: FaceAnalysis, options: FaceOptions) -> dict[str, float]:
-        return self.model.predict(face.landmarks_v2)
+        return self.model.predict(irises_required(face))
 
 
 @dataclass(frozen=True)
@@ -77,7 +87,7 @@ class GazeHead:
     needs_irises: bool = True
 
     def get(self, face: FaceAnalysis, options: FaceOptions) -> Gaze:
-        return gaze(face.landmarks_v2)
+        return gaze(irises_required(face))
 
 
 HEADS: dict[str, Callable[[ModelRegistry], Head]] = {

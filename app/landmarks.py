@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from app.model_zoo.face_landmarker import FaceLandmarker
 from app.model_zoo.face_mesh import FaceMesh, MeshResult
 
 # Mesh indices used to place the region of interest and by the later stages.
@@ -35,7 +36,7 @@ def roi_from_landmarks(landmarks: np.ndarray) -> tuple[np.ndarray, float, float]
 
 
 class LandmarkStage:
-    def __init__(self, mesh: FaceMesh) -> None:
+    def __init__(self, mesh: FaceMesh | FaceLandmarker) -> None:
         self.mesh = mesh
 
     def from_detection(self, image: np.ndarray, box: np.ndarray, keypoints: np.ndarray) -> MeshResult:

@@ -26,6 +26,7 @@ No heavy imports here: the service, the trainers and the tools all use it.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -221,10 +222,8 @@ def command_line(argv: list[str] | None = None, module: str | None = None) -> st
     if module:
         return shlex.join(["python", "-m", module, *argv[1:]])
     script = argv[0] if argv and argv[0] else "python"
-    try:
+    with contextlib.suppress(ValueError):  # a script outside the repo keeps its path as given
         script = str(Path(script).resolve().relative_to(REPO_ROOT))
-    except ValueError:
-        pass
     return shlex.join(["python", script, *argv[1:]])
 
 

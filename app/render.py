@@ -79,7 +79,7 @@ def draw_analysis(image: np.ndarray, result: dict[str, Any]) -> np.ndarray:
         if filtered:
             head += " filtered: " + ",".join(face.get("filter_reasons") or [])
         _label(canvas, head, x0, y0, colour, scale)
-        below = y1
+        below = float(y1)
         expression = face.get("expression")
         if expression:
             below = _label(canvas, expression_text(expression), x0, below, colour, scale, above=False)

@@ -7,6 +7,7 @@ with ``app.render``. Errors stay JSON whatever was asked for. Every analysis end
 from __future__ import annotations
 
 import json
+from typing import Any
 from urllib.parse import parse_qsl
 
 import anyio
@@ -17,7 +18,7 @@ from app.render import render_png
 
 _TRUE = {"1", "true", "yes", "on", "t", "y"}
 
-RENDER_RESPONSES = {
+RENDER_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "the analysis (JSON), or with `?render=true` / `Accept: image/png` the annotated image",
         "content": {"image/png": {}},

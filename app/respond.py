@@ -7,7 +7,8 @@ to any of them. A face the pre-filters excluded carries ``null`` for each head t
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 

@@ -256,7 +256,9 @@ class VideoTrack(BaseModel):
     track_id: int = Field(description="stable id of one person through the clip, 0-based, in order of confirmation")
     first_frame: int
     last_frame: int
-    frames: list[TrackFrame] = Field(description="one entry per analysed frame the face was seen in (empty with series=false)")
+    frames: list[TrackFrame] = Field(
+        description="one entry per analysed frame the face was seen in (empty with series=false)"
+    )
     events: list[VideoEvent]
 
 

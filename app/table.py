@@ -27,7 +27,7 @@ Columns, in order (OpenFace 2 names where OpenFace has the quantity):
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any
 
 EXPRESSION_LABELS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt")
 HEAD = ["frame", "face_id", "timestamp", "confidence", "success", "source",
@@ -61,11 +61,11 @@ def columns(au_names: list[str], with_expression: bool, blendshape_names: tuple[
     return cols + TAIL
 
 
-def _rad(deg: Optional[float]) -> Any:
+def _rad(deg: float | None) -> Any:
     return "" if deg is None else round(math.radians(deg), 4)
 
 
-def face_rows(meta: dict[str, Any], result: Optional[dict[str, Any]]) -> list[dict[str, Any]]:
+def face_rows(meta: dict[str, Any], result: dict[str, Any] | None) -> list[dict[str, Any]]:
     """CSV rows (dicts) for one analysed image: one per face, or one ``success=0`` row when no face."""
     base = {"frame": meta["frame"], "timestamp": meta["timestamp"], "source": meta["source"]}
     faces = (result or {}).get("faces") or []
@@ -102,7 +102,7 @@ def face_rows(meta: dict[str, Any], result: Optional[dict[str, Any]]) -> list[di
     return rows
 
 
-def table_rows(results: list[tuple[dict[str, Any], Optional[dict[str, Any]]]]) -> tuple[list[str], list[dict[str, Any]]]:
+def table_rows(results: list[tuple[dict[str, Any], dict[str, Any] | None]]) -> tuple[list[str], list[dict[str, Any]]]:
     """(columns, rows) for several analysed images, each given as (meta, response dict)."""
     rows = [row for meta, result in results for row in face_rows(meta, result)]
     au_names: list[str] = []

@@ -18,10 +18,11 @@ import logging
 import sys
 import time
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
-from typing import IO, Any, Iterator, Optional
+from typing import IO, Any
 
 import cv2
 import numpy as np
@@ -34,7 +35,7 @@ ENDPOINT_NAMES = {"auto", "analyze", "detect-faces", "detect-au", "recognize-exp
 class Progress:
     """A plain text progress bar on stderr (redrawn at most 10 times a second)."""
 
-    def __init__(self, total: int, enabled: bool, stream: Optional[IO[str]] = None, width: int = 30) -> None:
+    def __init__(self, total: int, enabled: bool, stream: IO[str] | None = None, width: int = 30) -> None:
         self.total, self.enabled, self.stream, self.width = total, enabled, stream or sys.stderr, width
         self.done, self.start, self.last = 0, time.monotonic(), 0.0
 
@@ -85,7 +86,7 @@ class LocalBackend:
         self.heads = HEADS_OF[self.endpoints[0]] | {h for h in ("blendshapes", "gaze") if getattr(args, h, False)}
         self.options = self.analyzer.options(**options)
 
-    def analyse(self, item: sources.Item) -> tuple[Optional[dict], Optional[dict], Optional[np.ndarray]]:
+    def analyse(self, item: sources.Item) -> tuple[dict | None, dict | None, np.ndarray | None]:
         """-> (result, error, decoded image)."""
         import uuid
 
@@ -113,7 +114,7 @@ class RemoteBackend:
         self.endpoints = choose_endpoints(self.client, endpoint)
         self.options = options
 
-    def analyse(self, item: sources.Item) -> tuple[Optional[dict], Optional[dict], Optional[np.ndarray]]:
+    def analyse(self, item: sources.Item) -> tuple[dict | None, dict | None, np.ndarray | None]:
         from microfacs_client import MicroFACSError
 
         if item.error:
@@ -162,7 +163,7 @@ def jpeg_bytes(image: np.ndarray) -> bytes:
     return buffer.tobytes()
 
 
-def decoded(item: sources.Item) -> Optional[np.ndarray]:
+def decoded(item: sources.Item) -> np.ndarray | None:
     if item.image is not None:
         return item.image
     from app.decode import ImageLimits, decode_image
@@ -173,7 +174,7 @@ def decoded(item: sources.Item) -> Optional[np.ndarray]:
         return None
 
 
-def render_to(directory: Path, item: sources.Item, result: dict[str, Any], image: Optional[np.ndarray]) -> None:
+def render_to(directory: Path, item: sources.Item, result: dict[str, Any], image: np.ndarray | None) -> None:
     from app.render import draw_analysis
 
     image = image if image is not None else decoded(item)
@@ -203,7 +204,7 @@ def ordered_map(fn, items: Iterator[sources.Item], workers: int) -> Iterator[tup
 
 
 def run_videos(videos: list[Path], args: argparse.Namespace, backend: Any, options: dict[str, Any],
-               writer: output.Writer, render_dir: Optional[Path], progress: Progress) -> int:
+               writer: output.Writer, render_dir: Path | None, progress: Progress) -> int:
     """Each video whole through the tracker (in-process ``VideoAnalyzer`` or the server's /analyze-video): CSV
     rows per analysed frame and track (``face_id`` = track id), JSON lines per video, events, plots."""
     from microfacs_cli import video as video_out
@@ -248,7 +249,7 @@ def run_videos(videos: list[Path], args: argparse.Namespace, backend: Any, optio
     return 0
 
 
-def analyse_video(runner: Any, path: Path, args: argparse.Namespace, render_dir: Optional[Path]) -> dict[str, Any]:
+def analyse_video(runner: Any, path: Path, args: argparse.Namespace, render_dir: Path | None) -> dict[str, Any]:
     local = hasattr(runner, "video")
     if local and (args.max_frames or render_dir):
         from dataclasses import replace
@@ -308,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise here
     if args.every < 1:

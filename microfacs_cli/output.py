@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
-from typing import IO, Any, Optional
+from typing import IO, Any
 
 from app.model_zoo.face_landmarker import BLENDSHAPE_NAMES
 from app.table import columns, face_rows
@@ -22,12 +22,12 @@ class Writer:
         self.with_blendshapes, self.with_gaze = with_blendshapes, with_gaze
         self.with_aus, self.with_expression = with_aus, with_expression
         self.pending: list[dict[str, Any]] = []
-        self.csv: Optional[csv.DictWriter] = None
+        self.csv: csv.DictWriter | None = None
         self.errors = 0
         self.images = 0
         self.faces = 0
 
-    def write(self, meta: dict[str, Any], result: Optional[dict[str, Any]], error: Optional[dict[str, Any]]) -> None:
+    def write(self, meta: dict[str, Any], result: dict[str, Any] | None, error: dict[str, Any] | None) -> None:
         self.images += 1
         self.errors += error is not None
         self.faces += len((result or {}).get("faces") or [])
@@ -49,7 +49,7 @@ class Writer:
         for row in rows:
             self.csv.writerow(row)
 
-    def _au_names(self, rows: list[dict[str, Any]], result: Optional[dict[str, Any]]) -> Optional[list[str]]:
+    def _au_names(self, rows: list[dict[str, Any]], result: dict[str, Any] | None) -> list[str] | None:
         for face in (result or {}).get("faces") or []:
             if face.get("action_units"):
                 return [au["au"] for au in face["action_units"]]

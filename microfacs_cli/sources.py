@@ -1,9 +1,9 @@
 """What the CLI analyses: image files, folders of images, and videos sampled every N frames."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
 
 import cv2
 import numpy as np
@@ -21,9 +21,9 @@ class Item:
     source: str
     frame: int
     timestamp: float
-    data: Optional[bytes] = None
-    image: Optional[np.ndarray] = None
-    error: Optional[str] = None
+    data: bytes | None = None
+    image: np.ndarray | None = None
+    error: str | None = None
 
 
 def expand(inputs: list[str]) -> list[Path]:
@@ -50,7 +50,7 @@ def video_info(path: Path) -> tuple[int, float]:
         capture.release()
 
 
-def count_items(paths: list[Path], every: int, max_frames: Optional[int]) -> int:
+def count_items(paths: list[Path], every: int, max_frames: int | None) -> int:
     total = 0
     for path in paths:
         if is_video(path):
@@ -62,7 +62,7 @@ def count_items(paths: list[Path], every: int, max_frames: Optional[int]) -> int
     return total
 
 
-def iter_video(path: Path, every: int, max_frames: Optional[int] = None) -> Iterator[Item]:
+def iter_video(path: Path, every: int, max_frames: int | None = None) -> Iterator[Item]:
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
         yield Item(str(path), 1, 0.0, error=f"cannot open video {path}")
@@ -84,7 +84,7 @@ def iter_video(path: Path, every: int, max_frames: Optional[int] = None) -> Iter
         capture.release()
 
 
-def iter_items(paths: list[Path], every: int, max_frames: Optional[int] = None) -> Iterator[Item]:
+def iter_items(paths: list[Path], every: int, max_frames: int | None = None) -> Iterator[Item]:
     still = 0
     for path in paths:
         if is_video(path):

@@ -123,7 +123,8 @@ def main() -> None:
     parser.add_argument("--endpoints", nargs="*", default=["/detect-faces", "/analyze"], help="none: in-process only")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args()
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, python {platform.python_version()}")
+    machine = platform.processor() or platform.machine()
+    print(f"machine: {machine}, {os.cpu_count()} cpus, python {platform.python_version()}")
     print(f"onnx threads per session: {Settings().onnx_threads}")
     images = test_images()
     report = {"in_process": bench_in_process(images, args.runs)}

@@ -53,7 +53,8 @@ def main() -> None:
     base = np.median(times["v1 mesh (today)"]["face stage total"])
     print(f"{args.runs} runs, 1 face, 1 ONNX thread; medians (p10) in ms")
     for name, stages in times.items():
-        parts = ", ".join(f"{s} {np.median(v):.2f}" for s, v in stages.items() if np.median(v) > 0 and s != "face stage total")
+        parts = ", ".join(f"{s} {np.median(v):.2f}" for s, v in stages.items()
+                          if np.median(v) > 0 and s != "face stage total")
         total = stages["face stage total"]
         print(f"{name:<40} total {np.median(total):6.2f} (p10 {np.percentile(total, 10):5.2f}), "
               f"{np.median(total) - base:+5.2f} vs v1 | {parts}")

@@ -58,7 +58,8 @@ def test_compose_file_matches_the_compose_spec(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     assert compose["services"]["microfacs"]["ports"] == ["8000:8000"]
-    assert {"nginx", "microfacs-replica"} <= {n for n, s in compose["services"].items() if s.get("profiles") == ["scaled"]}
+    scaled = {name for name, service in compose["services"].items() if service.get("profiles") == ["scaled"]}
+    assert {"nginx", "microfacs-replica"} <= scaled
     assert (REPO / "deploy" / "nginx.conf").is_file()
     broken = dict(compose, services={"microfacs": {**compose["services"]["microfacs"], "restart_policy": "always"}})
     (tmp_path / "compose.yml").write_text(yaml.safe_dump(broken))
@@ -76,7 +77,7 @@ def test_kubernetes_manifests_match_their_schemas():
     import kubernetes_validate
 
     kinds = {}
-    for name, doc in k8s_documents():
+    for _name, doc in k8s_documents():
         kubernetes_validate.validate(doc, kubernetes_validate.utils.latest_version(), strict=True)
         kinds[doc["kind"]] = doc
     assert {"Deployment", "Service", "HorizontalPodAutoscaler"} <= set(kinds)
@@ -108,7 +109,7 @@ class Dockerfile:
     steps: list[tuple[str, str]] = field(default_factory=list)  # (INSTRUCTION, arguments), in order
 
     @classmethod
-    def parse(cls, text: str) -> "Dockerfile":
+    def parse(cls, text: str) -> Dockerfile:
         steps, current = [], ""
         for raw in text.splitlines():
             line = raw.strip()
@@ -188,8 +189,8 @@ def test_dockerfile_replay_serves_readyz(tmp_path, astronaut):
                 path = REPO / src
                 assert path.exists(), f"COPY {src}: not in the repository"
                 if path.is_dir():
-                    shutil.copytree(path, target if len(sources) == 1 and not dest.endswith("/") else target / path.name,
-                                    ignore=ignore, dirs_exist_ok=True)
+                    into = target if len(sources) == 1 and not dest.endswith("/") else target / path.name
+                    shutil.copytree(path, into, ignore=ignore, dirs_exist_ok=True)
                 else:
                     target.mkdir(parents=True, exist_ok=True) if dest.endswith("/") else target.parent.mkdir(
                         parents=True, exist_ok=True)
@@ -200,7 +201,8 @@ def test_dockerfile_replay_serves_readyz(tmp_path, astronaut):
                 continue
             done = subprocess.run(["sh", "-c", args], cwd=workdir, env=env, capture_output=True, text=True,
                                   timeout=300)
-            if done.returncode != 0 and ("Could not find a version" in done.stderr or "NewConnectionError" in done.stderr):
+            offline = "Could not find a version" in done.stderr or "NewConnectionError" in done.stderr
+            if done.returncode != 0 and offline:
                 pytest.skip(f"the package index is unreachable, cannot replay `RUN {args}`")
             assert done.returncode == 0, f"RUN {args}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     assert (workdir / "app" / "static" / "demo.html").is_file()

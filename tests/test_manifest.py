@@ -144,7 +144,8 @@ def test_command_line_is_the_python_dash_m_form():
         == "python -m training.train_au --final --epochs 40"
     assert command_line([str(REPO / "tools" / "update_manifest.py")]) == "python tools/update_manifest.py"
     code = "from app.manifest import command_line; print(command_line())"
-    result = subprocess.run([sys.executable, "-c", code, "--flag", "a b"], check=False, capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run([sys.executable, "-c", code, "--flag", "a b"], check=False, capture_output=True, text=True,
+                            cwd=REPO)
     assert result.stdout.strip() == "python -c --flag 'a b'"
 
 

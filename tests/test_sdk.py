@@ -10,8 +10,8 @@ import cv2
 import httpx
 import numpy as np
 import pytest
-
 from microfacs_client import AsyncClient, Client, MicroFACSError, RetryPolicy, encode_png
+
 from tests.helpers import SAMPLES, encode, requires_data
 
 
@@ -159,7 +159,7 @@ class FlakyServer:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
 
-    def __enter__(self) -> "FlakyServer":
+    def __enter__(self) -> FlakyServer:
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
         return self
 
@@ -184,9 +184,9 @@ class Sleeps:
 def test_retry_honours_retry_after_on_503():
     sleeps = Sleeps()
     policy = RetryPolicy(max_retries=3, backoff=0.01, sleep=sleeps)
-    with FlakyServer(failures=1, status=503, retry_after="1") as server:
-        with Client(server.url, api_key="s3cret", retry=policy) as client:
-            result = client.detect_faces(b"\x89PNG fake")
+    with FlakyServer(failures=1, status=503, retry_after="1") as server, \
+            Client(server.url, api_key="s3cret", retry=policy) as client:
+        result = client.detect_faces(b"\x89PNG fake")
     assert result.request_id == "r2" and result.faces == [] and result.model_extra["something_new"] == 1
     assert sleeps.waits == [1.0], "waited Retry-After: 1 second, not the 0.01 s backoff"
     h0, h1 = server.requests
@@ -208,10 +208,9 @@ def test_retry_after_as_an_http_date_uses_the_injected_clock():
 def test_retry_backoff_on_429_then_gives_up():
     sleeps = Sleeps()
     policy = RetryPolicy(max_retries=2, backoff=0.05, max_backoff=0.2, sleep=sleeps)
-    with FlakyServer(failures=10, status=429, retry_after=None) as server:
-        with Client(server.url, retry=policy) as client:
-            with pytest.raises(MicroFACSError) as caught:
-                client.detect_faces(b"x")
+    with FlakyServer(failures=10, status=429, retry_after=None) as server, Client(server.url, retry=policy) as client, \
+            pytest.raises(MicroFACSError) as caught:
+        client.detect_faces(b"x")
     assert len(server.requests) == 3  # the first try + 2 retries
     assert caught.value.status == 429 and caught.value.code == "busy" and caught.value.request_id == "r1"
     first, second = sleeps.waits
@@ -244,9 +243,9 @@ def test_connection_error_is_retried_then_typed():
     port = sock.getsockname()[1]
     sock.close()  # nothing listens there now
     sleeps = Sleeps()
-    with Client(f"http://127.0.0.1:{port}", retry=RetryPolicy(max_retries=2, sleep=sleeps), timeout=2) as client:
-        with pytest.raises(MicroFACSError) as caught:
-            client.detect_faces(b"x")
+    with Client(f"http://127.0.0.1:{port}", retry=RetryPolicy(max_retries=2, sleep=sleeps), timeout=2) as client, \
+            pytest.raises(MicroFACSError) as caught:
+        client.detect_faces(b"x")
     assert caught.value.status == 0 and caught.value.code == "connection_error"
     assert len(sleeps.waits) == 2, "two backoff waits between the three tries"
 

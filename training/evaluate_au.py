@@ -69,7 +69,7 @@ def out_of_fold_scores(cv_dir: Path, crops: np.ndarray) -> tuple[np.ndarray, np.
         meta = json.loads(path.read_text())
         session = ort.InferenceSession(str(path.with_suffix(".onnx")), options, providers=["CPUExecutionProvider"])
         anchors = np.asarray(meta["anchors"], np.float32)
-        for j, i in enumerate(meta["test_index"]):
+        for i in meta["test_index"]:
             (raw,) = session.run(None, {"input": preprocess(crops[i], meta["input_size"])})
             scores[i] = face_decisions(raw[0], anchors)[0]
             fold_of[i] = meta["fold"]

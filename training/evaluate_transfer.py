@@ -75,7 +75,8 @@ def analyse_taiwanese(analyzer: Analyzer, root: Path, limit: int = 0, prior: str
         image = cv2.imread(str(root / "images" / row["file"]), cv2.IMREAD_COLOR)
         analysis = analyzer.run(image, options, heads={"au", "expression"})
         record: dict[str, Any] = {"file": row["file"], "neutral": row["performance_type"] == "0",
-                                  "intended": TW_TO_FERPLUS[row["intended"]], "top_vote": TW_TO_FERPLUS[row["top_vote"]]}
+                                  "intended": TW_TO_FERPLUS[row["intended"]],
+                                  "top_vote": TW_TO_FERPLUS[row["top_vote"]]}
         if analysis.faces:
             face = analysis.faces[0]
             record["reasons"] = default_filter_reasons(analyzer, face)
@@ -136,7 +137,8 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
     report["au_neutral"] = {
         "faces": len(neutral),
         "present_per_face": float(np.mean([len(r["aus"]) for r in neutral])) if neutral else 0.0,
-        "rate_by_au": {au: c / max(len(neutral), 1) for au, c in Counter(a for r in neutral for a in r["aus"]).most_common()},
+        "rate_by_au": {au: c / max(len(neutral), 1)
+                       for au, c in Counter(a for r in neutral for a in r["aus"]).most_common()},
     }
     return report
 
@@ -166,17 +168,19 @@ def ferplus_neutral_aus(analyzer: Analyzer, min_votes: int = 8, limit: int = 0) 
 
 def print_report(report: dict[str, Any]) -> None:
     tw = report["taiwanese_dev"]
-    print(f"taiwanese_dev (expression prior {tw['prior']}): {tw['photos']} photos, {tw['faces_found']} faces found, {tw['faces_scored']} scored")
+    print(f"taiwanese_dev (expression prior {tw['prior']}): {tw['photos']} photos, {tw['faces_found']} faces found, "
+          f"{tw['faces_scored']} scored")
     f = tw["filters"]
     print(f"  pre-filters (service defaults): any {f['any_rate']:.3f}; "
           + ", ".join(f"{k} {v:.3f}" for k, v in f["by_reason_rate"].items()))
-    print("  occluded by intended class: " + ", ".join(f"{k} {v:.3f}" for k, v in f["occluded_rate_by_intended"].items())
-          + f"; regions {f['occluded_regions']}")
+    by_class = ", ".join(f"{k} {v:.3f}" for k, v in f["occluded_rate_by_intended"].items())
+    print(f"  occluded by intended class: {by_class}; regions {f['occluded_regions']}")
     for target in ("top_vote", "intended"):
         e = tw[f"expression_vs_{target}"]
         print(f"  expression vs {target}: accuracy {e['accuracy']:.3f}, macro-F1 {e['macro_f1']:.3f}; recall "
               + ", ".join(f"{k} {v:.2f}" for k, v in e["recall_by_class"].items()))
-    print("  predicted share: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(tw["expression_predicted_share"].items())))
+    shares = sorted(tw["expression_predicted_share"].items())
+    print("  predicted share: " + ", ".join(f"{k} {v:.2f}" for k, v in shares))
     print(f"  ECE vs top vote {tw['expression_ece_vs_top_vote']:.3f}; uncertain {tw['uncertain_rate']:.3f}, "
           f"accuracy of the rest {tw['accuracy_vs_top_vote_when_certain']:.3f}")
     au = tw["au_neutral"]

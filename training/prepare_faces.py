@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> None:
         for split in ("train", "valid", "test"):
             rows = cut(ferplus_rows(split))
             arrays = process(stage, [r.path for r in rows])
-            arrays.update(names=np.array([r.path.name for r in rows]), votes=np.array([r.votes for r in rows], np.uint8))
+            arrays.update(names=np.array([r.path.name for r in rows]),
+                          votes=np.array([r.votes for r in rows], np.uint8))
             np.savez_compressed(args.out / f"ferplus_{split}.npz", **arrays)
             print(f"ferplus {split}: {len(rows)} faces -> {args.out / f'ferplus_{split}.npz'}", flush=True)
 

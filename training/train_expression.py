@@ -216,7 +216,10 @@ def run_config(args: argparse.Namespace) -> argparse.Namespace:
 
 
 # --------------------------------------------------------------------------------------------- data
-def load_data(cfg: argparse.Namespace) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, np.ndarray], dict[str, Any]]:
+Splits = dict[str, dict[str, np.ndarray]]
+
+
+def load_data(cfg: argparse.Namespace) -> tuple[Splits, dict[str, np.ndarray], dict[str, Any]]:
     """The splits as cached, the training set as trained on (pre-screened, CK+ added, labels corrupted as
     asked), and the counts of each step."""
     cached = have_cache(cfg.cache)
@@ -273,10 +276,8 @@ def batch_loss(net: ExpressionNet, xb: torch.Tensor, yb: torch.Tensor, soft: tor
     """(loss, CE term, stats): CE on soft or majority targets, plus the metric loss unless ``--loss ce``
     (then the screening stats are still computed, for the log)."""
     logits, emb = net(xb)
-    if cfg.targets == "soft":
-        ce = -(soft * F.log_softmax(logits, 1)).sum(1).mean()
-    else:
-        ce = F.cross_entropy(logits, yb)
+    soft_ce = -(soft * F.log_softmax(logits, 1)).sum(1).mean() if cfg.targets == "soft" else None
+    ce = soft_ce if soft_ce is not None else F.cross_entropy(logits, yb)
     metric_args = {"s": cfg.s, "d": cfg.d, "margin": cfg.margin, "alpha_p": cfg.alpha_p, "alpha_n": cfg.alpha_n,
                    "mu_sigma": cfg.mu_sigma}
     if cfg.loss == "ce":

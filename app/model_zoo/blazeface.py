@@ -65,7 +65,8 @@ class BlazeFace(OnnxModel):
         h, w = image_bgr.shape[:2]
         side = max(h, w)
         scale = self.size / side
-        resized = cv2.resize(image_bgr, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        resized = cv2.resize(image_bgr, size, interpolation=cv2.INTER_AREA)
         canvas = np.zeros((self.size, self.size, 3), dtype=np.uint8)
         pad_y, pad_x = (self.size - resized.shape[0]) // 2, (self.size - resized.shape[1]) // 2
         canvas[pad_y : pad_y + resized.shape[0], pad_x : pad_x + resized.shape[1]] = resized

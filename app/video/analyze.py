@@ -146,7 +146,7 @@ class VideoAnalyzer:
             analysed += 1
             if on_frame is not None:
                 seen = [(tr.track_id, tr.records[-1]) for tr in tracker.live
-                        if tr.confirmed and tr.records and tr.records[-1].frame == frame.index]
+                        if tr.track_id is not None and tr.records and tr.records[-1].frame == frame.index]
                 on_frame(frame.index, frame.t, image, seen)
         with timings.stage("events"):
             tracks = [self._track_out(track, options) for track in tracker.tracks()]

@@ -217,6 +217,6 @@ def series_signals(frames: list[dict]) -> dict[tuple[str, str], np.ndarray]:
         if kind == "au":
             values = [np.nan if not f.get("action_units") else f["action_units"].get(name, np.nan) for f in frames]
         else:
-            values = [np.nan if not f.get("expression") else f["expression"]["scores"].get(name, np.nan) for f in frames]
+            values = [f["expression"]["scores"].get(name, np.nan) if f.get("expression") else np.nan for f in frames]
         out[kind, name] = np.array(values, dtype=np.float64)
     return out

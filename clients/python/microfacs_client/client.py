@@ -133,7 +133,8 @@ class _Base:
                  retry: Optional[RetryPolicy], channel_order: str, headers: Optional[dict[str, str]]) -> None:
         self.base_url = (base_url or os.environ.get("MICROFACS_URL") or DEFAULT_URL).rstrip("/")
         self.api_key = api_key if api_key is not None else os.environ.get("MICROFACS_API_KEY")
-        self.timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout, connect=min(timeout, 10.0))
+        self.timeout = (timeout if isinstance(timeout, httpx.Timeout)
+                        else httpx.Timeout(timeout, connect=min(timeout, 10.0)))
         self.retry = retry or RetryPolicy()
         self.channel_order = channel_order
         self.headers = {"User-Agent": "microfacs-client", **(headers or {})}
