@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from itertools import pairwise
 
 import numpy as np
-from scipy.ndimage import median_filter, percentile_filter
 
 from app.respond import unit_interval
 from app.schemas import VideoEvent
@@ -100,6 +99,8 @@ def baseline(values: np.ndarray, t: np.ndarray, window_s: float, percentile: flo
     size = max(1, round(window_s * rate))
     if size >= n:
         return np.full(n, np.percentile(values, percentile))
+    from scipy.ndimage import percentile_filter  # imported on first use: scipy costs ~40 MiB per worker
+
     return percentile_filter(values, percentile, size=size, mode="nearest")
 
 
@@ -129,6 +130,8 @@ def spot(values: np.ndarray, t: np.ndarray, params: EventParams, rest: np.ndarra
     if len(t) < 3:
         return []
     filled, usable = bridge_gaps(values, t, params.max_gap_s)
+    from scipy.ndimage import median_filter
+
     smooth = median_filter(filled, size=3, mode="nearest")
     calm = usable & ~np.isnan(np.asarray(values, dtype=np.float64))
     if rest is not None and (calm & rest).sum() >= 3:

@@ -24,7 +24,6 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from app.analyzer import Analyzer, FaceAnalysis, FaceOptions, Timings, mesh_box
 from app.boxes import box_iou
@@ -99,6 +98,8 @@ def assign(cost: np.ndarray) -> list[tuple[int, int]]:
     if cost.size == 0 or not np.isfinite(cost).any():
         return []
     finite = np.where(np.isfinite(cost), cost, 1e6)
+    from scipy.optimize import linear_sum_assignment  # imported on first use: scipy costs ~40 MiB per worker
+
     rows, cols = linear_sum_assignment(finite)
     return [(int(r), int(c)) for r, c in zip(rows, cols) if np.isfinite(cost[r, c])]
 
