@@ -19,7 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from app.align import AlignedFace, align_face
+from app.align import AlignedFace
 from app.manifest import update_entry
 from app.model_zoo.expression import ExpressionRecognizer
 from training.common import require_file, run_cli
@@ -99,26 +99,29 @@ def score_ferplus_test(rec: ExpressionRecognizer, crops: np.ndarray, votes: np.n
 
 
 def score_ferplus_pngs(rec: ExpressionRecognizer, models_dir: Path, crops: np.ndarray, count: int) -> dict:
-    """The first ``count`` FER+ Test PNGs through the face_crop path (mesh + alignment), and how often the
-    label matches the one of the cached crop."""
-    from app.landmarks import LandmarkStage
-    from app.model_zoo.face_mesh import FaceMesh
+    """The first ``count`` FER+ Test PNGs through the service's own path (``Analyzer.run`` with ``face_crop``:
+    mesh, alignment, expression head; pre-filters off, FER+'s prior as for the cached numbers), and how often
+    the label matches the one of the cached crop."""
+    from app.analyzer import Analyzer, FaceOptions
+    from app.settings import Settings
 
     names = list(FERPLUS_CLASSES)
-    stage = LandmarkStage(FaceMesh(models_dir))
+    analyzer = Analyzer(Settings(models_dir=models_dir))
+    options = FaceOptions(side_face_filter=False, occlusion_filter=False, face_crop=True, expression_prior="ferplus")
     rows = ferplus_rows("test")[:count]
     hits = agree = n = 0
     for i, row in enumerate(rows):
         if row.majority is None:
             continue
-        image = cv2.imread(str(row.path), cv2.IMREAD_COLOR)
-        mesh = stage.from_face_crop(image)
-        r = rec.predict(align_face(image, mesh.landmarks))
-        label = names.index(r.label)
+        face = analyzer.run(row.path.read_bytes(), options, heads={"expression"}).faces[0]
+        if face.filtered:  # only an unusable mesh stops the head here: count it as a miss
+            n += 1
+            continue
+        label = names.index(face.outputs["expression"].label)
         hits += label == row.majority
         agree += label == names.index(rec.predict(aligned_from_grey(crops[i])).label)
         n += 1
-    print(f"FER+ Test PNGs via face_crop path (first {len(rows)}, n={n}): accuracy {hits / n:.4f}, "
+    print(f"FER+ Test PNGs via the Analyzer's face_crop path (first {len(rows)}, n={n}): accuracy {hits / n:.4f}, "
           f"same label as the cached crop {agree / n:.1%}")
     return {"n": n, "accuracy": hits / n, "agreement_with_cache": agree / n}
 
