@@ -1,16 +1,19 @@
 """GET /demo in a real headless browser (Debian's chromium driven by playwright): upload the astronaut,
-wait for the analysis, and check that the screenshot shows the face box drawn over the face."""
+wait for the analysis, and check that the screenshot shows the face box drawn over the face; upload a clip
+and check its timeline; upload files the service refuses and check that its own error message is shown."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from tests.helpers import REPO, encode
+from tests.helpers import REPO, SAMPLES, encode, requires_data
 
 CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -34,7 +37,11 @@ def test_demo_page_served(client):
     page = client.get("/demo")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
     assert "/static/demo.js" in page.text and "appears to show" in page.text
-    assert client.get("/static/demo.js").status_code == 200
+    script = client.get("/static/demo.js")
+    assert script.status_code == 200
+    assert "/analyze-video" in script.text and 'id="every"' in page.text
+    # expressions are what a face appears to show, never a reading of feelings
+    assert "emotion" not in (page.text + script.text).lower()
 
 
 def test_demo_in_browser_draws_the_overlay(live_url, astronaut, tmp_path):
@@ -88,3 +95,87 @@ def test_demo_in_browser_draws_the_overlay(live_url, astronaut, tmp_path):
     assert amber.sum() > 50, "present AUs' boxes are drawn in amber"
     # and the photo itself is drawn under the overlay (not a blank canvas)
     assert shot.std() > 30
+
+
+@contextlib.contextmanager
+def demo_page(live_url: str) -> Iterator[tuple[object, list[str], list[str]]]:
+    """The demo page in a fresh headless chromium: (page, page errors, POSTed URLs)."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the dev extra has it)")
+    executable = chromium_path()
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            posts: list[str] = []
+            page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
+            page.goto(f"{live_url}/demo")
+            page.wait_for_function("document.querySelectorAll('#endpoint option').length > 0")
+            yield page, errors, posts
+        finally:
+            browser.close()
+
+
+def test_demo_in_browser_draws_a_clip_timeline(live_url):
+    clip = requires_data(SAMPLES / "single_face.mp4")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with demo_page(live_url) as (page, errors, posts):
+        assert page.input_value("#every") == "2"
+        page.set_input_files("#file", str(clip))
+        page.wait_for_selector("#status[data-state=done]", timeout=180_000)
+        status = page.inner_text("#status")
+        assert "1 track" in status and "frames analysed" in status, status
+        assert any("/analyze-video?" in url and "every=2" in url for url in posts), posts
+        assert '"tracks"' in page.inner_text("#json")
+        result = page.evaluate("JSON.parse(document.getElementById('json').textContent)")
+        assert len(result["tracks"]) == 1 and result["tracks"][0]["events"]
+        timelines = page.locator("#timelines canvas.timeline")
+        assert timelines.count() == 1
+        assert page.locator("#canvas").is_hidden(), "the image canvas makes way for the timeline"
+        section = page.inner_text("#timelines")
+        assert "Track 0" in section and "probability" in section and "micro" in section  # heading and legend
+        if any(e["kind"] == "expression" for e in result["tracks"][0]["events"]):
+            assert "appears to show" in section
+        page.screenshot(path=str(SCREENSHOTS / "demo_video.png"), full_page=True)
+        png = timelines.first.screenshot(path=str(SCREENSHOTS / "demo_video_timeline.png"))
+        assert not errors, errors
+
+    shot = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+    assert shot.shape[0] > 150 and shot.shape[1] > 300
+    assert shot.std() > 20, "the timeline is drawn (not a blank canvas)"
+    spread = shot.max(axis=2).astype(int) - shot.min(axis=2).astype(int)
+    assert (spread > 100).sum() > 500, "coloured curves and event bands are on the timeline"
+
+
+def test_demo_shows_the_servers_error_and_clears_the_previous_result(live_url, astronaut, tmp_path):
+    image = tmp_path / "astronaut.png"
+    image.write_bytes(encode(astronaut, ".png"))
+    broken_clip = tmp_path / "broken.mp4"
+    broken_clip.write_bytes(b"this is not a video at all" * 40)
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image either")
+    with demo_page(live_url) as (page, errors, posts):
+        page.set_input_files("#file", str(image))
+        page.wait_for_selector("#status[data-state=done]", timeout=30_000)
+        assert page.locator("#faces li").count() == 1
+
+        # a clip the service cannot read: its JSON error on the page, the astronaut's result gone
+        page.set_input_files("#file", str(broken_clip))
+        page.wait_for_selector("#status[data-state=error]", timeout=30_000)
+        status = page.inner_text("#status")
+        assert "415" in status and "not a video in a supported container" in status, status
+        assert '"unsupported_media_type"' in page.inner_text("#json")
+        assert '"faces"' not in page.inner_text("#json")
+        assert page.locator("#faces li").count() == 0 and page.locator("#canvas").is_hidden()
+        assert page.locator("#timelines canvas").count() == 0
+        assert any("/analyze-video" in url for url in posts), posts
+
+        # a file that is neither: the image endpoint answers, and its message (not a browser error) is shown
+        page.set_input_files("#file", str(text))
+        page.wait_for_function("document.getElementById('status').textContent.includes('not an image')",
+                               timeout=30_000)
+        assert page.get_attribute("#status", "data-state") == "error"
+        assert "InvalidStateError" not in page.inner_text("#status")
+        page.screenshot(path=str(SCREENSHOTS / "demo_error.png"), full_page=True)
+        assert not errors, errors
