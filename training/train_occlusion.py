@@ -1,19 +1,30 @@
 """Train the per-region occlusion classifier (eyes, nose, mouth, brows) and export it to ONNX.
 
 Data: FER+ Train aligned crops from runs/cache (made by training/prepare_faces.py with the service's
-own landmark + alignment code); about half of each batch gets 1-3 synthetic occluders from
+own landmark + alignment code); part of each batch gets 1-3 synthetic occluders from
 training/occluders.py, drawn on the fly. Validation: FER+ Valid, every face once clean and once with a
-fixed, seeded occluder draw. FER+ has naturally occluded faces (hands, glasses, hair, text); they count
-as "clean" here, so the clean labels carry some noise.
+fixed, seeded occluder draw, plus the CK+ held-out subjects (clean).
 
-    python -m training.train_occlusion                       # full run (~25 min on 1 CPU thread)
+v2 (issue 10) levers, all on by default:
+* hard negatives (``training_pool``): FER+ faces whose majority vote is happiness, surprise, disgust or fear,
+  or whose mesh shows a wide-open mouth, and the CK+ faces of the training subjects (every 5th sorted subject
+  id is held out), are shown clean more often (``--hard-clean-fraction``) than other faces
+  (``--clean-fraction``), so that teeth, open jaws and pressed lips are learnt as visible;
+* FER+ "clean" faces that are really occluded (hands, sunglasses, text: label noise) are dropped when the
+  installed model scores them >= ``--drop-clean-above`` in any region (train pool and the Valid clean set);
+* v2 occluder families (fingers, clear glasses, hair, phone, cup, half-region covers);
+* ``--band-limit 48``: a fixed in-graph low-pass (resize to 48x48 and back) and ``--degrade``: composites taken
+  to 36-56 px and back, so that a sharp photo is not read as occluded and sharpness is no occluder cue.
+
+    python -m training.train_occlusion                       # full run (~12 min on 1 CPU thread + 1 worker)
     python -m training.train_occlusion --smoke --out /tmp/occ # plumbing check, < 60 s
 
 Writes <out>/occlusion.onnx (and, unless --smoke or --no-install, models/occlusion.onnx plus its
 manifest entry with per-region thresholds), <out>/train.log lines on stdout, <out>/best.pt.
 
-Thresholds: per region, the smallest t >= 0.5 for which at most 2% of the clean FER+ Valid faces score
->= t (false-occlusion rate <= 2% on clean faces, which the natural FER+ occlusions make pessimistic).
+Thresholds: per region, the smallest t >= ``--min-threshold`` (0.5) for which at most ``--max-false-occlusion``
+(1%) of the screened clean FER+ Valid faces, and at most twice that of each expressive FER+ Valid class and of
+the CK+ held-out subjects, score >= t. taiwanese_dev plays no part in any of it (validation only).
 """
 from __future__ import annotations
 
@@ -32,13 +43,18 @@ from app.align import grey_input
 from training.data import REPO_ROOT, RUNS_DIR
 from training.macs import count_macs
 from training.occluders import (
-    HELDOUT_IMAGES, REGIONS, TRAIN_IMAGES, load_images, occlude,
+    HELDOUT_IMAGES, REGIONS, TRAIN_FAMILIES, TRAIN_IMAGES, TRAIN_WEIGHTS, V1_FAMILIES, V1_WEIGHTS, load_images,
+    occlude,
 )
 
 INPUT_SIZE = 64
 SEED = 20240611
-MAX_FALSE_OCCLUSION = 0.02
+MAX_FALSE_OCCLUSION = 0.01  # v2: on the screened FER+ Valid clean faces; 2x that per expressive class and on CK+
 MIN_THRESHOLD = 0.5
+FERPLUS_VOTES = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt", "unknown", "NF")
+EXPRESSIVE = ("happiness", "surprise", "disgust", "fear")  # broad smiles, open mouths, bared teeth, stretched lips
+MOUTH_OPEN = 0.15  # inner-lip gap / mouth width (mesh landmarks) above which a mouth counts as wide open
+CKPLUS_HOLDOUT_EVERY = 5  # every 5th CK+ subject (sorted ids) held out, as training/train_expression.py does
 
 
 # ------------------------------------------------------------------------------------------ model
@@ -46,12 +62,26 @@ def conv_bn(cin: int, cout: int, stride: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
+def band_limit_matrix(size: int = INPUT_SIZE, via: int = 48) -> np.ndarray:
+    """(size, size) matrix A with A @ x @ A.T == resizing x to via x via (cv2.INTER_AREA) and back (INTER_LINEAR):
+    a fixed low-pass that caps every input at the resolution of the 48x48 FER+ / CK+ training faces."""
+    eye = np.eye(size, dtype=np.float32)
+    down = cv2.resize(eye, (via, size), interpolation=cv2.INTER_AREA).T  # (via, size)
+    up = cv2.resize(np.eye(via, dtype=np.float32), (size, via), interpolation=cv2.INTER_LINEAR).T  # (size, via)
+    return (up @ down).astype(np.float32)
+
+
 class OcclusionNet(nn.Module):
     """64x64 grey (0..255) -> 4 logits. Spatial features are flattened, not pooled: each output must
-    know *where* in the aligned crop the evidence is."""
+    know *where* in the aligned crop the evidence is. With ``band_limit`` (v2: 48) the input first goes through
+    a fixed, exported low-pass (``band_limit_matrix``): sharp service photos then look like the 48x48 training
+    faces, and an occluder cannot be told by its sharpness alone."""
 
-    def __init__(self, width: int = 12) -> None:
+    def __init__(self, width: int = 12, band_limit: int = 0) -> None:
         super().__init__()
+        self.band_limit = band_limit
+        if band_limit:
+            self.register_buffer("lowpass", torch.from_numpy(band_limit_matrix(INPUT_SIZE, band_limit)))
         w = width
         self.features = nn.Sequential(
             conv_bn(1, w, 2),            # 32x32
@@ -65,6 +95,8 @@ class OcclusionNet(nn.Module):
                                   nn.Linear(64, len(REGIONS)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.band_limit:
+            x = torch.matmul(torch.matmul(self.lowpass, x), self.lowpass.t())
         return self.head(self.features((x - 127.5) / 64.0))
 
 
@@ -83,6 +115,15 @@ def to_input(crop: np.ndarray) -> np.ndarray:
     return grey_input(crop, INPUT_SIZE).astype(np.float32)
 
 
+def degrade(image: np.ndarray, rng: np.random.Generator, lo: int = 36, hi: int = 56) -> np.ndarray:
+    """The whole composite (face + occluders) down to lo..hi pixels and back: occluders drawn at 112 px get the
+    resolution of the 48x48 faces they sit on, so sharpness is no cue for occlusion."""
+    size = image.shape[0]
+    side = int(rng.integers(lo, hi + 1))
+    small = cv2.resize(image, (side, side), interpolation=cv2.INTER_AREA)
+    return cv2.resize(small, (size, size), interpolation=cv2.INTER_LINEAR)
+
+
 def photometric(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Small geometric jitter (alignment error), contrast/brightness/gamma, blur or sharpening, noise."""
     img = image.astype(np.float32)
@@ -99,11 +140,11 @@ def photometric(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     if rng.random() < 0.3:
         img = 255 * (np.clip(img, 0, 255) / 255) ** rng.uniform(0.6, 1.6)
     r = rng.random()
-    if r < 0.25:
+    if r < 0.2:
         img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.4, 1.3))
-    elif r < 0.45:
+    elif r < 0.5:
         blur = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.8, 2.0))
-        img = img + rng.uniform(0.3, 1.2) * (img - blur)
+        img = img + rng.uniform(0.3, 1.5) * (img - blur)
     if rng.random() < 0.4:
         img = img + rng.normal(0, rng.uniform(1, 8), img.shape)
     return np.clip(img, 0, 255).astype(np.uint8)
@@ -114,12 +155,80 @@ def load_cache(name: str, cache_dir: Path = RUNS_DIR / "cache") -> dict[str, np.
     if not path.is_file():
         raise SystemExit(f"{path} is missing: run `python -m training.prepare_faces` first")
     data = np.load(path)
-    return {"crops": data["crops"], "landmarks": data["landmarks"].astype(np.float32)}
+    out = {"crops": data["crops"], "landmarks": data["landmarks"].astype(np.float32)}
+    for key in ("votes", "subjects", "emotions"):
+        if key in data.files:
+            out[key] = data[key]
+    return out
+
+
+# ------------------------------------------------------------------------------- hard negatives
+def mouth_open_ratio(landmarks: np.ndarray) -> np.ndarray:
+    """(N, 468, 2) -> inner-lip gap (13-14) over mouth width (61-291): the mesh's own evidence of an open mouth."""
+    gap = np.linalg.norm(landmarks[:, 13] - landmarks[:, 14], axis=1)
+    return gap / np.maximum(np.linalg.norm(landmarks[:, 61] - landmarks[:, 291], axis=1), 1e-6)
+
+
+def expressive_mask(votes: np.ndarray, classes: tuple[str, ...] = EXPRESSIVE) -> np.ndarray:
+    """FER+ faces whose majority vote is one of ``classes`` (default happiness, surprise, disgust, fear)."""
+    majority = votes[:, :8].argmax(1)
+    return np.isin(majority, [FERPLUS_VOTES.index(c) for c in classes])
+
+
+def ckplus_heldout(subjects: np.ndarray, every: int = CKPLUS_HOLDOUT_EVERY) -> np.ndarray:
+    """True for the faces of every ``every``-th CK+ subject (sorted ids): split by subject, never by image."""
+    ids = sorted(set(subjects.tolist()))
+    held = {sid for i, sid in enumerate(ids) if i % every == 0}
+    return np.array([sid in held for sid in subjects])
+
+
+def screen_natural_occlusions(crops: np.ndarray, models_dir: Path, threshold: float) -> np.ndarray:
+    """True where the (previous) installed occlusion model scores any region >= ``threshold``: FER+ "clean"
+    faces that are really occluded (hands, sunglasses, text...). They leave the clean pool."""
+    from app.model_zoo.occlusion import OcclusionClassifier
+    from training.evaluate_occlusion import score
+
+    return (score(OcclusionClassifier(models_dir), crops) >= threshold).any(1)
+
+
+def training_pool(train: dict, ckplus: dict | None, args) -> tuple[dict, dict]:
+    """FER+ Train (minus screened natural occlusions) + CK+ training subjects (repeated), with a per-face
+    probability of being shown clean: higher for expressive FER+ faces, open mouths and CK+ peaks, so that
+    teeth, open jaws and pressed lips are learnt as *not* occluded."""
+    n = len(train["crops"])
+    keep = np.ones(n, bool)
+    info: dict = {"ferplus_train": n}
+    if args.drop_clean_above > 0:
+        keep = ~screen_natural_occlusions(train["crops"], args.screen_models_dir, args.drop_clean_above)
+        info["ferplus_dropped_natural_occlusion"] = int((~keep).sum())
+    clean_p = np.full(n, args.clean_fraction, np.float32)
+    hard = np.zeros(n, bool)
+    if "votes" in train:
+        hard |= expressive_mask(train["votes"], tuple(args.hard_classes.split(",")))
+    hard |= mouth_open_ratio(train["landmarks"]) > MOUTH_OPEN
+    clean_p[hard] = args.hard_clean_fraction
+    info["ferplus_hard_negatives"] = int((hard & keep).sum())
+    crops, marks, probs = [train["crops"][keep]], [train["landmarks"][keep]], [clean_p[keep]]
+    if ckplus is not None and args.ckplus_repeat > 0:
+        take = ~ckplus_heldout(ckplus["subjects"])
+        for _ in range(args.ckplus_repeat):
+            crops.append(ckplus["crops"][take])
+            marks.append(ckplus["landmarks"][take])
+            probs.append(np.full(int(take.sum()), args.hard_clean_fraction, np.float32))
+        info["ckplus_train_faces"] = int(take.sum())
+        info["ckplus_train_subjects"] = len(set(ckplus["subjects"][take].tolist()))
+    pool = {"crops": np.concatenate(crops), "landmarks": np.concatenate(marks), "clean_p": np.concatenate(probs)}
+    info["pool"] = len(pool["crops"])
+    return pool, info
 
 
 class OccludedTrainSet(torch.utils.data.Dataset):
-    def __init__(self, crops: np.ndarray, landmarks: np.ndarray, seed: int, clean_fraction: float = 0.5) -> None:
-        self.crops, self.landmarks, self.seed, self.clean_fraction = crops, landmarks, seed, clean_fraction
+    def __init__(self, crops: np.ndarray, landmarks: np.ndarray, seed: int, clean_fraction=0.5,
+                 families: tuple[str, ...] = TRAIN_FAMILIES, weights: tuple[float, ...] = TRAIN_WEIGHTS,
+                 degrade_p: float = 0.0) -> None:
+        self.crops, self.landmarks, self.seed, self.degrade_p = crops, landmarks, seed, degrade_p
+        self.clean_fraction = np.broadcast_to(np.asarray(clean_fraction, np.float32), (len(crops),))
+        self.families, self.weights = families, weights
         self.epoch = 0
         self.ctx: dict | None = None
 
@@ -135,30 +244,31 @@ class OccludedTrainSet(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         rng = np.random.default_rng([self.seed, self.epoch, i])
         crop = self.crops[i]
-        if rng.random() < self.clean_fraction:
+        if rng.random() < self.clean_fraction[i]:
             image, labels, weights = crop, np.zeros(len(REGIONS), np.float32), np.ones(len(REGIONS), np.float32)
         else:
             try:
-                occ = occlude(crop, self.landmarks[i], rng, self._context())
+                occ = occlude(crop, self.landmarks[i], rng, self._context(), self.families, self.weights)
                 image, labels, weights = occ.image, occ.labels, occ.weights
             except (ValueError, cv2.error) as exc:  # degenerate landmarks: keep the face clean
                 print(f"occluder failed on train face {i}: {exc}", flush=True)
                 image, labels, weights = crop, np.zeros(len(REGIONS), np.float32), np.ones(len(REGIONS), np.float32)
+        if self.degrade_p and rng.random() < self.degrade_p:
+            image = degrade(image, rng)
         x = to_input(photometric(image, rng))[None]
         return torch.from_numpy(x), torch.from_numpy(labels), torch.from_numpy(weights)
 
 
 def fixed_occluded_set(crops: np.ndarray, landmarks: np.ndarray, seed: int, images_names=TRAIN_IMAGES,
-                       families=None, other_pool: np.ndarray | None = None, heldout: bool = False):
+                       families=None, other_pool: np.ndarray | None = None, heldout: bool = False,
+                       weights: tuple[float, ...] | None = None):
     """Every face once with a seeded occluder draw (1-3 occluders). Returns inputs, labels, fractions."""
-    from training.occluders import TRAIN_FAMILIES, TRAIN_WEIGHTS
-
     pool = crops if other_pool is None else other_pool
     ctx = {"images": load_images(images_names), "other_crop": lambda r: pool[r.integers(len(pool))]}
     if heldout:
         ctx["heldout_images"] = load_images(HELDOUT_IMAGES)
     fams = families or TRAIN_FAMILIES
-    w = TRAIN_WEIGHTS if families is None else None
+    w = TRAIN_WEIGHTS if families is None else weights
     xs, labels, fractions = [], [], []
     for i in range(len(crops)):
         rng = np.random.default_rng([seed, i])
@@ -180,11 +290,17 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
-def choose_thresholds(clean_probs: np.ndarray) -> dict[str, float]:
+def choose_thresholds(clean_probs: np.ndarray, max_rate: float = MAX_FALSE_OCCLUSION,
+                      extra: list[tuple[np.ndarray, float]] = (), floor: float = MIN_THRESHOLD) -> dict[str, float]:
+    """Per region, the smallest t >= ``floor`` with at most ``max_rate`` of ``clean_probs`` at or above t and
+    at most each ``extra`` set's own rate of its faces (CK+ held-out subjects, FER+ expressive classes)."""
     out = {}
     for k, name in enumerate(REGIONS):
-        q = float(np.quantile(clean_probs[:, k], 1 - MAX_FALSE_OCCLUSION, method="higher"))
-        out[name] = round(max(MIN_THRESHOLD, min(q + 1e-4, 0.99)), 4)
+        t = floor
+        for probs, rate in [(clean_probs, max_rate), *extra]:
+            if len(probs):
+                t = max(t, float(np.quantile(probs[:, k], 1 - rate, method="higher")) + 1e-4)
+        out[name] = round(min(t, 0.99), 4)
     return out
 
 
@@ -226,7 +342,11 @@ def export_onnx(net: nn.Module, path: Path) -> float:
     return float(np.abs(ref - got).max())
 
 
-def manifest_entry(thresholds: dict[str, float], metrics: dict, macs: int, diff: float, version: str) -> dict:
+def manifest_entry(thresholds: dict[str, float], metrics: dict, macs: int, diff: float, version: str,
+                   args: argparse.Namespace | None = None) -> dict:
+    floor = args.min_threshold if args else MIN_THRESHOLD
+    rate = args.max_false_occlusion if args else MAX_FALSE_OCCLUSION
+    band = args.band_limit if args else 0
     return {
         "version": version,
         "file": "occlusion.onnx",
@@ -239,17 +359,22 @@ def manifest_entry(thresholds: dict[str, float], metrics: dict, macs: int, diff:
         "outputs": {"probabilities": "[batch, 4]: sigmoid probability that each region is occluded, order = classes"},
         "classes": list(REGIONS),
         "thresholds": thresholds,
-        "threshold_rule": f"per region, the smallest t >= {MIN_THRESHOLD} with <= {MAX_FALSE_OCCLUSION:.0%} of clean "
-                          "FER+ Valid faces at or above t",
+        "threshold_rule": f"per region, the smallest t >= {floor} with <= {rate:.1%} of the clean FER+ Valid faces "
+                          "(less those the previous model scores >= --drop-clean-above) at or above t, and <= "
+                          f"{2 * rate:.1%} of each expressive FER+ Valid class (happiness, surprise, disgust, fear) "
+                          "and of the CK+ held-out subjects (every 5th sorted id)",
         "label_rule": ">= 30% of the region's landmark mask covered by occluders (alpha > 0.5); 15-30% ignored "
                       "in training",
-        "architecture": f"6 conv3x3-BN-ReLU (4 stride 2) + 2 linear, {macs / 1e6:.2f} M MACs "
+        "architecture": (f"fixed low-pass (resize to {band}x{band} and back, as two constant MatMuls), " if band
+                         else "") + f"6 conv3x3-BN-ReLU (4 stride 2) + 2 linear, {macs / 1e6:.2f} M MACs "
                         f"({2 * macs / 1e6:.1f} MFLOPs)",
         "export_check": f"max |torch - onnx| = {diff:.1e} on random input (training/train_occlusion.py)",
         "metrics": metrics,
         "training_data": "FER+ Train aligned crops (runs/cache/ferplus_train.npz) + synthetic occluders "
                          "(training/occluders.py: hands, bars, scarves, sunglasses, masks, textures, real image "
-                         "patches); about half the samples clean",
+                         "patches; v2 adds fingers, clear glasses, hair, phones, cups, half-region covers); "
+                         "v2 also: CK+ training subjects and expressive / open-mouth FER+ faces shown clean more "
+                         "often (hard negatives), FER+ faces the previous model scores >= 0.9 dropped",
         "licence": "research use only (trained on FER2013 pixels)",
         "card": "OCCLUSION.md",
         "bytes": 0,
@@ -291,37 +416,85 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--version", default="1.0.0")
     parser.add_argument("--init", type=Path, default=None,
                         help="start from this best.pt; with --epochs 0 only re-pick thresholds, export, install")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--families", choices=["v1", "v2"], default="v2", help="occluder families (v1: 1.x models)")
+    parser.add_argument("--clean-fraction", type=float, default=0.45, help="share of ordinary faces shown clean")
+    parser.add_argument("--hard-clean-fraction", type=float, default=0.7,
+                        help="share shown clean of the hard negatives: expressive FER+ faces (majority happiness, "
+                             "surprise, disgust, fear), mesh-open mouths, CK+ training subjects")
+    parser.add_argument("--hard-classes", default=",".join(EXPRESSIVE),
+                        help="FER+ majority classes whose clean faces are hard negatives (comma-separated)")
+    parser.add_argument("--band-limit", type=int, default=48,
+                        help="fixed in-graph low-pass: input resized to this side and back (0: none, as in 1.x)")
+    parser.add_argument("--degrade", type=float, default=0.5,
+                        help="share of training composites (face + occluders) taken down to 36-56 px and back")
+    parser.add_argument("--ckplus-repeat", type=int, default=4,
+                        help="times each CK+ training-subject face joins the pool (0: no CK+); every 5th subject "
+                             "is held out for evaluation and threshold choice")
+    parser.add_argument("--drop-clean-above", type=float, default=0.9,
+                        help="drop FER+ Train faces that the installed model (--screen-models-dir) scores >= this "
+                             "in any region (natural occlusions trained as clean); also screens the Valid clean "
+                             "faces used for thresholds; 0: off")
+    parser.add_argument("--screen-models-dir", type=Path, default=REPO_ROOT / "models")
+    parser.add_argument("--min-threshold", type=float, default=MIN_THRESHOLD,
+                        help="no region's threshold below this (the model's own decision point by default)")
+    parser.add_argument("--max-false-occlusion", type=float, default=MAX_FALSE_OCCLUSION,
+                        help="threshold rule: per region at most this share of the (screened) clean FER+ Valid faces "
+                             "flagged, and at most twice this on each expressive FER+ Valid class and on the CK+ "
+                             "held-out subjects")
     args = parser.parse_args(argv)
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.time()
 
+    families, weights = (TRAIN_FAMILIES, TRAIN_WEIGHTS) if args.families == "v2" else (V1_FAMILIES, V1_WEIGHTS)
+    ck_heldout = None
     if args.smoke:
         data = load_cache("ckplus", args.cache)
         n_train = min(192, len(data["crops"]) * 2 // 3)
         train = {k: v[:n_train] for k, v in data.items()}
         valid = {k: v[n_train : n_train + 128] for k, v in data.items()}
         args.epochs, args.workers = 1, 0
+        pool, info = {**train, "clean_p": np.full(n_train, args.clean_fraction, np.float32)}, {"smoke": n_train}
+        valid_keep = np.ones(len(valid["crops"]), bool)
     else:
         train, valid = load_cache("ferplus_train", args.cache), load_cache("ferplus_valid", args.cache)
-    print(f"train {len(train['crops'])}  valid {len(valid['crops'])}", flush=True)
+        ckplus = load_cache("ckplus", args.cache)
+        held = ckplus_heldout(ckplus["subjects"])
+        ck_heldout = np.stack([to_input(c) for c in ckplus["crops"][held]])[:, None]
+        pool, info = training_pool(train, ckplus if args.ckplus_repeat > 0 else None, args)
+        valid_keep = np.ones(len(valid["crops"]), bool)
+        if args.drop_clean_above > 0:
+            valid_keep = ~screen_natural_occlusions(valid["crops"], args.screen_models_dir, args.drop_clean_above)
+        info.update(ferplus_valid_screened_out=int((~valid_keep).sum()), ckplus_heldout_faces=int(held.sum()))
+    print(f"train pool {json.dumps(info)}  valid {len(valid['crops'])}", flush=True)
 
     valid_clean = np.stack([to_input(c) for c in valid["crops"]])[:, None]
-    valid_occ, valid_y, _ = fixed_occluded_set(valid["crops"], valid["landmarks"], args.seed + 1)
+    valid_occ, valid_y, _ = fixed_occluded_set(valid["crops"], valid["landmarks"], args.seed + 1, families=families,
+                                               weights=weights)
+    valid_major = valid["votes"][:, :8].argmax(1) if "votes" in valid else np.zeros(len(valid_keep), int)
+
+    def thresholds_for(clean_p: np.ndarray, ck_p: np.ndarray | None) -> dict[str, float]:
+        extra = [(clean_p[valid_keep & (valid_major == FERPLUS_VOTES.index(c))], 2 * args.max_false_occlusion)
+                 for c in EXPRESSIVE if (valid_keep & (valid_major == FERPLUS_VOTES.index(c))).sum() >= 50]
+        if ck_p is not None:
+            extra.append((ck_p, 2 * args.max_false_occlusion))
+        return choose_thresholds(clean_p[valid_keep], args.max_false_occlusion, extra, args.min_threshold)
     print(f"valid occluded set: positives per region {dict(zip(REGIONS, valid_y.sum(0).astype(int).tolist()))} "
           f"({time.time() - start:.0f}s)", flush=True)
 
-    net = OcclusionNet(args.width)
+    net = OcclusionNet(args.width, args.band_limit)
     if args.init is not None:
         checkpoint = torch.load(args.init)
-        net = OcclusionNet(checkpoint["width"])
+        net = OcclusionNet(checkpoint["width"], checkpoint.get("band_limit", 0))
         net.load_state_dict(checkpoint["state"])
         print(f"initialised from {args.init} (epoch {checkpoint['epoch']})", flush=True)
     macs = count_macs(net, INPUT_SIZE)
     print(f"model: {sum(p.numel() for p in net.parameters())} parameters, {macs / 1e6:.2f} M MACs", flush=True)
-    dataset = OccludedTrainSet(train["crops"], train["landmarks"], args.seed)
+    dataset = OccludedTrainSet(pool["crops"], pool["landmarks"], args.seed, pool["clean_p"], families, weights,
+                               args.degrade)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch, shuffle=True, num_workers=args.workers,
                                          drop_last=True, persistent_workers=False,
                                          generator=torch.Generator().manual_seed(args.seed))
@@ -344,30 +517,40 @@ def main(argv: list[str] | None = None) -> None:
             sched.step()
             total, n = total + loss.item() * len(x), n + len(x)
         clean_p, occ_p = predict(net, valid_clean), predict(net, valid_occ)
-        thresholds = choose_thresholds(clean_p)
+        ck_p = predict(net, ck_heldout) if ck_heldout is not None else None
+        thresholds = thresholds_for(clean_p, ck_p)
         recalls = [float(np.mean(occ_p[valid_y[:, k] > 0.5, k] >= thresholds[r])) for k, r in enumerate(REGIONS)]
         score = float(np.mean(recalls))
         print(f"epoch {epoch + 1}/{args.epochs} loss {total / max(n, 1):.4f} valid recall@thr "
               f"{' '.join(f'{r}={v:.3f}' for r, v in zip(REGIONS, recalls))} mean {score:.3f} "
+              f"thr {' '.join(f'{t:.2f}' for t in thresholds.values())} "
               f"({time.time() - start:.0f}s)", flush=True)
         if score > best:
             best, best_state = score, {k: v.clone() for k, v in net.state_dict().items()}
-            torch.save({"state": best_state, "width": net.features[0][0].out_channels, "epoch": epoch + 1},
-                       args.out / "best.pt")
+            torch.save({"state": best_state, "width": net.features[0][0].out_channels, "epoch": epoch + 1,
+                        "band_limit": net.band_limit}, args.out / "best.pt")
 
     net.load_state_dict(best_state)
     clean_p, occ_p = predict(net, valid_clean), predict(net, valid_occ)
-    thresholds = choose_thresholds(clean_p)
-    print("FER+ Valid (clean faces for FOR; seeded synthetic occlusions for recall/precision):")
-    for line in describe(clean_p, occ_p, valid_y, thresholds):
+    ck_p = predict(net, ck_heldout) if ck_heldout is not None else None
+    thresholds = thresholds_for(clean_p, ck_p)
+    print("FER+ Valid (screened clean faces for FOR; seeded synthetic occlusions for recall/precision):")
+    for line in describe(clean_p[valid_keep], occ_p, valid_y, thresholds):
         print("  " + line)
+    flags = np.stack([clean_p[:, k] >= thresholds[r] for k, r in enumerate(REGIONS)], 1).any(1)
+    print("  any-region FOR per FER+ Valid majority class (screened): " + ", ".join(
+        f"{c} {flags[valid_keep & (valid_major == k)].mean():.3%}" for k, c in enumerate(FERPLUS_VOTES[:8])
+        if (valid_keep & (valid_major == k)).any()), flush=True)
+    if ck_p is not None:
+        ck_flags = np.stack([ck_p[:, k] >= thresholds[r] for k, r in enumerate(REGIONS)], 1).any(1)
+        print(f"  CK+ held-out subjects: any-region FOR {ck_flags.mean():.3%} of {len(ck_p)}", flush=True)
     diff = export_onnx(net, args.out / "occlusion.onnx")
     print(f"exported {args.out / 'occlusion.onnx'} (opset 17); max |torch - onnx| = {diff:.2e}", flush=True)
     metrics = {"ferplus_valid": {
-        name: {"false_occlusion_rate_clean": round(float(np.mean(clean_p[:, k] >= thresholds[name])), 4),
+        name: {"false_occlusion_rate_clean": round(float(np.mean(clean_p[valid_keep, k] >= thresholds[name])), 4),
                "recall_synthetic": round(float(np.mean(occ_p[valid_y[:, k] > 0.5, k] >= thresholds[name])), 4)}
         for k, name in enumerate(REGIONS)}}
-    entry = manifest_entry(thresholds, metrics, macs, diff, args.version)
+    entry = manifest_entry(thresholds, metrics, macs, diff, args.version, args)
     (args.out / "manifest_entry.json").write_text(json.dumps(entry, indent=2) + "\n")
     if not (args.smoke or args.no_install):
         install(args.out / "occlusion.onnx", entry)
