@@ -448,9 +448,25 @@ def fingers(rng, geo: FaceGeometry, ctx):
     shade = np.where(mask > 0, shade, np.where(palm > 0, 0.85, 0))
     mask = np.maximum(mask, palm)
     level = _skin_level(rng, geo)
-    content = level * (rng.uniform(0.6, 0.8) + rng.uniform(0.2, 0.4) * shade) \
-        + _gradient(rng, size, rng.uniform(0, 20)) + _lowfreq(rng, size, rng.uniform(1, 6), 8)
-    return _soft(mask, rng, 0.3, 1.2), content
+    crop = ctx.get("_crop")
+    if crop is not None and rng.random() < 0.6:  # the face's own skin (cheek / forehead), same tone and light
+        point = geo.landmarks[[50, 280, 151, 9][rng.integers(0, 4)]]
+        half = max(3, int(geo.iod * rng.uniform(0.12, 0.25)))
+        x0, y0 = (int(np.clip(v - half, 0, size - 2 * half - 1)) for v in point)
+        skin = cv2.resize(crop[y0:y0 + 2 * half, x0:x0 + 2 * half].astype(np.float32), (size, size),
+                          interpolation=cv2.INTER_CUBIC)
+        level = skin * rng.uniform(0.85, 1.2)
+    light = 0.5 + 0.5 * _gradient(rng, size, 1.0)  # light from one side across the whole hand
+    content = level * (rng.uniform(0.55, 0.75) + rng.uniform(0.25, 0.45) * shade) * (0.85 + 0.3 * light) \
+        + _lowfreq(rng, size, rng.uniform(1, 6), 8)
+    alpha = _soft(mask, rng, 0.3, 1.2)
+    if rng.random() < 0.6:  # a soft contact shadow on the face beside the hand (alpha < 0.5: covers nothing)
+        shift = tuple(int(v) for v in rng.integers(-3, 4, 2))
+        shadow = np.roll(cv2.GaussianBlur(mask.astype(np.float32), (0, 0), rng.uniform(1.5, 4)), shift, (0, 1))
+        shadow = np.clip(shadow * rng.uniform(0.2, 0.45), 0, 0.45)
+        content = np.where(alpha > shadow, content, np.asarray(level, np.float32) * 0.35)
+        alpha = np.maximum(alpha, shadow)
+    return alpha, content
 
 
 def glasses(rng, geo: FaceGeometry, ctx):
@@ -670,7 +686,7 @@ def occlude(crop: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator, c
         masks = region_masks(landmarks, crop.shape[0])
     if count is None:
         count = int(rng.choice([1, 2, 3], p=[0.7, 0.22, 0.08]))
-    ctx = {**ctx, "_masks": masks}
+    ctx = {**ctx, "_masks": masks, "_crop": crop}
     p = None
     if weights is not None and len(weights) == len(families):
         p = np.asarray(weights, np.float64) / np.sum(weights)

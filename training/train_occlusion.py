@@ -182,13 +182,18 @@ def ckplus_heldout(subjects: np.ndarray, every: int = CKPLUS_HOLDOUT_EVERY) -> n
     return np.array([sid in held for sid in subjects])
 
 
-def screen_natural_occlusions(crops: np.ndarray, models_dir: Path, threshold: float) -> np.ndarray:
-    """True where the (previous) installed occlusion model scores any region >= ``threshold``: FER+ "clean"
-    faces that are really occluded (hands, sunglasses, text...). They leave the clean pool."""
+def previous_model_scores(crops: np.ndarray, models_dir: Path) -> np.ndarray:
+    """(N, 4) scores of the (previous) installed occlusion model."""
     from app.model_zoo.occlusion import OcclusionClassifier
     from training.evaluate_occlusion import score
 
-    return (score(OcclusionClassifier(models_dir), crops) >= threshold).any(1)
+    return score(OcclusionClassifier(models_dir), crops)
+
+
+def screen_natural_occlusions(crops: np.ndarray, models_dir: Path, threshold: float) -> np.ndarray:
+    """True where the (previous) installed occlusion model scores any region >= ``threshold``: FER+ "clean"
+    faces that are really occluded (hands, sunglasses, text...). They leave the clean pool."""
+    return (previous_model_scores(crops, models_dir) >= threshold).any(1)
 
 
 def training_pool(train: dict, ckplus: dict | None, args) -> tuple[dict, dict]:
@@ -198,8 +203,11 @@ def training_pool(train: dict, ckplus: dict | None, args) -> tuple[dict, dict]:
     n = len(train["crops"])
     keep = np.ones(n, bool)
     info: dict = {"ferplus_train": n}
+    prev = None
+    if args.drop_clean_above > 0 or args.real_positives > 0:
+        prev = previous_model_scores(train["crops"], args.screen_models_dir)
     if args.drop_clean_above > 0:
-        keep = ~screen_natural_occlusions(train["crops"], args.screen_models_dir, args.drop_clean_above)
+        keep = ~(prev >= args.drop_clean_above).any(1)
         info["ferplus_dropped_natural_occlusion"] = int((~keep).sum())
     clean_p = np.full(n, args.clean_fraction, np.float32)
     hard = np.zeros(n, bool)
@@ -209,15 +217,27 @@ def training_pool(train: dict, ckplus: dict | None, args) -> tuple[dict, dict]:
     clean_p[hard] = args.hard_clean_fraction
     info["ferplus_hard_negatives"] = int((hard & keep).sum())
     crops, marks, probs = [train["crops"][keep]], [train["landmarks"][keep]], [clean_p[keep]]
+    fixed = [np.full((int(keep.sum()), len(REGIONS)), np.nan, np.float32)]
+    if args.real_positives > 0:  # real occlusions of FER+ (hands, sunglasses...), pseudo-labelled by the previous model
+        real = (prev >= args.real_positives).any(1)
+        labels = np.where(prev >= args.real_positives, 1.0, np.where(prev < 0.2, 0.0, -1.0)).astype(np.float32)
+        for _ in range(args.real_repeat):
+            crops.append(train["crops"][real])
+            marks.append(train["landmarks"][real])
+            probs.append(np.ones(int(real.sum()), np.float32))
+            fixed.append(labels[real])
+        info["ferplus_real_occlusions_pseudo_labelled"] = int(real.sum())
     if ckplus is not None and args.ckplus_repeat > 0:
         take = ~ckplus_heldout(ckplus["subjects"])
         for _ in range(args.ckplus_repeat):
             crops.append(ckplus["crops"][take])
             marks.append(ckplus["landmarks"][take])
             probs.append(np.full(int(take.sum()), args.hard_clean_fraction, np.float32))
+            fixed.append(np.full((int(take.sum()), len(REGIONS)), np.nan, np.float32))
         info["ckplus_train_faces"] = int(take.sum())
         info["ckplus_train_subjects"] = len(set(ckplus["subjects"][take].tolist()))
-    pool = {"crops": np.concatenate(crops), "landmarks": np.concatenate(marks), "clean_p": np.concatenate(probs)}
+    pool = {"crops": np.concatenate(crops), "landmarks": np.concatenate(marks), "clean_p": np.concatenate(probs),
+            "fixed": np.concatenate(fixed)}
     info["pool"] = len(pool["crops"])
     return pool, info
 
@@ -225,8 +245,9 @@ def training_pool(train: dict, ckplus: dict | None, args) -> tuple[dict, dict]:
 class OccludedTrainSet(torch.utils.data.Dataset):
     def __init__(self, crops: np.ndarray, landmarks: np.ndarray, seed: int, clean_fraction=0.5,
                  families: tuple[str, ...] = TRAIN_FAMILIES, weights: tuple[float, ...] = TRAIN_WEIGHTS,
-                 degrade_p: float = 0.0) -> None:
+                 degrade_p: float = 0.0, fixed_labels: np.ndarray | None = None) -> None:
         self.crops, self.landmarks, self.seed, self.degrade_p = crops, landmarks, seed, degrade_p
+        self.fixed = fixed_labels  # (N, 4): NaN = ordinary face; else shown as is with these labels (-1: ignored)
         self.clean_fraction = np.broadcast_to(np.asarray(clean_fraction, np.float32), (len(crops),))
         self.families, self.weights = families, weights
         self.epoch = 0
@@ -244,7 +265,10 @@ class OccludedTrainSet(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         rng = np.random.default_rng([self.seed, self.epoch, i])
         crop = self.crops[i]
-        if rng.random() < self.clean_fraction[i]:
+        if self.fixed is not None and not np.isnan(self.fixed[i, 0]):
+            fixed = self.fixed[i]
+            image, labels, weights = crop, np.clip(fixed, 0, 1), (fixed >= 0).astype(np.float32)
+        elif rng.random() < self.clean_fraction[i]:
             image, labels, weights = crop, np.zeros(len(REGIONS), np.float32), np.ones(len(REGIONS), np.float32)
         else:
             try:
@@ -422,6 +446,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hard-clean-fraction", type=float, default=0.7,
                         help="share shown clean of the hard negatives: expressive FER+ faces (majority happiness, "
                              "surprise, disgust, fear), mesh-open mouths, CK+ training subjects")
+    parser.add_argument("--boost", default="",
+                        help="multiply families' sampling weights, e.g. fingers=3,half_cover=1.5 (fine-tuning)")
     parser.add_argument("--hard-classes", default=",".join(EXPRESSIVE),
                         help="FER+ majority classes whose clean faces are hard negatives (comma-separated)")
     parser.add_argument("--band-limit", type=int, default=48,
@@ -435,6 +461,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="drop FER+ Train faces that the installed model (--screen-models-dir) scores >= this "
                              "in any region (natural occlusions trained as clean); also screens the Valid clean "
                              "faces used for thresholds; 0: off")
+    parser.add_argument("--real-positives", type=float, default=0.0,
+                        help="FER+ Train faces the previous model scores >= this in some region join as real occlusions, "
+                             "pseudo-labelled (>= this: occluded, < 0.2: clean, else ignored); 0: off")
+    parser.add_argument("--real-repeat", type=int, default=4)
     parser.add_argument("--screen-models-dir", type=Path, default=REPO_ROOT / "models")
     parser.add_argument("--min-threshold", type=float, default=MIN_THRESHOLD,
                         help="no region's threshold below this (the model's own decision point by default)")
@@ -450,6 +480,8 @@ def main(argv: list[str] | None = None) -> None:
     start = time.time()
 
     families, weights = (TRAIN_FAMILIES, TRAIN_WEIGHTS) if args.families == "v2" else (V1_FAMILIES, V1_WEIGHTS)
+    boost = {k: float(v) for k, v in (item.split("=") for item in args.boost.split(",") if item)}
+    train_weights = tuple(w * boost.get(f, 1.0) for f, w in zip(families, weights))
     ck_heldout = None
     if args.smoke:
         data = load_cache("ckplus", args.cache)
@@ -493,8 +525,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"initialised from {args.init} (epoch {checkpoint['epoch']})", flush=True)
     macs = count_macs(net, INPUT_SIZE)
     print(f"model: {sum(p.numel() for p in net.parameters())} parameters, {macs / 1e6:.2f} M MACs", flush=True)
-    dataset = OccludedTrainSet(pool["crops"], pool["landmarks"], args.seed, pool["clean_p"], families, weights,
-                               args.degrade)
+    dataset = OccludedTrainSet(pool["crops"], pool["landmarks"], args.seed, pool["clean_p"], families,
+                               train_weights, args.degrade, pool.get("fixed"))
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch, shuffle=True, num_workers=args.workers,
                                          drop_last=True, persistent_workers=False,
                                          generator=torch.Generator().manual_seed(args.seed))
