@@ -13,8 +13,12 @@ v2 (issue 10) levers, all on by default:
 * FER+ "clean" faces that are really occluded (hands, sunglasses, text: label noise) are dropped when the
   installed model scores them >= ``--drop-clean-above`` in any region (train pool and the Valid clean set);
 * v2 occluder families (fingers, clear glasses, hair, phone, cup, half-region covers);
-* ``--band-limit 48``: a fixed in-graph low-pass (resize to 48x48 and back) and ``--degrade``: composites taken
-  to 36-56 px and back, so that a sharp photo is not read as occluded and sharpness is no occluder cue.
+* ``--real-positives``: those screened-out real occlusions come back pseudo-labelled by the previous model;
+* off by default: ``--band-limit 48``, a fixed in-graph low-pass (resize to 48x48 and back), and ``--degrade``,
+  composites taken to 36-56 px and back, so that sharpness is no occluder cue (fewer false flags on sharp
+  photos, but real hands are missed: models/OCCLUSION.md, variants B-E).
+
+2.0.0 = this default run (10 epochs) + a fine-tuning step (``--init``), commands in models/OCCLUSION.md.
 
     python -m training.train_occlusion                       # full run (~12 min on 1 CPU thread + 1 worker)
     python -m training.train_occlusion --smoke --out /tmp/occ # plumbing check, < 60 s
@@ -398,7 +402,9 @@ def manifest_entry(thresholds: dict[str, float], metrics: dict, macs: int, diff:
                          "(training/occluders.py: hands, bars, scarves, sunglasses, masks, textures, real image "
                          "patches; v2 adds fingers, clear glasses, hair, phones, cups, half-region covers); "
                          "v2 also: CK+ training subjects and expressive / open-mouth FER+ faces shown clean more "
-                         "often (hard negatives), FER+ faces the previous model scores >= 0.9 dropped",
+                         "often (hard negatives), FER+ faces the previous model scores >= 0.9 dropped"
+                         + (f", then back as real occlusions pseudo-labelled by it (>= {args.real_positives})"
+                            if args is not None and args.real_positives else ""),
         "licence": "research use only (trained on FER2013 pixels)",
         "card": "OCCLUSION.md",
         "bytes": 0,
@@ -450,9 +456,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="multiply families' sampling weights, e.g. fingers=3,half_cover=1.5 (fine-tuning)")
     parser.add_argument("--hard-classes", default=",".join(EXPRESSIVE),
                         help="FER+ majority classes whose clean faces are hard negatives (comma-separated)")
-    parser.add_argument("--band-limit", type=int, default=48,
-                        help="fixed in-graph low-pass: input resized to this side and back (0: none, as in 1.x)")
-    parser.add_argument("--degrade", type=float, default=0.5,
+    parser.add_argument("--band-limit", type=int, default=0,
+                        help="fixed in-graph low-pass: input resized to this side and back, e.g. 48 (0: none; "
+                             "2.0.0 has none, see models/OCCLUSION.md variants B-E)")
+    parser.add_argument("--degrade", type=float, default=0.0,
                         help="share of training composites (face + occluders) taken down to 36-56 px and back")
     parser.add_argument("--ckplus-repeat", type=int, default=4,
                         help="times each CK+ training-subject face joins the pool (0: no CK+); every 5th subject "
