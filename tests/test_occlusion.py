@@ -89,7 +89,13 @@ def test_scarf_over_the_mouth_flags_mouth(classifier, astronaut_face):
 
 def test_occluder_labels_follow_the_region_masks(astronaut_face):
     from training.occluders import (
-        FAMILIES, HELDOUT_IMAGES, TRAIN_IMAGES, coverage_fractions, labels_from_fractions, load_images, occlude,
+        FAMILIES,
+        HELDOUT_IMAGES,
+        TRAIN_IMAGES,
+        coverage_fractions,
+        labels_from_fractions,
+        load_images,
+        occlude,
         region_masks,
     )
 
@@ -124,6 +130,17 @@ def test_occluder_labels_follow_the_region_masks(astronaut_face):
             # the crop is untouched away from the occluder
             outside = occ.alpha < 1e-3
             assert np.abs(occ.image[outside].astype(int) - crop[outside]).max(initial=0) <= 1
+    # clear glasses: only the rims cover anything, the eyes stay visible through the lenses
+    eye_cover = [occlude(crop, marks, rng, ctx, families=("glasses",), weights=None, count=1).fractions[0]
+                 for _ in range(10)]
+    assert np.median(eye_cover) < 0.15, eye_cover
+    # fingers laid over the brows / pressed on the mouth and hair fringes make positives too
+    for family, region in (("fingers", None), ("hair", 3), ("cup", 2)):
+        labels = np.array([occlude(crop, marks, rng, ctx, families=(family,), weights=None, count=1).labels
+                           for _ in range(20)])
+        assert labels.any(), family
+        if region is not None:
+            assert labels[:, region].any(), family
     # sunglasses always cover the eyes, masks and scarves never touch the brows
     for _ in range(10):
         assert occlude(crop, marks, rng, ctx, families=("sunglasses",), weights=None, count=1).fractions[0] > 0.3
@@ -147,3 +164,62 @@ def test_training_smoke_run_exports_a_loadable_model(tmp_path, face_cache):
     model = OcclusionClassifier(models)
     probs = model.predict(AlignedFace(image=np.zeros((112, 112, 3), np.uint8), matrix=np.eye(2, 3)))
     assert set(probs) == set(REGIONS)
+
+
+# ------------------------------------------------------------------ real occlusions and hard negatives (v2)
+def _largest_face_flags(analyzer, image) -> tuple[list[str], dict[str, float]]:
+    from app.analyzer import FaceOptions
+
+    analysis = analyzer.run(image, FaceOptions(side_face_filter=False, occlusion_filter=False))
+    assert analysis.faces, "no face found"
+    face = max(analysis.faces, key=lambda f: float(np.prod(f.box[2:] - f.box[:2])))
+    return [r for r, hit in face.occlusion.regions.items() if hit], face.occlusion.scores
+
+
+def test_hand_across_the_forehead_flags_brows_not_the_laughing_mouth(analyzer):
+    """Image_with_alpha.png: a hand lies across the forehead and brows of a laughing man (teeth showing)."""
+    from tests.helpers import SAMPLES, requires_data
+
+    path = requires_data(SAMPLES / "Image_with_alpha.png")
+    flagged, scores = _largest_face_flags(analyzer, path.read_bytes())
+    assert "brows" in flagged, scores
+    assert "mouth" not in flagged, scores
+
+
+def test_hand_over_the_mouth_in_a_video_frame_flags_mouth(analyzer):
+    """Frame 200 of WolfgangLanger_Pexels.mp4: fingers pressed over the mouth."""
+    from tests.helpers import SAMPLES, requires_data
+
+    path = requires_data(SAMPLES / "WolfgangLanger_Pexels.mp4")
+    capture = cv2.VideoCapture(str(path))
+    capture.set(cv2.CAP_PROP_POS_FRAMES, 200)
+    ok, frame = capture.read()
+    capture.release()
+    assert ok
+    flagged, scores = _largest_face_flags(analyzer, frame)
+    assert "mouth" in flagged, scores
+    assert "brows" not in flagged, scores
+
+
+def test_broad_smiles_of_held_out_ckplus_subjects_are_not_flagged(analyzer):
+    """Posed happiness peaks (broad smiles, teeth) of the CK+ subjects the trainer holds out (every 5th sorted
+    subject id, training/train_occlusion.py): none may be flagged occluded."""
+    import csv
+
+    from app.analyzer import FaceOptions
+    from tests.helpers import DATA, requires_data
+
+    root = requires_data(DATA / "ckplus48")
+    with (root / "au_labels.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    subjects = sorted({r["subject"] for r in rows})
+    held = {s for i, s in enumerate(subjects) if i % 5 == 0}
+    smiles = [r for r in rows if r["subject"] in held and r["emotion"] == "happy" and r["is_peak_frame"] == "1"]
+    assert len(smiles) >= 5
+    flagged = {}
+    for r in smiles:
+        image = cv2.imread(str(root / r["path"]), cv2.IMREAD_COLOR)
+        face = analyzer.run(image, FaceOptions(side_face_filter=False, occlusion_filter=False, face_crop=True)).faces[0]
+        if face.occlusion.occluded:
+            flagged[r["path"]] = face.occlusion.scores
+    assert not flagged, flagged

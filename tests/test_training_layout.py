@@ -10,7 +10,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TORCH_FREE = sorted(f"training.{p.stem}" for p in (REPO / "training").glob("evaluate_*.py")) + [
-    "training.fit_expression_prior", "training.expression_data", "training.common", "app.manifest"]
+    "training.fit_expression_prior", "training.expression_data", "training.occlusion_data", "training.common",
+    "app.manifest"]
 
 
 @pytest.mark.parametrize("module", TORCH_FREE)

@@ -1,6 +1,7 @@
 """Evaluate the exported occlusion model through the serving class (app/model_zoo/occlusion.py).
 
-* false-occlusion rate (FOR) on clean real faces: all of CK+ (never trained on) and FER+ Test as is;
+* false-occlusion rate (FOR) on clean real faces: CK+ (the held-out subjects, every 5th sorted id, never trained
+  on since v2; all of CK+ too) and FER+ Test as is, overall and per expression class (majority vote / CK+ label);
 * per-region recall / precision on held-out synthetic occlusions on FER+ Test crops:
   - ``synthetic``: the training occluder families, a seed the trainer never uses, FER+ Test crops as
     the "other face" patch pool;
@@ -9,6 +10,12 @@
 
     python -m training.evaluate_occlusion                 # prints the table, writes runs/occlusion/eval.json
     python -m training.evaluate_occlusion --write-manifest # also stores the numbers in models/manifest.json
+    python -m training.evaluate_occlusion --real            # only the real-occlusion checks (shared samples)
+
+Real occlusions through the service path (``app.analyzer.Analyzer``), from ../shared/data/samples (skipped
+when absent): the hand across the forehead and brows in ``Image_with_alpha.png`` must flag ``brows``; the hand
+over the mouth in frame 200 of ``WolfgangLanger_Pexels.mp4`` must flag ``mouth``.
+The per-class false-occlusion rate on taiwanese_dev (validation only) is ``python -m training.evaluate_transfer``.
 """
 from __future__ import annotations
 
@@ -20,10 +27,11 @@ import cv2
 import numpy as np
 
 from app.align import AlignedFace
+from app.filters import OcclusionVerdict
 from app.manifest import sha256_of, update_entry
 from app.model_zoo.occlusion import OcclusionClassifier
-from training.common import require_file, run_cli
-from training.data import REPO_ROOT, RUNS_DIR
+from training.common import TrainingError, require_file, run_cli
+from training.data import REPO_ROOT, RUNS_DIR, data_root
 from training.occluders import (
     HELDOUT_IMAGES,
     NEGATIVE_FRACTION,
@@ -34,14 +42,26 @@ from training.occluders import (
     load_images,
     occlude,
 )
+from training.occlusion_data import FERPLUS_CLASSES, ckplus_heldout, majority_class
 
 EVAL_SEED = 777_001
+CACHE = RUNS_DIR / "cache"
+# (sample file, frame or None, region that must be flagged)
+REAL_CHECKS = (("Image_with_alpha.png", None, "brows"), ("WolfgangLanger_Pexels.mp4", 200, "mouth"))
+MANIFEST_KEYS = ("ckplus_heldout_clean", "ckplus_clean", "ferplus_test_clean", "ferplus_test_clean_by_majority",
+                 "ferplus_test_synthetic", "ferplus_test_heldout", "real_occlusion")
 
 
-def load(name: str, cache_dir: Path = RUNS_DIR / "cache") -> tuple[np.ndarray, np.ndarray]:
+def load(name: str, cache_dir: Path = CACHE) -> tuple[np.ndarray, np.ndarray]:
     path = require_file(cache_dir / f"{name}.npz", "python -m training.prepare_faces")
     data = np.load(path)
     return data["crops"], data["landmarks"].astype(np.float32)
+
+
+def load_field(name: str, key: str, cache_dir: Path = CACHE) -> np.ndarray:
+    """One more array of a face cache: ``votes`` (FER+), ``subjects`` / ``emotions`` (CK+)."""
+    path = require_file(cache_dir / f"{name}.npz", "python -m training.prepare_faces")
+    return np.load(path)[key]
 
 
 def score(model: OcclusionClassifier, crops: np.ndarray) -> np.ndarray:
@@ -65,21 +85,95 @@ def occluded_set(crops, landmarks, families, weights, ctx, seed):
     return np.stack(images), np.stack(labels), np.stack(fractions), fams
 
 
+# ------------------------------------------------------------------------------------------ real occlusions
+def real_occlusion_checks(analyzer=None, samples: Path | None = None,
+                          model: OcclusionClassifier | None = None) -> list[dict]:
+    """Real occlusions through the service's own path (decode -> detect -> mesh -> align -> occlusion). One
+    record per check: the largest face's scores, flagged regions and whether the expected region is flagged;
+    ``None`` scores when the sample is absent. ``model``: score the service's aligned crop with this classifier
+    and its thresholds instead of the analyzer's own (to compare trained variants)."""
+    from app.analyzer import Analyzer, FaceOptions
+    from app.settings import Settings
+
+    samples = samples or data_root() / "samples"
+    analyzer = analyzer or Analyzer(Settings())
+    options = FaceOptions(side_face_filter=False, occlusion_filter=False)
+    out = []
+    for name, frame, region in REAL_CHECKS:
+        record: dict = {"sample": name, "frame": frame, "expected": region, "scores": None}
+        path = samples / name
+        if path.is_file():
+            if frame is None:
+                analysis = analyzer.run(path.read_bytes(), options)
+            else:
+                capture = cv2.VideoCapture(str(path))
+                capture.set(cv2.CAP_PROP_POS_FRAMES, frame)
+                ok, image = capture.read()
+                capture.release()
+                if not ok:
+                    raise TrainingError(f"cannot read frame {frame} of {path}")
+                analysis = analyzer.run(image, options)
+            face = max(analysis.faces, key=lambda f: float(np.prod(f.box[2:] - f.box[:2])))
+            verdict = face.occlusion
+            if model is not None:
+                verdict = OcclusionVerdict(scores=model.predict(face.aligned), thresholds=model.thresholds)
+            flagged = [r for r, hit in verdict.regions.items() if hit]
+            record.update(scores={r: round(v, 4) for r, v in verdict.scores.items()}, flagged=flagged,
+                          passed=region in flagged)
+        out.append(record)
+    return out
+
+
+def print_real_checks(records: list[dict]) -> None:
+    for r in records:
+        where = r["sample"] + (f" frame {r['frame']}" if r["frame"] is not None else "")
+        if r["scores"] is None:
+            print(f"real occlusion: {where}: absent (put the shared data beside the repo)")
+        else:
+            print(f"real occlusion: {where}: expect {r['expected']}: {'PASS' if r['passed'] else 'FAIL'}; flagged "
+                  f"{r['flagged']}; scores {r['scores']}")
+
+
 # ---------------------------------------------------------------------------------------------- scoring
-def clean_rates(model: OcclusionClassifier, crops: np.ndarray) -> tuple[dict, list[float], float]:
-    """False-occlusion rate per region and for any region on clean faces."""
-    thr = model.thresholds
-    p = score(model, crops)
-    flags = np.stack([p[:, k] >= thr[r] for k, r in enumerate(REGIONS)], 1)
-    result = {"n": len(crops), "any_region": round(float(flags.any(1).mean()), 4),
+def for_by_class(flags: np.ndarray, classes: np.ndarray) -> dict[str, float]:
+    """Any-region false-occlusion rate per class label (clean faces)."""
+    return {str(c): round(float(flags[classes == c].mean()), 4) for c in sorted(set(classes.tolist()))}
+
+
+def clean_rates(probs: np.ndarray, thresholds: dict[str, float], classes: np.ndarray | None = None
+                ) -> tuple[dict, list[float], float]:
+    """False-occlusion rate per region and for any region on clean faces' scores ``probs``; with ``classes``,
+    also the any-region rate per class."""
+    flags = np.stack([probs[:, k] >= thresholds[r] for k, r in enumerate(REGIONS)], 1)
+    result = {"n": len(probs), "any_region": round(float(flags.any(1).mean()), 4),
               **{r: round(float(flags[:, k].mean()), 4) for k, r in enumerate(REGIONS)}}
+    if classes is not None:
+        result["any_region_by_class"] = for_by_class(flags.any(1), classes)
     return result, [float(flags[:, k].mean()) for k in range(len(REGIONS))], float(flags.any(1).mean())
+
+
+def family_rates(p: np.ndarray, labels: np.ndarray, fractions: np.ndarray, families: list,
+                 family_names: tuple[str, ...], thresholds: dict[str, float]) -> dict[str, dict]:
+    """Per family, over faces with that single occluder: recall (all regions pooled and per region), positives,
+    and false flags on the regions it left (nearly) uncovered (< 15 %)."""
+    per_family = {}
+    for fam in family_names:
+        idx = [i for i, f in enumerate(families) if f == (fam,)]
+        y = labels[idx] > 0.5
+        pred = np.stack([p[idx, k] >= thresholds[r] for k, r in enumerate(REGIONS)], 1)
+        clear = fractions[idx] < NEGATIVE_FRACTION  # regions the occluder left (nearly) uncovered
+        per_family[fam] = {"all": round(float((pred & y).sum() / max(y.sum(), 1)), 4),
+                           "positives": int(y.sum()),
+                           "false_flag_uncovered": round(float((pred & clear).sum() / max(clear.sum(), 1)), 4),
+                           **{r: round(float((pred[:, k] & y[:, k]).sum() / max(y[:, k].sum(), 1)), 4)
+                              for k, r in enumerate(REGIONS)}}
+    return per_family
 
 
 def occluded_rates(model: OcclusionClassifier, images: np.ndarray, labels: np.ndarray, fractions: np.ndarray,
                    families: list, family_names: tuple[str, ...]) -> tuple[dict, dict[str, list[float]]]:
     """Recall, precision (and precision not counting 15-30 % covered regions) per region on occluded faces;
-    with several families, recall per family over faces with a single occluder."""
+    with several families, per-family numbers over faces with a single occluder (``family_rates``)."""
     thr = model.thresholds
     p = score(model, images)
     entry: dict = {"n": len(images)}
@@ -95,14 +189,8 @@ def occluded_rates(model: OcclusionClassifier, images: np.ndarray, labels: np.nd
             columns[column].append(value)
         entry[r] = {"recall": round(recall, 4), "precision": round(precision, 4),
                     "precision_excl_ambiguous": round(precision_clear, 4), "positives": int(y.sum())}
-    if len(family_names) > 1:  # recall per family, faces with a single occluder only
-        per_family = {}
-        for fam in family_names:
-            idx = [i for i, f in enumerate(families) if f == (fam,)]
-            y = labels[idx] > 0.5
-            pred = np.stack([p[idx, k] >= thr[r] for k, r in enumerate(REGIONS)], 1)
-            per_family[fam] = round(float((pred & y).sum() / max(y.sum(), 1)), 4)
-        entry["recall_by_family_single_occluder"] = per_family
+    if len(family_names) > 1:
+        entry["recall_by_family_single_occluder"] = family_rates(p, labels, fractions, families, family_names, thr)
     return entry, columns
 
 
@@ -119,20 +207,46 @@ def print_table(rows: list, results: dict, thresholds: dict[str, float]) -> None
               + (f" {anyv:6.1%}" if anyv is not None else ""))
     fam = results["ferplus_test_synthetic"].get("recall_by_family_single_occluder", {})
     print("recall by family (FER+ Test, single occluder, all regions pooled): "
-          + ", ".join(f"{k} {v:.3f}" for k, v in fam.items()))
+          + ", ".join(f"{k} {v['all']:.3f}" for k, v in fam.items()))
+    print("false flags on uncovered (< 15%) regions by family: "
+          + ", ".join(f"{k} {v['false_flag_uncovered']:.3f}" for k, v in fam.items()))
+    for name in ("ckplus_heldout_clean", "ferplus_test_clean_by_majority"):
+        print(f"any-region FOR by class, {name}: "
+              + ", ".join(f"{k} {v:.1%}" for k, v in results[name]["any_region_by_class"].items()))
+
+
+def clean_sets(model: OcclusionClassifier, limit: int = 0) -> tuple[dict[str, tuple], np.ndarray, np.ndarray]:
+    """The clean sets, each (scores, class labels or None): CK+ held-out subjects, all of CK+, FER+ Test, FER+
+    Test faces whose majority is an expression (not unknown / not-a-face) by majority class; and the FER+
+    Test crops and landmarks (cut to ``limit``) for the occluded sets."""
+    cut = (lambda a: a[:limit]) if limit else (lambda a: a)
+    ck_crops, _ = load("ckplus")
+    ck_emotions = load_field("ckplus", "emotions")
+    ck_held = ckplus_heldout(load_field("ckplus", "subjects"))
+    te_crops, te_marks = load("ferplus_test")
+    te_votes = load_field("ferplus_test", "votes")
+    te_major = np.array(FERPLUS_CLASSES)[majority_class(te_votes)]
+    te_valid = te_votes[:, :8].max(1) > te_votes[:, 8:].max(1)  # majority is an emotion, not unknown / not-a-face
+    ck_crops, ck_emotions, ck_held = cut(ck_crops), cut(ck_emotions), cut(ck_held)
+    te_crops, te_marks, te_major, te_valid = cut(te_crops), cut(te_marks), cut(te_major), cut(te_valid)
+    ck_p, te_p = score(model, ck_crops), score(model, te_crops)
+    sets = {"ckplus_heldout_clean": (ck_p[ck_held], ck_emotions[ck_held]),
+            "ckplus_clean": (ck_p, ck_emotions),
+            "ferplus_test_clean": (te_p, None),
+            "ferplus_test_clean_by_majority": (te_p[te_valid], te_major[te_valid])}
+    return sets, te_crops, te_marks
 
 
 def evaluate(model: OcclusionClassifier, limit: int = 0) -> tuple[dict, list]:
-    """Every set's numbers (the manifest's ``metrics``) and the rows of the printed table."""
-    cut = (lambda a: a[:limit]) if limit else (lambda a: a)
-    ck_crops, _ = load("ckplus")
-    te_crops, te_marks = load("ferplus_test")
-    ck_crops, te_crops, te_marks = cut(ck_crops), cut(te_crops), cut(te_marks)
+    """Every set's numbers (the manifest's ``metrics``) and the rows of the printed table; the real-occlusion
+    checks only on full runs (no ``limit``)."""
     results: dict = {"thresholds": model.thresholds, "model_sha256": sha256_of(model.path)}
     rows = []
-    for name, crops in (("ckplus_clean", ck_crops), ("ferplus_test_clean", te_crops)):
-        results[name], rates, any_rate = clean_rates(model, crops)
-        rows.append((name, len(crops), "FOR", rates, any_rate))
+    sets, te_crops, te_marks = clean_sets(model, limit)
+    for name, (probs, classes) in sets.items():
+        results[name], rates, any_rate = clean_rates(probs, model.thresholds, classes)
+        if name != "ferplus_test_clean_by_majority":
+            rows.append((name, len(probs), "FOR", rates, any_rate))
 
     pool = te_crops
     ctx = {"images": load_images(TRAIN_IMAGES), "heldout_images": load_images(HELDOUT_IMAGES),
@@ -142,6 +256,8 @@ def evaluate(model: OcclusionClassifier, limit: int = 0) -> tuple[dict, list]:
         images, labels, fractions, families = occluded_set(te_crops, te_marks, fams, w, ctx, seed)
         results[name], columns = occluded_rates(model, images, labels, fractions, families, fams)
         rows.extend((name, len(images), metric, values, None) for metric, values in columns.items())
+    if not limit:
+        results["real_occlusion"] = real_occlusion_checks(model=model)
     return results, rows
 
 
@@ -150,18 +266,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models-dir", type=Path, default=REPO_ROOT / "models")
     parser.add_argument("--limit", type=int, default=0, help="only the first N faces of each set")
     parser.add_argument("--write-manifest", action="store_true")
+    parser.add_argument("--real", action="store_true", help="only the real-occlusion checks on the shared samples")
+    parser.add_argument("--out", type=Path, default=RUNS_DIR / "occlusion" / "eval.json")
     args = parser.parse_args(argv)
 
     model = OcclusionClassifier(args.models_dir)
+    if args.real:
+        print_real_checks(real_occlusion_checks(model=model))
+        return
     results, rows = evaluate(model, args.limit)
     print_table(rows, results, model.thresholds)
-    out = RUNS_DIR / "occlusion" / "eval.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {out}")
+    if "real_occlusion" in results:
+        print_real_checks(results["real_occlusion"])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.out}")
     if args.write_manifest and not args.limit:
-        keys = ("ckplus_clean", "ferplus_test_clean", "ferplus_test_synthetic", "ferplus_test_heldout")
-        update_entry(args.models_dir, "occlusion", metrics={k: results[k] for k in keys})
+        update_entry(args.models_dir, "occlusion", metrics={k: results[k] for k in MANIFEST_KEYS})
         print(f"metrics stored in {args.models_dir / 'manifest.json'}")
 
 

@@ -362,12 +362,297 @@ def heldout_patch(rng, geo: FaceGeometry, ctx):
     return _soft(mask, rng, 0.0, 1.5), _patch_from(rng, pool[rng.integers(0, len(pool))], geo.size)
 
 
+
+# ------------------------------------------------------------------------ v2 families (issue 10)
+def _skin_level(rng, geo: FaceGeometry) -> float:
+    """Grey level of a hand: near the face's own tone (same person) or any skin tone, dark to pale."""
+    if rng.random() < 0.5:
+        return float(np.clip(geo.face_grey * rng.uniform(0.75, 1.3), 35, 235))
+    return float(rng.uniform(45, 225))
+
+
+def _capsules(size: int, starts: np.ndarray, ends: np.ndarray, widths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Union of rounded bars (fingers, strands): a 0/1 mask and a cylinder shading 0..1 (1 on each axis, 0 at
+    the rims, so touching fingers show a dark gap between them)."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    best = np.full((size, size), np.inf, np.float32)
+    for a, b, w in zip(starts, ends, widths):
+        ab = b - a
+        t = np.clip(((xx - a[0]) * ab[0] + (yy - a[1]) * ab[1]) / max(float(ab @ ab), 1e-6), 0, 1)
+        d = np.hypot(xx - (a[0] + t * ab[0]), yy - (a[1] + t * ab[1])) / (w / 2)
+        best = np.minimum(best, d)
+    mask = (best < 1).astype(np.uint8)
+    shade = np.sqrt(np.clip(1 - best ** 2, 0, 1))
+    return mask, shade
+
+
+def _unit(theta: float) -> tuple[np.ndarray, np.ndarray]:
+    d = np.array([np.cos(theta), np.sin(theta)])
+    return d, np.array([-d[1], d[0]])
+
+
+def fingers(rng, geo: FaceGeometry, ctx):
+    """A hand drawn as fingers: 2-5 shaded cylinders side by side (dark gaps between them), a palm at their
+    base and sometimes a thumb; laid across the forehead/brows, over an eye, pressed over the mouth or nose,
+    or anywhere. Skin tones from dark to pale."""
+    size, iod = geo.size, geo.iod
+    mode = rng.choice(["brows", "eyes", "mouth", "nose", "any"], p=[0.28, 0.2, 0.28, 0.12, 0.12])
+    side = rng.choice([-1.0, 1.0])
+    if mode == "brows":  # fingers roughly horizontal, lowest finger near the brow line
+        theta = (0.0 if side > 0 else np.pi) + rng.normal(0, 0.25)
+        target = np.array([geo.brows[0] + rng.normal(0, 0.3 * iod), geo.brows[1] + rng.uniform(-0.45, 0.25) * iod])
+    elif mode == "eyes":
+        theta = (0.0 if side > 0 else np.pi) + rng.normal(0, 0.5)
+        target = ([geo.eye_r, geo.eye_l, (geo.eye_r + geo.eye_l) / 2][rng.integers(0, 3)]
+                  + rng.normal(0, 0.15 * iod, 2))
+    elif mode == "mouth":  # from below (fingers up) or from the side
+        theta = (-np.pi / 2 + rng.normal(0, 0.45) if rng.random() < 0.6 else (0.0 if side > 0 else np.pi)
+                 + rng.normal(0, 0.4))
+        target = geo.mouth + rng.normal(0, 0.2 * iod, 2)
+    elif mode == "nose":
+        theta = -np.pi / 2 + rng.normal(0, 0.6)
+        target = geo.nose + rng.normal(0, 0.2 * iod, 2)
+    else:
+        theta = rng.uniform(0, 2 * np.pi)
+        target = geo.anchor(rng)
+    direction, normal = _unit(theta)
+    n = int(rng.integers(2, 6))
+    width = iod * rng.uniform(0.16, 0.27)
+    length = iod * rng.uniform(0.7, 1.25)
+    base = target - direction * length * rng.uniform(0.3, 1.0)  # the target lies somewhere along the fingers
+    offsets = (np.arange(n) - (n - 1) / 2) * width * rng.uniform(0.85, 1.0)
+    if mode == "brows" and rng.random() < 0.7:  # stacked fingers grow upwards from the target line
+        offsets = offsets - offsets.max() * np.sign(normal[1] if abs(normal[1]) > 1e-3 else 1.0)
+    starts, ends, widths = [], [], []
+    for k, off in enumerate(offsets):
+        bend = rng.normal(0, 0.08)
+        d = direction * np.cos(bend) + normal * np.sin(bend)
+        scale = 1.0 - 0.25 * abs(k - (n - 1) / 2) / max((n - 1) / 2, 1) + rng.normal(0, 0.05)
+        start = base + normal * off
+        starts.append(start)
+        ends.append(start + d * length * scale)
+        widths.append(width * rng.uniform(0.9, 1.1))
+    if rng.random() < 0.4:  # thumb
+        d = (-normal if rng.random() < 0.5 else normal) * 0.8 + direction * 0.6
+        start = base + normal * (offsets[0] if d @ normal < 0 else offsets[-1]) - direction * width
+        starts.append(start)
+        ends.append(start + d / np.linalg.norm(d) * length * 0.7)
+        widths.append(width * 1.15)
+    mask, shade = _capsules(size, np.array(starts), np.array(ends), np.array(widths))
+    palm_c = base - direction * iod * rng.uniform(0.35, 0.6)
+    palm = np.zeros((size, size), np.uint8)
+    cv2.ellipse(palm, tuple(int(v) for v in np.round(palm_c)),
+                (int(iod * rng.uniform(0.45, 0.7)), int(max(abs(offsets).max() + width / 2, width))),
+                float(np.degrees(theta)), 0, 360, 1, -1)
+    if rng.random() < 0.5:  # the wrist leaving the crop
+        cv2.line(palm, tuple(int(v) for v in palm_c), tuple(int(v) for v in palm_c - direction * size), 1,
+                 int(iod * rng.uniform(0.5, 0.8)))
+    shade = np.where(mask > 0, shade, np.where(palm > 0, 0.85, 0))
+    mask = np.maximum(mask, palm)
+    level = _skin_level(rng, geo)
+    crop = ctx.get("_crop")
+    if crop is not None and rng.random() < 0.6:  # the face's own skin (cheek / forehead), same tone and light
+        point = geo.landmarks[[50, 280, 151, 9][rng.integers(0, 4)]]
+        half = max(3, int(geo.iod * rng.uniform(0.12, 0.25)))
+        x0, y0 = (int(np.clip(v - half, 0, size - 2 * half - 1)) for v in point)
+        skin = cv2.resize(crop[y0:y0 + 2 * half, x0:x0 + 2 * half].astype(np.float32), (size, size),
+                          interpolation=cv2.INTER_CUBIC)
+        level = skin * rng.uniform(0.85, 1.2)
+    light = 0.5 + 0.5 * _gradient(rng, size, 1.0)  # light from one side across the whole hand
+    content = level * (rng.uniform(0.55, 0.75) + rng.uniform(0.25, 0.45) * shade) * (0.85 + 0.3 * light) \
+        + _lowfreq(rng, size, rng.uniform(1, 6), 8)
+    alpha = _soft(mask, rng, 0.3, 1.2)
+    if rng.random() < 0.6:  # a soft contact shadow on the face beside the hand (alpha < 0.5: covers nothing)
+        shift = tuple(int(v) for v in rng.integers(-3, 4, 2))
+        shadow = np.roll(cv2.GaussianBlur(mask.astype(np.float32), (0, 0), rng.uniform(1.5, 4)), shift, (0, 1))
+        shadow = np.clip(shadow * rng.uniform(0.2, 0.45), 0, 0.45)
+        content = np.where(alpha > shadow, content, np.asarray(level, np.float32) * 0.35)
+        alpha = np.maximum(alpha, shadow)
+    return alpha, content
+
+
+def glasses(rng, geo: FaceGeometry, ctx):
+    """Clear glasses: rims (thin or heavy, dark or light), bridge and temples; the lenses let the eyes show
+    (alpha <= 0.3: a slight tint or a reflection), so the eyes are NOT covered by the label rule."""
+    size = geo.size
+    w = geo.eye_width * rng.uniform(0.75, 1.05)
+    h = w * rng.uniform(0.5, 0.85)
+    angle = float(np.degrees(np.arctan2(*(geo.eye_l - geo.eye_r)[::-1])) + rng.normal(0, 2))
+    rim = np.zeros((size, size), np.uint8)
+    lens = np.zeros((size, size), np.uint8)
+    thick = int(rng.choice([1, 1, 2, 2, 3, 4]))
+    shape = rng.integers(0, 3)
+    centres = []
+    for c in (geo.eye_r, geo.eye_l):
+        c = c + np.array([0, rng.uniform(-0.05, 0.2) * h]) + rng.normal(0, 0.03 * geo.iod, 2)
+        centres.append(c)
+        ci = tuple(int(v) for v in np.round(c))
+        if shape == 0:
+            cv2.ellipse(lens, ci, (int(w), int(h)), angle, 0, 360, 1, -1)
+            cv2.ellipse(rim, ci, (int(w), int(h)), angle, 0, 360, 1, thick)
+        else:
+            box = ((float(c[0]), float(c[1])), (2 * w, 2 * h), angle)
+            pts = np.round(cv2.boxPoints(box)).astype(np.int32)
+            cv2.fillPoly(lens, [pts], 1)
+            cv2.polylines(rim, [pts], True, 1, thick)
+            if shape == 2:  # browline frames: a heavy top bar
+                cv2.line(rim, tuple(pts[1]), tuple(pts[2]), 1, thick + 2)
+    cv2.line(rim, tuple(int(v) for v in centres[0]), tuple(int(v) for v in centres[1]), 1, thick)
+    if rng.random() < 0.7:
+        y = int((centres[0][1] + centres[1][1]) / 2 - h * 0.5)
+        cv2.line(rim, (0, y), (int(centres[0][0] - w), y), 1, thick)
+        cv2.line(rim, (int(centres[1][0] + w), y), (size - 1, y), 1, thick)
+    # the bridge line runs between the lens centres; keep it out of the lenses
+    rim = np.where((lens > 0) & (rim > 0) & (cv2.erode(lens, np.ones((3, 3), np.uint8), iterations=thick + 1) > 0),
+                   0, rim).astype(np.uint8)
+    frame_level = rng.uniform(0, 60) if rng.random() < 0.75 else rng.uniform(120, 230)
+    tint = rng.uniform(0.0, 0.25)
+    tint_level = rng.uniform(0, 80) if rng.random() < 0.6 else rng.uniform(150, 255)
+    alpha = np.where(rim > 0, 1.0, np.where(lens > 0, tint, 0.0)).astype(np.float32)
+    content = np.where(rim > 0, frame_level, tint_level).astype(np.float32)
+    if rng.random() < 0.5:  # a reflection streak on the lenses, still see-through
+        streak = _soft(_random_shape(rng, size, centres[rng.integers(0, 2)], w * 0.8), rng, 1.0, 3.0)
+        alpha = np.where(rim > 0, alpha, np.maximum(alpha, np.minimum(streak * (lens > 0), 0.45)))
+        content = np.where(rim > 0, content, np.where(streak > 0.05, 230.0, content))
+    return np.clip(cv2.GaussianBlur(alpha, (0, 0), rng.uniform(0.3, 0.8)), 0, 1), content
+
+
+def hair(rng, geo: FaceGeometry, ctx):
+    """Hair over the forehead: a fringe whose lower edge (wavy, often tilted, side-swept over one brow and
+    eye) ends anywhere from high on the forehead to below the brows, plus loose strands hanging lower."""
+    size, iod = geo.size, geo.iod
+    xs = np.linspace(-5, size + 5, 16)
+    tilt = rng.normal(0, 0.15) if rng.random() < 0.6 else rng.choice([-1, 1]) * rng.uniform(0.3, 0.8)
+    level_y = geo.brows[1] + rng.uniform(-0.5, 0.6) * iod
+    edge = level_y + tilt * (xs - geo.brows[0]) + rng.uniform(0, 0.12) * iod * np.sin(
+        xs / rng.uniform(4, 12) + rng.uniform(0, 6)) + np.cumsum(rng.normal(0, 0.6, xs.size))
+    pts = np.vstack([np.stack([xs, edge], 1), [[size + 5, -5], [-5, -5]]])
+    mass = np.zeros((size, size), np.uint8)
+    cv2.fillPoly(mass, [np.round(pts).astype(np.int32)], 1)
+    strands = np.zeros((size, size), np.uint8)
+    for _ in range(int(rng.integers(0, 40))):  # strands hanging below the edge
+        x0 = rng.uniform(0, size)
+        y0 = float(np.interp(x0, xs, edge)) - rng.uniform(0, 6)
+        drop = rng.uniform(0.05, 0.5) * iod
+        sway = rng.normal(tilt * drop, 0.15 * iod)
+        curve = np.stack([x0 + sway * np.linspace(0, 1, 6) ** 2, y0 + drop * np.linspace(0, 1, 6)], 1)
+        cv2.polylines(strands, [np.round(curve).astype(np.int32)], False, 1, int(rng.integers(1, 3)))
+    level = rng.uniform(5, 70) if rng.random() < 0.75 else rng.uniform(90, 220)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    flow = np.sin((xx + tilt * yy) * 2 * np.pi / rng.uniform(2.5, 6) + _lowfreq(rng, size, 2.0, 10))
+    content = level + rng.uniform(5, 30) * flow + _lowfreq(rng, size, rng.uniform(3, 12), 12)
+    alpha = np.maximum(_soft(mass, rng, 0.4, 1.5), strands * rng.uniform(0.6, 1.0))
+    return np.clip(alpha, 0, 1), content
+
+
+def phone(rng, geo: FaceGeometry, ctx):
+    """A phone held against the cheek/mouth/eye: a rounded dark slab with a screen or a case, often gripped."""
+    size, iod = geo.size, geo.iod
+    target = ([geo.mouth, geo.nose, geo.eye_r, geo.eye_l, geo.anchor(rng)][rng.integers(0, 5)]
+              + rng.normal(0, 0.25 * iod, 2))
+    w, h = iod * rng.uniform(0.55, 0.9), iod * rng.uniform(1.1, 1.8)
+    angle = float(rng.normal(0, 25) if rng.random() < 0.7 else rng.uniform(0, 180))
+    body = np.zeros((size, size), np.uint8)
+    box = ((float(target[0]), float(target[1])), (w, h), angle)
+    pts = np.round(cv2.boxPoints(box)).astype(np.int32)
+    cv2.fillPoly(body, [pts], 1)
+    r = max(1, int(w * 0.15))
+    body = cv2.morphologyEx(body, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
+    level = rng.uniform(5, 60) if rng.random() < 0.7 else rng.uniform(60, 230)
+    inner = cv2.erode(body, np.ones((3, 3), np.uint8), iterations=max(1, int(w * 0.08)))
+    screen = rng.uniform(0, 255) if rng.random() < 0.5 else level + rng.uniform(-20, 20)
+    content = np.where(inner > 0, screen, level).astype(np.float32) + _gradient(rng, size, rng.uniform(5, 40))
+    alpha = _soft(body, rng, 0.2, 1.0)
+    if rng.random() < 0.5:  # fingers gripping its edge
+        g_alpha, g_content = fingers(rng, geo, ctx)
+        near = cv2.dilate(body, np.ones((5, 5), np.uint8), iterations=max(1, int(w * 0.2)))
+        g_alpha = g_alpha * near
+        content = np.where(g_alpha > 0.5, g_content, content)
+        alpha = np.maximum(alpha, g_alpha)
+    return alpha, content
+
+
+def cup(rng, geo: FaceGeometry, ctx):
+    """A cup, mug or glass raised to the mouth: a body rising from below the crop up to a rim near the mouth
+    (sometimes the nose), an elliptic rim, cylinder shading, sometimes a handle."""
+    size, iod = geo.size, geo.iod
+    top_y = _between(rng, geo.nose[1] - 0.1 * iod, geo.mouth[1] + 0.35 * iod)
+    cx = geo.mouth[0] + rng.normal(0, 0.35 * iod)
+    half = iod * rng.uniform(0.35, 0.7)
+    taper = rng.uniform(0.75, 1.0)
+    tilt = rng.normal(0, 0.15)
+    rim_h = max(2, int(half * rng.uniform(0.15, 0.4)))
+    mask = np.zeros((size, size), np.uint8)
+    bottom = size + 5
+    pts = np.array([[cx - half, top_y], [cx + half, top_y], [cx + half * taper + tilt * (bottom - top_y), bottom],
+                    [cx - half * taper + tilt * (bottom - top_y), bottom]])
+    cv2.fillPoly(mask, [np.round(pts).astype(np.int32)], 1)
+    cv2.ellipse(mask, (int(cx), int(top_y)), (int(half), rim_h), 0, 0, 360, 1, -1)
+    if rng.random() < 0.5:  # handle
+        hx = int(cx + rng.choice([-1, 1]) * half * 1.1)
+        cv2.ellipse(mask, (hx, int(top_y + 1.2 * half)), (int(half * 0.4), int(half * 0.55)), 0, 0, 360, 1,
+                    max(2, int(half * 0.2)))
+    level = rng.uniform(20, 240)
+    xx = np.mgrid[0:size, 0:size][1].astype(np.float32)
+    cyl = np.cos(np.clip((xx - cx) / max(half, 1), -1.5, 1.5))
+    content = level * (0.75 + 0.25 * cyl) + _lowfreq(rng, size, rng.uniform(0, 8), 10)
+    if rng.random() < 0.3:  # a printed pattern
+        content = content * 0.5 + _random_texture(rng, size) * 0.5
+    rim = np.zeros((size, size), np.uint8)
+    cv2.ellipse(rim, (int(cx), int(top_y)), (int(half), rim_h), 0, 0, 360, 1, max(1, rim_h // 2))
+    content = np.where(rim > 0, level * rng.uniform(0.5, 1.3), content)
+    alpha = _soft(mask, rng, 0.3, 1.2) * (rng.uniform(0.85, 1.0) if rng.random() < 0.8 else rng.uniform(0.6, 0.8))
+    return alpha, content
+
+
+def half_cover(rng, geo: FaceGeometry, ctx):
+    """Something whose edge crosses one region: a disc whose (possibly nearly straight) boundary cuts the
+    region's mask at a random fraction 10-90 %, so labels on both sides of the 30 % rule are common.
+    Skin (a finger edge), flat, textured or photo content."""
+    masks = ctx.get("_masks")
+    if masks is None:
+        masks = region_masks(geo.landmarks, geo.size)
+    size, iod = geo.size, geo.iod
+    k = int(rng.integers(0, len(REGIONS)))
+    ys, xs = np.nonzero(masks[k])
+    if len(xs) == 0:
+        return np.zeros((size, size), np.float32), np.zeros((size, size), np.float32)
+    direction, _ = _unit(rng.uniform(0, 2 * np.pi))
+    proj = xs * direction[0] + ys * direction[1]
+    cut = float(np.quantile(proj, 1 - rng.uniform(0.1, 0.9)))  # that share of the mask lies beyond the cut
+    centre = np.array([xs.mean(), ys.mean()])
+    on_edge = centre + direction * (cut - float(centre @ direction))
+    radius = iod * rng.uniform(0.35, 1.5)
+    disc_c = on_edge + direction * radius
+    mask = np.zeros((size, size), np.uint8)
+    cv2.circle(mask, tuple(int(v) for v in np.round(disc_c)), int(radius), 1, -1)
+    r = rng.random()
+    if r < 0.4:
+        level = _skin_level(rng, geo)
+        yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+        dist = np.hypot(xx - disc_c[0], yy - disc_c[1]) / max(radius, 1)
+        content = level * (0.7 + 0.3 * np.sqrt(np.clip(1 - dist ** 2, 0, 1))) + _lowfreq(rng, size, 3, 8)
+    elif r < 0.65:
+        content = np.full((size, size), rng.uniform(0, 255), np.float32) + _lowfreq(rng, size, rng.uniform(0, 8), 8)
+    elif r < 0.85:
+        content = _random_texture(rng, size)
+    else:
+        pool = ctx["images"]
+        content = _patch_from(rng, pool[rng.integers(0, len(pool))], size)
+    return _soft(mask, rng, 0.2, 1.2), content
+
 FAMILIES: dict[str, Callable] = {
     "hand": hand, "bar": bar, "scarf": scarf, "sunglasses": sunglasses, "mask": face_mask,
-    "texture": texture, "real_patch": real_patch, "heldout_patch": heldout_patch,
+    "texture": texture, "real_patch": real_patch, "fingers": fingers, "glasses": glasses, "hair": hair,
+    "phone": phone, "cup": cup, "half_cover": half_cover, "heldout_patch": heldout_patch,
 }
-TRAIN_FAMILIES = ("hand", "bar", "scarf", "sunglasses", "mask", "texture", "real_patch")
-TRAIN_WEIGHTS = (0.22, 0.14, 0.12, 0.14, 0.10, 0.12, 0.16)
+# v1 families and weights (models/occlusion.onnx 1.x)
+V1_FAMILIES = ("hand", "bar", "scarf", "sunglasses", "mask", "texture", "real_patch")
+V1_WEIGHTS = (0.22, 0.14, 0.12, 0.14, 0.10, 0.12, 0.16)
+# v2: + fingers, clear glasses (negatives for the eyes), hair, phone, cup, half-region covers
+TRAIN_FAMILIES = ("hand", "fingers", "bar", "scarf", "sunglasses", "glasses", "mask", "hair", "phone", "cup",
+                  "half_cover", "texture", "real_patch")
+TRAIN_WEIGHTS = (0.06, 0.17, 0.06, 0.06, 0.08, 0.06, 0.07, 0.09, 0.05, 0.05, 0.11, 0.06, 0.08)
 
 
 def load_images(names: tuple[str, ...]) -> list[np.ndarray]:
@@ -404,6 +689,7 @@ def occlude(crop: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator, c
         masks = region_masks(landmarks, crop.shape[0])
     if count is None:
         count = int(rng.choice([1, 2, 3], p=[0.7, 0.22, 0.08]))
+    ctx = {**ctx, "_masks": masks, "_crop": crop}
     p = None
     if weights is not None and len(weights) == len(families):
         p = np.asarray(weights, np.float64) / np.sum(weights)
