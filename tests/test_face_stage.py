@@ -105,3 +105,48 @@ def test_group_photos(analyzer, name, at_least):
 def test_no_face_sample(analyzer):
     image = cv2.imread(str(requires_data(SAMPLES / "free-mountain-vector-01.jpg")))
     assert analyzer.run(image, FaceOptions()).faces == []
+
+
+class CountingShortRange:
+    """Wraps the short-range model and counts the images it reads."""
+
+    def __init__(self, model) -> None:
+        self.model, self.calls, self.size = model, 0, model.size
+
+    def detect(self, image, threshold):
+        self.calls += 1
+        return self.model.detect(image, threshold)
+
+
+def test_short_range_model_runs_only_where_it_can_add_a_face(analyzer, astronaut):
+    from app.detect import FaceDetector
+
+    counting = CountingShortRange(analyzer.detector.short_range)
+    detector = FaceDetector(analyzer.detector.full_range, counting)
+    canvas = np.full((480, 640, 3), 128, np.uint8)
+    canvas[:, 64:576] = cv2.resize(astronaut, (512, 480))
+    assert len(detector.detect(canvas, 0.5, 20, 5)) == 1
+    assert counting.calls == 0  # the full-range model found the face and nothing else lit up
+    # a close-up (the face fills the frame) is beyond the full-range model: the short-range one finds it
+    face = detector.detect(canvas, 0.5, 20, 1)[0].box.astype(int)
+    side = int(1.1 * max(face[2] - face[0], face[3] - face[1]))
+    cx, cy = (face[0] + face[2]) // 2, (face[1] + face[3]) // 2
+    close_up = cv2.copyMakeBorder(canvas, side, side, side, side, cv2.BORDER_REPLICATE)[
+        cy + side - side // 2 : cy + side + side // 2, cx + side - side // 2 : cx + side + side // 2
+    ]
+    assert not analyzer.detector.full_range.detect(close_up, 0.5)
+    assert len(detector.detect(close_up, 0.5, 20, 5)) == 1
+    assert counting.calls == 1
+
+
+def test_large_images_are_shrunk_once_with_the_same_faces(analyzer, astronaut):
+    from app.detect import shrink
+
+    small = analyzer.detector.detect(astronaut, 0.5, 20, 5)
+    big_image = cv2.resize(astronaut, (512 * 5 + 3, 512 * 5 + 3), interpolation=cv2.INTER_CUBIC)
+    reduced, stretch = shrink(big_image, 192)
+    kept = 2563 - 2563 % (2563 // 384)  # reduced 6x first (to >= 2 x 192 px): 1 px left out
+    assert max(reduced.shape[:2]) == 192 and np.allclose(stretch, kept / 192)
+    big = analyzer.detector.detect(big_image, 0.5, 20, 5)
+    assert len(big) == len(small) == 1
+    assert np.abs(big[0].box / 5 - small[0].box).max() < 4  # the same box, mapped back to image pixels

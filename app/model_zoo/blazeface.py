@@ -61,12 +61,13 @@ class BlazeFace(OnnxModel):
         self.size = int(self.input_shape[2])
         self.anchors = ssd_anchors(self.size, self.strides, self.anchors_per_cell)
 
-    def detect(self, image_bgr: np.ndarray, threshold: float = 0.5, iou_threshold: float = 0.3) -> list[Detection]:
+    def candidates(self, image_bgr: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every anchor scoring above ``threshold``, before NMS: boxes (n, 4) and keypoints (n, 6, 2) in image
+        pixels, scores (n,)."""
         h, w = image_bgr.shape[:2]
-        side = max(h, w)
-        scale = self.size / side
+        scale = self.size / max(h, w)
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        resized = cv2.resize(image_bgr, size, interpolation=cv2.INTER_AREA)
+        resized = image_bgr if size == (w, h) else cv2.resize(image_bgr, size, interpolation=cv2.INTER_AREA)
         canvas = np.zeros((self.size, self.size, 3), dtype=np.uint8)
         pad_y, pad_x = (self.size - resized.shape[0]) // 2, (self.size - resized.shape[1]) // 2
         canvas[pad_y : pad_y + resized.shape[0], pad_x : pad_x + resized.shape[1]] = resized
@@ -74,21 +75,28 @@ class BlazeFace(OnnxModel):
         regressors, logits = self.run(tensor.transpose(2, 0, 1)[None])
         scores = 1.0 / (1.0 + np.exp(-np.clip(logits.reshape(-1), -80, 80)))
         keep = scores > threshold
-        if not keep.any():
-            return []
         raw = regressors.reshape(-1, 8, 2)[keep] / self.size  # normalised to the letterboxed input
         anchors = self.anchors[keep]
-        centre, size = raw[:, 0] + anchors, raw[:, 1]
-        boxes = np.concatenate([centre - size / 2, centre + size / 2], axis=1)
+        centre, box_size = raw[:, 0] + anchors, raw[:, 1]
+        boxes = np.concatenate([centre - box_size / 2, centre + box_size / 2], axis=1)
         keypoints = raw[:, 2:] + anchors[:, None, :]
         # undo the letterbox: input pixels -> image pixels
         offset = np.array([pad_x, pad_y], dtype=np.float32)
         to_image = lambda pts: (pts * self.size - offset) / scale  # noqa: E731
         boxes = np.concatenate([to_image(boxes[:, :2]), to_image(boxes[:, 2:])], axis=1)
-        keypoints = to_image(keypoints)
         valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        merged = weighted_nms(boxes[valid], scores[keep][valid], keypoints[valid], iou_threshold)
+        return boxes[valid], scores[keep][valid], to_image(keypoints)[valid]
+
+    @staticmethod
+    def merge(boxes: np.ndarray, scores: np.ndarray, keypoints: np.ndarray, iou_threshold: float = 0.3):
+        """Candidates -> one Detection per face (MediaPipe's weighted NMS)."""
+        if not len(scores):
+            return []
+        merged = weighted_nms(boxes, scores, keypoints, iou_threshold)
         return [Detection(box=b, score=s, keypoints=k) for b, s, k in merged]
+
+    def detect(self, image_bgr: np.ndarray, threshold: float = 0.5, iou_threshold: float = 0.3) -> list[Detection]:
+        return self.merge(*self.candidates(image_bgr, threshold), iou_threshold)
 
 
 class BlazeFaceShortRange(BlazeFace):
