@@ -30,7 +30,7 @@ import numpy as np
 
 from app import respond
 from app.align import AlignedFace, align_face
-from app.decode import ImageLimits, decode_image
+from app.decode import DecodeMemory, ImageLimits, decode_image
 from app.detect import FaceDetector
 from app.errors import ApiError
 from app.filters import OcclusionVerdict, filter_reasons
@@ -121,6 +121,7 @@ def limits_of(settings: Settings) -> ImageLimits:
         max_pixels=settings.max_image_pixels,
         max_side=settings.max_image_side,
         min_side=settings.min_image_side,
+        max_decode_bytes=settings.decode_memory_mb << 20,
     )
 
 
@@ -157,6 +158,7 @@ class Analyzer:
             models = ModelRegistry(self.settings)
             models.warm_up()
         self.models = models
+        self.decode_memory = DecodeMemory(self.settings.decode_memory_mb << 20)
         self.detector = FaceDetector(models.full_range, models.short_range)
         # Landmarks v2 (478 points with irises) unless the settings ask for the 468-point mesh; heads that need
         # the irises (blendshapes, gaze) then run v2 per face as well (timed as landmarks_v2).
@@ -236,7 +238,7 @@ class Analyzer:
         timings = Timings()
         if isinstance(image, (bytes, bytearray, memoryview)):
             with timings.stage("decode"):
-                image = decode_image(bytes(image), limits_of(self.settings))
+                image = decode_image(bytes(image), limits_of(self.settings), self.decode_memory)
         if options.face_crop:
             detections: list[Detection | None] = [None]
         else:

@@ -183,6 +183,11 @@ class Limits(BaseModel):
     min_image_side: int
     formats: list[str]
     max_faces: int
+    decode_memory_mb: int | None = Field(None, description="the decode memory budget of one worker (MiB)")
+    max_image_pixels_by_layout: dict[str, int] | None = Field(
+        None, description="the pixel limit each layout gets from the decode budget: no_alpha (RGB, grey, "
+        "CMYK, at any bit depth), alpha_8bit, alpha_16bit"
+    )
     # POST /analyze-video
     max_video_upload_bytes: int | None = None
     max_video_duration_s: float | None = None

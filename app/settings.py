@@ -34,6 +34,12 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(40_000_000, ge=64)
     max_image_side: int = Field(12_000, ge=8)
     min_image_side: int = Field(16, ge=1)
+    # --- Decode memory budget (app/decode.py) ---
+    decode_memory_mb: int = Field(
+        256, ge=16, description="the most memory the image decodes of one worker hold at once (MiB): an image "
+        "that alone needs more is refused before decoding (413; a decode's peak is 6 bytes a pixel without "
+        "alpha, 8 with 8-bit alpha, 16 with 16-bit alpha, measured); concurrent decodes wait for room"
+    )
 
     # Face stage.
     detection_threshold: float = Field(0.5, gt=0.0, lt=1.0)

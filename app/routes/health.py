@@ -4,7 +4,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from app import __version__
-from app.decode import SUPPORTED_FORMATS
+from app.analyzer import limits_of
+from app.decode import SUPPORTED_FORMATS, max_pixels_by_layout
 from app.schemas import Defaults, Health, Limits, ModelInfo, Readiness, VersionResponse
 from app.video.decode import VIDEO_FORMATS
 
@@ -45,6 +46,8 @@ def version(request: Request) -> VersionResponse:
             min_image_side=settings.min_image_side,
             formats=list(SUPPORTED_FORMATS),
             max_faces=settings.max_faces_limit,
+            decode_memory_mb=settings.decode_memory_mb,
+            max_image_pixels_by_layout=max_pixels_by_layout(limits_of(settings)),
             max_video_upload_bytes=settings.max_video_upload_bytes,
             max_video_duration_s=settings.max_video_duration_s,
             max_video_frames=settings.max_video_frames,
