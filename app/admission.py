@@ -104,6 +104,8 @@ class AdmissionMiddleware:
         error_body = {"error": {"code": error.code, "message": error.message}, "request_id": request_id}
         body = json.dumps(error_body).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                   (b"retry-after", str(RETRY_AFTER_S).encode()), (b"connection", b"close")]
+                   (b"retry-after", str(RETRY_AFTER_S).encode())]
+        # No "Connection: close": uvicorn discards the unread body and keeps the connection (closing it while
+        # the client still sends would reset the connection before the client reads this answer).
         await send({"type": "http.response.start", "status": 503, "headers": headers})
         await send({"type": "http.response.body", "body": body})
