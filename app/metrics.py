@@ -71,7 +71,9 @@ class AccessMiddleware:
         start = time.perf_counter()
         status, bytes_in = 500, 0
         state = scope.setdefault("state", {})
-        token = request_id_var.set(state.get("request_id", ""))
+        # Not reset at the end: the server runs each request in its own task (its own context), and the
+        # app's last-resort error handler, outside this middleware, logs with it.
+        request_id_var.set(state.get("request_id", ""))
 
         async def counting_receive() -> Message:
             nonlocal bytes_in
@@ -98,4 +100,3 @@ class AccessMiddleware:
                                   "duration_ms": round(seconds * 1000.0, 2), "faces": state.get("faces"),
                                   "bytes_in": bytes_in}},
             )
-            request_id_var.reset(token)

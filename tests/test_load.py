@@ -45,8 +45,8 @@ def test_48_concurrent_group_photos_are_answered_or_shed():
             _assert_overloaded(response)
         else:
             assert len(response.json()["faces"]) >= 2
-    shed = next(line for line in metrics.splitlines() if line.startswith('microfacs_shed_requests_total{reason="full"}'))
-    assert float(shed.split()[-1]) == statuses[503]
+    shed = 'microfacs_shed_requests_total{reason="full"}'
+    assert float(next(line for line in metrics.splitlines() if line.startswith(shed)).split()[-1]) == statuses[503]
 
 
 @pytest.fixture()
@@ -100,7 +100,8 @@ def test_queue_full_is_shed_at_once_and_waiting_past_the_deadline_is_shed(gated_
 
 async def _call(app, path: str, query: str = "", headers: dict[str, str] | None = None,
                 body: bytes | None = None) -> tuple[int, int, dict]:
-    """Calls the ASGI app directly. The body is ``body`` (multipart), or else a file part that never ends. Returns (status, bytes the app read, response headers)."""
+    """Calls the ASGI app directly. The body is ``body`` (multipart), or else a file part that never ends.
+    Returns (status, bytes the app read, response headers)."""
     boundary = "b0undary"
     read = 0
     chunk = b"x" * 65536
