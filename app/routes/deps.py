@@ -6,14 +6,13 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Query, Request, Response
 from starlette.datastructures import UploadFile
 
 from app.analyzer import Analyzer, FaceOptions
 from app.errors import ApiError, request_id_of
 from app.render_http import render_option
 from app.respond import analysis_response
-from app.schemas import AnalysisResponse
 from app.settings import Settings
 
 
@@ -84,16 +83,18 @@ class AnalysisRequest:
     include_landmarks: bool
     extra_heads: tuple[str, ...] = ()  # opt-in heads any endpoint adds: blendshapes, gaze
 
-    async def run(self, heads: Collection[str] = ()) -> AnalysisResponse[Any]:
-        """The analysis in the app's pool (``app.admission``: a slot, or 503 past the deadline)."""
+    async def run(self, heads: Collection[str] = ()) -> Response:
+        """The analysis in the app's pool (``app.admission``: a slot, or 503 past the deadline), serialised
+        there too: the event loop only moves bytes. The route's ``response_model`` documents the shape."""
         return await self.request.app.state.admission.run(self.request, self._run, heads)
 
-    def _run(self, heads: Collection[str]) -> AnalysisResponse[Any]:
+    def _run(self, heads: Collection[str]) -> Response:
         analysis = self.analyzer.run(self.data, self.options, {*heads, *self.extra_heads})
         self.request.state.image = analysis.image  # for ?render=true (app/render_http.py)
         self.request.state.faces = len(analysis.faces)  # for the access log
         self.request.app.state.metrics.observe_analysis(analysis.timings.ms, len(analysis.faces))
-        return analysis_response(request_id_of(self.request), analysis, self.include_landmarks)
+        response = analysis_response(request_id_of(self.request), analysis, self.include_landmarks)
+        return Response(response.model_dump_json(by_alias=True), media_type="application/json")
 
 
 async def analysis_request(
