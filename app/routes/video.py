@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 
 from app.analyzer import Analyzer
 from app.errors import request_id_of
@@ -34,7 +34,7 @@ async def analyze_video(
     ] = True,
     occlusion_filter: Annotated[bool, Query(description="mark frames with an occluded face region")] = True,
     series: Annotated[bool, Query(description="include each track's per-frame data (else tracks and events)")] = True,
-) -> VideoAnalysisResponse:
+) -> Response:
     """Decode the clip as a stream (limits in GET /version, checked from its header before decoding), track
     each face with a stable ``track_id`` (confirmed after a few consistent detections), and return per
     track its per-frame AU probabilities, expression, smoothed pose and box, and its events: departures of
@@ -42,11 +42,13 @@ async def analyze_video(
     ``micro`` (<= 0.5 s). Frame numbers are 0-based; seconds come from the video's timestamps."""
     options = video.options(every, max_faces, side_face_filter, occlusion_filter, series)
     file = await read_upload(request)  # only now, after the parameters (and the router's API key) are checked
+
+    def analyse() -> Response:  # in the analysis pool, serialisation included (series can be large)
+        result = video.analyze_upload(file.file, options, request_id_of(request))
+        request.state.faces = len(result.tracks)  # for the access log
+        return Response(result.model_dump_json(by_alias=True), media_type="application/json")
+
     try:
-        result = await request.app.state.admission.run(
-            request, video.analyze_upload, file.file, options, request_id_of(request)
-        )
+        return await request.app.state.admission.run(request, analyse)
     finally:
         await request.close()
-    request.state.faces = len(result.tracks)  # for the access log
-    return result
