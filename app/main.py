@@ -1,7 +1,6 @@
 """The FastAPI application: ``uvicorn app.main:app`` serves it."""
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -10,13 +9,16 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 
 from app import __version__
+from app.admission import Admission, AdmissionMiddleware
 from app.analyzer import Analyzer
 from app.errors import install_error_handlers
+from app.logs import configure_logging
+from app.metrics import AccessMiddleware, Metrics
 from app.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from app.model_zoo.base import load_manifest
 from app.registry import ModelRegistry
 from app.render_http import RENDER_RESPONSES, RenderMiddleware, render_option
-from app.routes import faces, health, video
+from app.routes import faces, health, metrics, video
 from app.routes.demo import install_demo
 from app.routes.deps import require_api_key
 from app.schemas import ErrorResponse
@@ -39,6 +41,7 @@ Expression outputs say what a face *appears to show*; they are not a reading of 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    configure_logging(settings.log_format)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -63,8 +66,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.manifest = load_manifest(settings.models_dir)
     app.state.ready = False
+    admission = Admission(settings.max_in_flight, settings.queue_limit, settings.request_timeout_s)
+    app.state.admission = admission
+    app.state.metrics = Metrics(admission, app.state.manifest)
     install_error_handlers(app)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     for router in ANALYSIS_ROUTERS:
         app.include_router(
             router, dependencies=[Depends(require_api_key), Depends(render_option)], responses=RENDER_RESPONSES
@@ -77,13 +84,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_upload_bytes=settings.max_upload_bytes,
         path_limits={"/analyze-video": settings.max_video_upload_bytes},
     )
+    shed_paths = {getattr(route, "path", "") for r in [*ANALYSIS_ROUTERS, video.router] for route in r.routes}
+    app.add_middleware(AdmissionMiddleware, admission=admission, paths=shed_paths)  # before the body is read
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"]
         )
+    app.add_middleware(AccessMiddleware, metrics=app.state.metrics)  # metrics and the access log: every answer
     app.add_middleware(RequestIdMiddleware)
     return app
 
 
-logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
 app = create_app()

@@ -1,6 +1,7 @@
 """Service settings, read from the environment (prefix ``MICROFACS_``)."""
 from __future__ import annotations
 
+import os
 import sys
 from functools import lru_cache
 from pathlib import Path
@@ -21,6 +22,12 @@ def default_models_dir() -> Path:
     if (checkout / "manifest.json").is_file() or not (INSTALLED_MODELS / "manifest.json").is_file():
         return checkout
     return INSTALLED_MODELS
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (a container's cpuset), not the host's count."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity else (os.cpu_count() or 1)
 
 
 class Settings(BaseSettings):
@@ -98,6 +105,23 @@ class Settings(BaseSettings):
     event_merge_gap_s: float = Field(0.15, ge=0.0, description="events this close merge into one")
     micro_max_s: float = Field(0.5, gt=0.0, description="an event lasting at most this long is micro (MEGC)")
     # --- end of video analysis settings ---------------------------------------------------------------------
+
+    # --- Load shedding, metrics, logs (app/admission.py, app/metrics.py, app/logs.py) -------------------------
+    # Per worker. Beyond max_in_flight running + max_queue waiting, analysis requests get 503 "overloaded" with
+    # Retry-After at once; a request still waiting request_timeout_s after it arrived gets it too.
+    max_in_flight: int = Field(
+        default_factory=usable_cpus, ge=1, description="analyses running at once (default: usable CPUs)"
+    )
+    max_queue: int | None = Field(None, ge=0, description="requests waiting for a slot (default: max_in_flight)")
+    request_timeout_s: float = Field(30.0, gt=0.0, description="deadline for a request to start its analysis")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="json: one JSON line per request (access log) and per log record"
+    )
+
+    @property
+    def queue_limit(self) -> int:
+        return self.max_in_flight if self.max_queue is None else self.max_queue
+    # --- end of load shedding, metrics, logs ------------------------------------------------------------------
 
 
 @lru_cache

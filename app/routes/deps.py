@@ -6,12 +6,13 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from fastapi import Depends, File, Query, Request, UploadFile
+from fastapi import Depends, Query, Request, Response
+from starlette.datastructures import UploadFile
 
 from app.analyzer import Analyzer, FaceOptions
 from app.errors import ApiError, request_id_of
+from app.render_http import render_option
 from app.respond import analysis_response
-from app.schemas import AnalysisResponse
 from app.settings import Settings
 
 
@@ -26,11 +27,29 @@ def analyzer_of(request: Request) -> Analyzer:
     return analyzer
 
 
-def upload_bytes(
-    file: UploadFile = File(description="the image: JPEG, PNG, WebP or BMP"),
-    settings: Settings = Depends(settings_of),
-) -> bytes:
-    return file.file.read(settings.max_upload_bytes + 1)
+def multipart_body(description: str) -> dict[str, Any]:
+    """The OpenAPI declaration (``openapi_extra``) of the multipart ``file`` field that ``read_upload`` reads:
+    routes read it themselves, after their query parameters and the API key are checked."""
+    file = {"type": "string", "contentMediaType": "application/octet-stream", "description": description}
+    schema = {"type": "object", "properties": {"file": file}, "required": ["file"]}
+    overloaded = {"description": "overloaded: retry after the Retry-After header's seconds",
+                  "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}},
+            "responses": {"503": overloaded}}
+
+
+IMAGE_BODY = multipart_body("the image: JPEG, PNG, WebP or BMP")
+
+
+async def read_upload(request: Request) -> UploadFile:
+    """The multipart field ``file`` (spooled by Starlette: memory up to 1 MiB, then a temporary file); the
+    caller closes the form (``request.close()``). The body-size middleware bounds what is read."""
+    form = await request.form(max_files=1, max_fields=32)
+    file = form.get("file")
+    if not isinstance(file, UploadFile):
+        await form.close()
+        raise ApiError(422, "missing_file", "upload the image as multipart form field 'file'")
+    return file
 
 
 def face_options(
@@ -64,21 +83,37 @@ class AnalysisRequest:
     include_landmarks: bool
     extra_heads: tuple[str, ...] = ()  # opt-in heads any endpoint adds: blendshapes, gaze
 
-    def run(self, heads: Collection[str] = ()) -> AnalysisResponse[Any]:
+    async def run(self, heads: Collection[str] = ()) -> Response:
+        """The analysis in the app's pool (``app.admission``: a slot, or 503 past the deadline), serialised
+        there too: the event loop only moves bytes. The route's ``response_model`` documents the shape."""
+        return await self.request.app.state.admission.run(self.request, self._run, heads)
+
+    def _run(self, heads: Collection[str]) -> Response:
         analysis = self.analyzer.run(self.data, self.options, {*heads, *self.extra_heads})
         self.request.state.image = analysis.image  # for ?render=true (app/render_http.py)
-        return analysis_response(request_id_of(self.request), analysis, self.include_landmarks)
+        self.request.state.faces = len(analysis.faces)  # for the access log
+        self.request.app.state.metrics.observe_analysis(analysis.timings.ms, len(analysis.faces))
+        response = analysis_response(request_id_of(self.request), analysis, self.include_landmarks)
+        return Response(response.model_dump_json(by_alias=True), media_type="application/json")
 
 
-def analysis_request(
+async def analysis_request(
     request: Request,
-    data: bytes = Depends(upload_bytes),
     options: FaceOptions = Depends(face_options),
     landmarks: bool = Query(False, description="include the 468 mesh points of each face"),
     blendshapes: bool = Query(False, description="add MediaPipe's 52 blendshape coefficients to each analysed face"),
     gaze: bool = Query(False, description="add the eye gaze (per eye and combined) to each analysed face"),
+    _render: bool = Depends(render_option),
     analyzer: Analyzer = Depends(analyzer_of),
+    settings: Settings = Depends(settings_of),
 ) -> AnalysisRequest:
+    """FastAPI calls this only when every query parameter above is valid (and after the router's API-key
+    check), so a bad request is refused before its body is read: the upload is read here, last."""
+    file = await read_upload(request)
+    try:
+        data = await file.read(settings.max_upload_bytes + 1)
+    finally:
+        await request.close()
     extra = tuple(name for name, asked in (("blendshapes", blendshapes), ("gaze", gaze)) if asked)
     return AnalysisRequest(request, analyzer, data, options, landmarks, extra)
 

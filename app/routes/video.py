@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, Query, Request, Response
 
 from app.analyzer import Analyzer
 from app.errors import request_id_of
-from app.routes.deps import analyzer_of
+from app.routes.deps import analyzer_of, multipart_body, read_upload
 from app.schemas import VideoAnalysisResponse
 from app.video.analyze import VideoAnalyzer
 
@@ -22,10 +22,10 @@ def video_analyzer_of(request: Request, analyzer: Annotated[Analyzer, Depends(an
     return video
 
 
-@router.post("/analyze-video", response_model=VideoAnalysisResponse)
-def analyze_video(
+@router.post("/analyze-video", response_model=VideoAnalysisResponse,
+             openapi_extra=multipart_body("the clip: MP4, MOV, WebM, MKV or AVI"))
+async def analyze_video(
     request: Request,
-    file: Annotated[UploadFile, File(description="the clip: MP4, MOV, WebM, MKV or AVI")],
     video: Annotated[VideoAnalyzer, Depends(video_analyzer_of)],
     every: Annotated[int, Query(ge=1, le=1000, description="analyse every n-th frame")] = 1,
     max_faces: Annotated[int | None, Query(ge=1, description="at most this many faces (tracks) at a time")] = None,
@@ -34,11 +34,21 @@ def analyze_video(
     ] = True,
     occlusion_filter: Annotated[bool, Query(description="mark frames with an occluded face region")] = True,
     series: Annotated[bool, Query(description="include each track's per-frame data (else tracks and events)")] = True,
-) -> VideoAnalysisResponse:
+) -> Response:
     """Decode the clip as a stream (limits in GET /version, checked from its header before decoding), track
     each face with a stable ``track_id`` (confirmed after a few consistent detections), and return per
     track its per-frame AU probabilities, expression, smoothed pose and box, and its events: departures of
     an AU or a non-neutral expression from the person's own baseline, with onset, apex, offset and
     ``micro`` (<= 0.5 s). Frame numbers are 0-based; seconds come from the video's timestamps."""
     options = video.options(every, max_faces, side_face_filter, occlusion_filter, series)
-    return video.analyze_upload(file.file, options, request_id_of(request))
+    file = await read_upload(request)  # only now, after the parameters (and the router's API key) are checked
+
+    def analyse() -> Response:  # in the analysis pool, serialisation included (series can be large)
+        result = video.analyze_upload(file.file, options, request_id_of(request))
+        request.state.faces = len(result.tracks)  # for the access log
+        return Response(result.model_dump_json(by_alias=True), media_type="application/json")
+
+    try:
+        return await request.app.state.admission.run(request, analyse)
+    finally:
+        await request.close()

@@ -1,0 +1,102 @@
+"""Prometheus metrics (``GET /metrics``, one registry per app) and the access middleware that feeds them and
+writes the access log line (``app.logs``): route template, status, duration, faces, bytes received."""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app import __version__
+from app.admission import Admission
+from app.logs import request_id_var
+
+access_log = logging.getLogger("microfacs.access")
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+STAGE_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 1.0, 5.0)
+FACE_BUCKETS = (0, 1, 2, 3, 5, 10, 20, 50, 100)
+
+
+class Metrics:
+    def __init__(self, admission: Admission, manifest: Mapping) -> None:
+        self.registry = r = CollectorRegistry(auto_describe=True)
+        labels = ("method", "route", "status")
+        self.requests = Counter("microfacs_requests", "HTTP requests answered", labels, registry=r)
+        self.latency = Histogram("microfacs_request_duration_seconds", "time from the request's arrival to its "
+                                 "last response byte", labels, buckets=LATENCY_BUCKETS, registry=r)
+        self.stages = Histogram("microfacs_stage_duration_seconds", "time per pipeline stage and image (decode, "
+                                "detect, landmarks, ...)", ("stage",), buckets=STAGE_BUCKETS, registry=r)
+        self.faces = Histogram("microfacs_faces_per_image", "faces found per analysed image", buckets=FACE_BUCKETS,
+                               registry=r)
+        self.shed = Counter("microfacs_shed_requests", "requests answered 503 overloaded: full (in flight + "
+                            "queue) or deadline (waited past MICROFACS_REQUEST_TIMEOUT_S)", ("reason",), registry=r)
+        for reason in ("full", "deadline"):
+            self.shed.labels(reason)  # present at 0 from the start
+        Gauge("microfacs_in_flight", "analyses running now", registry=r).set_function(lambda: admission.running)
+        Gauge("microfacs_queued", "analysis requests admitted and waiting for a slot (incl. their upload)",
+              registry=r).set_function(lambda: admission.waiting)
+        Gauge("microfacs_max_in_flight", "the in-flight limit", registry=r).set(admission.max_in_flight)
+        Gauge("microfacs_max_queue", "the queue limit", registry=r).set(admission.max_queue)
+        Info("microfacs_service", "service version", registry=r).info({"version": __version__})
+        models = Info("microfacs_model", "model versions (models/manifest.json)", ("model",), registry=r)
+        for name, entry in manifest.get("models", {}).items():
+            models.labels(name).info({"version": str(entry.get("version", "")), "sha256": str(entry.get("sha256", ""))})
+        admission.on_shed = lambda reason: self.shed.labels(reason).inc()
+
+    def observe_analysis(self, timings_ms: Mapping[str, float], faces: int) -> None:
+        for stage, ms in timings_ms.items():
+            self.stages.labels(stage).observe(ms / 1000.0)
+        self.faces.observe(faces)
+
+
+def route_of(scope: Scope) -> str:
+    """The matched route's template (``/analyze``), never the raw path: unknown paths share one label."""
+    route = scope.get("route")
+    return getattr(route, "path", None) or "unmatched"
+
+
+class AccessMiddleware:
+    """Outermost but the request id: sees every answer, including those of the other middlewares."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status, bytes_in = 500, 0
+        state = scope.setdefault("state", {})
+        # Not reset at the end: the server runs each request in its own task (its own context), and the
+        # app's last-resort error handler, outside this middleware, logs with it.
+        request_id_var.set(state.get("request_id", ""))
+
+        async def counting_receive() -> Message:
+            nonlocal bytes_in
+            message = await receive()
+            bytes_in += len(message.get("body", b""))
+            return message
+
+        async def status_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, status_send)
+        finally:
+            seconds = time.perf_counter() - start
+            method, route = scope.get("method", ""), route_of(scope)
+            self.metrics.requests.labels(method, route, str(status)).inc()
+            self.metrics.latency.labels(method, route, str(status)).observe(seconds)
+            access_log.info(
+                "%s %s %s %.1f ms", method, route, status, seconds * 1000.0,
+                extra={"access": {"method": method, "route": route, "status": status,
+                                  "duration_ms": round(seconds * 1000.0, 2), "faces": state.get("faces"),
+                                  "bytes_in": bytes_in}},
+            )
