@@ -26,7 +26,7 @@ RENDER_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def render_option(
+async def render_option(
     render: bool = Query(
         False,
         description="return the image as PNG with faces, AU boxes and the expression drawn on it, instead of JSON "

@@ -13,13 +13,13 @@ router = APIRouter(tags=["service"])
 
 
 @router.get("/healthz", response_model=Health)
-def healthz() -> Health:
+async def healthz() -> Health:
     """The process is up (it may still be loading models)."""
     return Health(status="ok")
 
 
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
-def readyz(request: Request):
+async def readyz(request: Request):
     """Every model is loaded, checked against its sha256 and warmed up."""
     registry = getattr(request.app.state, "registry", None)
     if registry is None or not getattr(request.app.state, "ready", False):
@@ -28,7 +28,7 @@ def readyz(request: Request):
 
 
 @router.get("/version", response_model=VersionResponse)
-def version(request: Request) -> VersionResponse:
+async def version(request: Request) -> VersionResponse:
     """Service and model versions, and the published upload limits."""
     settings = request.app.state.settings
     manifest = request.app.state.manifest

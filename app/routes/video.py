@@ -15,7 +15,7 @@ from app.video.analyze import VideoAnalyzer
 router = APIRouter(tags=["video"])
 
 
-def video_analyzer_of(request: Request, analyzer: Annotated[Analyzer, Depends(analyzer_of)]) -> VideoAnalyzer:
+async def video_analyzer_of(request: Request, analyzer: Annotated[Analyzer, Depends(analyzer_of)]) -> VideoAnalyzer:
     video = getattr(request.app.state, "video_analyzer", None)
     if video is None or video.analyzer is not analyzer:
         video = request.app.state.video_analyzer = VideoAnalyzer(analyzer)
