@@ -179,3 +179,21 @@ def test_demo_shows_the_servers_error_and_clears_the_previous_result(live_url, a
         assert "InvalidStateError" not in page.inner_text("#status")
         page.screenshot(path=str(SCREENSHOTS / "demo_error.png"), full_page=True)
         assert not errors, errors
+
+
+@pytest.mark.parametrize("name", ["multi_face.jpg", "sample1.jpg"])
+def test_demo_labels_do_not_overlap_in_group_photos(live_url, name):
+    photo = requires_data(SAMPLES / name)
+    with demo_page(live_url) as (page, errors, _):
+        page.set_input_files("#file", str(photo))
+        page.wait_for_selector("#status[data-state=done]", timeout=30_000)
+        faces = page.evaluate("JSON.parse(document.getElementById('json').textContent).faces.length")
+        rects = page.evaluate("document.getElementById('canvas').labelRects")
+        page.locator("#canvas").screenshot(path=str(SCREENSHOTS / f"demo_labels_{Path(name).stem}.png"))
+        assert not errors, errors
+    assert faces >= 3 and len(rects) >= faces  # every face's label is drawn ...
+    for i, a in enumerate(rects):  # ... and no two labels share a pixel
+        for b in rects[i + 1 :]:
+            apart = (a["x"] + a["w"] <= b["x"] or b["x"] + b["w"] <= a["x"] or
+                     a["y"] + a["h"] <= b["y"] or b["y"] + b["h"] <= a["y"])
+            assert apart, (a, b)

@@ -36,17 +36,31 @@ async function loadEndpoints() {
   }
 }
 
-function label(ctx, text, x, y, colour, above, scale) {
+// Labels are placed where they overlap no label drawn before them: from the preferred spot (above or below
+// the box) they move away from the box a line at a time, then to the other side; the canvas keeps the list
+// (canvas.labelRects) so that the browser test can check it.
+function overlaps(a, b) {
+  return a.x < b.x + b.w && b.x < a.x + a.w && a.y < b.y + b.h && b.y < a.y + a.h;
+}
+
+function label(ctx, text, x, y, colour, above, scale, placed, boxTop, boxBottom) {
   ctx.font = `${Math.round(13 * scale)}px sans-serif`;
   const pad = 3 * scale, h = 16 * scale, w = ctx.measureText(text).width + 2 * pad;
-  const top = above ? Math.max(0, y - h) : y;
   const left = Math.max(0, Math.min(x, ctx.canvas.width - w));
+  const clampTop = (t) => Math.max(0, Math.min(t, ctx.canvas.height - h));
+  const up = (k) => clampTop((boxTop ?? y) - h * (k + 1)), down = (k) => clampTop((boxBottom ?? y) + h * k);
+  const tops = [];
+  for (let k = 0; k < 8; k++) tops.push(above ? up(k) : down(k));
+  for (let k = 0; k < 8; k++) tops.push(above ? down(k) : up(k));
+  const free = tops.map((t) => ({ x: left, y: t, w, h })).find((r) => !placed.some((p) => overlaps(r, p)));
+  const rect = free || { x: left, y: tops[0], w, h };
+  placed.push(rect);
   ctx.fillStyle = colour;
-  ctx.fillRect(left, top, w, h);
+  ctx.fillRect(rect.x, rect.y, w, h);
   ctx.fillStyle = "#000";
   ctx.textBaseline = "middle";
-  ctx.fillText(text, left + pad, top + h / 2);
-  return top + h;
+  ctx.fillText(text, rect.x + pad, rect.y + h / 2);
+  return rect.y + h;
 }
 
 function draw(result) {
@@ -56,26 +70,40 @@ function draw(result) {
   const scale = Math.max(0.8, Math.min(canvas.width, canvas.height) / 500);
   const list = $("faces");
   list.innerHTML = "";
-  for (const face of result.faces || []) {
-    const colour = face.filtered ? COLOURS.filtered : COLOURS.kept;
-    const b = face.box;
+  const placed = [];
+  const faces = result.faces || [];
+  // Boxes first, then the labels: a label may cover a neighbour's box edge but never another label.
+  for (const face of faces) {
     for (const au of face.action_units || []) {
       if (au.present && au.box) {
         ctx.strokeStyle = COLOURS.au; ctx.lineWidth = Math.max(1, 1.5 * scale);
         ctx.strokeRect(au.box.x, au.box.y, au.box.width, au.box.height);
-        label(ctx, `${au.au} ${au.probability.toFixed(2)}`, au.box.x, au.box.y, COLOURS.au, true, 0.8 * scale);
       }
     }
-    ctx.strokeStyle = colour; ctx.lineWidth = Math.max(2, 3 * scale);
-    ctx.strokeRect(b.x, b.y, b.width, b.height);
+    ctx.strokeStyle = face.filtered ? COLOURS.filtered : COLOURS.kept; ctx.lineWidth = Math.max(2, 3 * scale);
+    ctx.strokeRect(face.box.x, face.box.y, face.box.width, face.box.height);
+  }
+  for (const face of faces) {
+    const colour = face.filtered ? COLOURS.filtered : COLOURS.kept;
+    const b = face.box;
+    // a small face's label font shrinks with it (down to 60 %), so that group photos stay readable
+    const faceScale = Math.max(0.6 * scale, Math.min(scale, b.width / 160));
     let head = `#${face.face_id} ${face.confidence.toFixed(2)}`;
     if (face.filtered) head += " filtered: " + face.filter_reasons.join(",");
-    label(ctx, head, b.x, b.y, colour, true, scale);
-    let below = b.y + b.height;
+    label(ctx, head, b.x, b.y, colour, true, faceScale, placed, b.y, b.y + b.height);
     if (face.expression) {
       const e = face.expression;
-      below = label(ctx, `appears: ${e.label} ${e.confidence.toFixed(2)}${e.uncertain ? " (uncertain)" : ""}`,
-        b.x, below, colour, false, scale);
+      label(ctx, `appears: ${e.label} ${e.confidence.toFixed(2)}${e.uncertain ? " (uncertain)" : ""}`,
+        b.x, b.y + b.height, colour, false, faceScale, placed, b.y, b.y + b.height);
+    }
+    // AU names go on the box only where the face is large enough to hold them; the list below has them all
+    if (b.width >= 220) {
+      for (const au of face.action_units || []) {
+        if (au.present && au.box) {
+          label(ctx, `${au.au} ${au.probability.toFixed(2)}`, au.box.x, au.box.y, COLOURS.au, true, 0.8 * faceScale,
+            placed, au.box.y, au.box.y + au.box.height);
+        }
+      }
     }
     const present = (face.action_units || []).filter((a) => a.present).map((a) => a.au);
     const item = document.createElement("li");
@@ -85,6 +113,7 @@ function draw(result) {
       (present.length ? `, AUs ${present.join(" ")}` : "");
     list.appendChild(item);
   }
+  canvas.labelRects = placed;
 }
 
 function merge(bodies) {
