@@ -11,7 +11,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     MICROFACS_HOST=0.0.0.0 \
     MICROFACS_PORT=8000 \
     MICROFACS_WORKERS=1 \
-    MICROFACS_ONNX_THREADS=1
+    MICROFACS_ONNX_THREADS=1 \
+    MICROFACS_FORWARDED_ALLOW_IPS=127.0.0.1
 
 WORKDIR /srv/microfacs
 
@@ -31,4 +32,6 @@ EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import os, sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('MICROFACS_PORT', '8000'), timeout=4).status != 200)"]
 
-CMD ["sh", "-c", "exec uvicorn app.main:app --host \"$MICROFACS_HOST\" --port \"$MICROFACS_PORT\" --workers \"$MICROFACS_WORKERS\" --proxy-headers --timeout-graceful-shutdown 20"]
+# --proxy-headers: the client address from X-Forwarded-For, trusted only from MICROFACS_FORWARDED_ALLOW_IPS (the
+# proxy's addresses; compose sets its private network). No "server: uvicorn" header; idle keep-alive 5 s.
+CMD ["sh", "-c", "exec uvicorn app.main:app --host \"$MICROFACS_HOST\" --port \"$MICROFACS_PORT\" --workers \"$MICROFACS_WORKERS\" --proxy-headers --forwarded-allow-ips \"$MICROFACS_FORWARDED_ALLOW_IPS\" --no-server-header --timeout-keep-alive 5 --timeout-graceful-shutdown 20"]

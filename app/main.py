@@ -20,8 +20,8 @@ from app.registry import ModelRegistry
 from app.render_http import RENDER_RESPONSES, RenderMiddleware, render_option
 from app.routes import faces, health, metrics, video
 from app.routes.demo import install_demo
-from app.routes.deps import require_api_key
 from app.schemas import ErrorResponse
+from app.security import ProtectedPathsMiddleware, SecurityHeadersMiddleware, configured_keys, require_api_key
 from app.settings import Settings, get_settings
 
 ANALYSIS_ROUTERS = [faces.router]
@@ -83,6 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         BodyLimitMiddleware,
         max_upload_bytes=settings.max_upload_bytes,
         path_limits={"/analyze-video": settings.max_video_upload_bytes},
+        body_timeout_s=settings.body_timeout_s,
     )
     shed_paths = {getattr(route, "path", "") for r in [*ANALYSIS_ROUTERS, video.router] for route in r.routes}
     app.add_middleware(AdmissionMiddleware, admission=admission, paths=shed_paths)  # before the body is read
@@ -90,6 +91,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"]
         )
+    if configured_keys(settings) and not settings.public_docs:
+        app.add_middleware(ProtectedPathsMiddleware, keys=configured_keys(settings))
+    app.add_middleware(SecurityHeadersMiddleware)  # on every answer, the other middlewares' included
     app.add_middleware(AccessMiddleware, metrics=app.state.metrics)  # metrics and the access log: every answer
     app.add_middleware(RequestIdMiddleware)
     return app

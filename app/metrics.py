@@ -92,11 +92,13 @@ class AccessMiddleware:
         finally:
             seconds = time.perf_counter() - start
             method, route = scope.get("method", ""), route_of(scope)
+            # the caller's address: behind a proxy, uvicorn's --proxy-headers puts X-Forwarded-For's here
+            client = (scope.get("client") or ("", 0))[0]
             self.metrics.requests.labels(method, route, str(status)).inc()
             self.metrics.latency.labels(method, route, str(status)).observe(seconds)
             access_log.info(
                 "%s %s %s %.1f ms", method, route, status, seconds * 1000.0,
-                extra={"access": {"method": method, "route": route, "status": status,
+                extra={"access": {"method": method, "route": route, "status": status, "client": client,
                                   "duration_ms": round(seconds * 1000.0, 2), "faces": state.get("faces"),
                                   "bytes_in": bytes_in}},
             )

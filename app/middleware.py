@@ -1,9 +1,10 @@
-"""ASGI middleware: a request id on every request and response, and the body-size limit."""
+"""ASGI middleware: a request id on every request and response, and the body-size and body-time limits."""
 from __future__ import annotations
 
 import re
 import uuid
 
+import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import ApiError
@@ -36,12 +37,19 @@ class RequestIdMiddleware:
 
 class BodyLimitMiddleware:
     """Refuses a body larger than the upload limit (plus room for the multipart envelope) before it is
-    parsed: at once when Content-Length says so, else as soon as the streamed bytes pass the limit."""
+    parsed: at once when Content-Length says so, else (chunked uploads) as soon as the streamed bytes pass
+    the limit (413 ``payload_too_large``). A body that stalls ``body_timeout_s`` between two reads is cut off
+    (408 ``request_timeout``): a slow client cannot hold a worker's upload slot for ever. (Slow *headers*
+    are the proxy's and uvicorn's business: deploy/nginx.conf, ``--timeout-keep-alive``.)"""
 
     ENVELOPE_BYTES = 64 * 1024
 
-    def __init__(self, app: ASGIApp, max_upload_bytes: int, path_limits: dict[str, int] | None = None) -> None:
+    def __init__(
+        self, app: ASGIApp, max_upload_bytes: int, path_limits: dict[str, int] | None = None,
+        body_timeout_s: float = 30.0,
+    ) -> None:
         self.app = app
+        self.body_timeout_s = body_timeout_s
         self.limit = max_upload_bytes + self.ENVELOPE_BYTES
         self.max_upload_bytes = max_upload_bytes
         self.path_limits = path_limits or {}  # e.g. {"/analyze-video": the video upload limit}
@@ -60,13 +68,22 @@ class BodyLimitMiddleware:
         if length is not None and length.isdigit() and int(length) > limit:
             await self._reject(scope, send, max_bytes)
             return
-        seen = 0
+        seen, complete = 0, False
 
         async def counting_receive() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, complete
+            if complete:  # the body is in: what follows is a wait for the disconnect, which may last
+                return await receive()
+            try:
+                with anyio.fail_after(self.body_timeout_s):
+                    message = await receive()
+            except TimeoutError:
+                raise ApiError(
+                    408, "request_timeout", f"the request body stalled for {self.body_timeout_s:g} s"
+                ) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
+                complete = not message.get("more_body", False)
                 if seen > limit:
                     raise self._too_large(max_bytes)
             return message

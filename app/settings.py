@@ -75,7 +75,20 @@ class Settings(BaseSettings):
 
     # The server.
     cors_origins: list[str] = []
-    api_key: str | None = Field(None, description="when set, requests must send it in X-API-Key")
+    # --- Security (app/security.py) ---
+    api_key: str | None = Field(
+        None, description="when set, analysis requests must send it: X-API-Key: <key> or Authorization: Bearer <key>"
+    )
+    api_keys: list[str] = Field(
+        [], description='more accepted keys, e.g. while rotating (JSON: MICROFACS_API_KEYS=\'["k1", "k2"]\')'
+    )
+    public_docs: bool = Field(
+        True, description="with a key set: /docs, /redoc, /openapi.json, /demo and /version stay public (true) or "
+        "need the key too (false); /healthz, /readyz and /metrics are always public"
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0.0, description="a request body that stalls this long between two reads is cut off (408)"
+    )
 
     # --- Video analysis (POST /analyze-video, app/video/) -----------------------------------------------
     # Limits, published in GET /version and checked from the container's header before decoding (and

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +28,15 @@ def chromium_path() -> str:
         if found:
             return found
     pytest.skip("no chromium on this machine: `apt-get install -y chromium` (.ci/run does it) to run the browser test")
+
+
+def wait_until(page, expression: str, timeout_s: float = 30.0) -> None:
+    """``page.wait_for_function`` without it: that one evaluates its string with ``new Function``, which the
+    demo's Content-Security-Policy (no 'unsafe-eval') forbids. ``page.evaluate`` runs outside the CSP."""
+    deadline = time.monotonic() + timeout_s
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"timed out waiting for {expression}"
+        page.wait_for_timeout(50)
 
 
 def lime_mask(bgr: np.ndarray) -> np.ndarray:
@@ -60,7 +70,7 @@ def test_demo_in_browser_draws_the_overlay(live_url, astronaut, tmp_path):
             requests: list[str] = []
             page.on("request", lambda r: requests.append(r.url) if r.method == "POST" else None)
             page.goto(f"{live_url}/demo")
-            page.wait_for_function("document.querySelectorAll('#endpoint option').length > 0")
+            wait_until(page, "document.querySelectorAll('#endpoint option').length > 0")
             page.set_input_files("#file", str(image_path))
             page.wait_for_selector("#status[data-state=done]", timeout=30_000)
             assert "1 face" in page.inner_text("#status")
@@ -72,8 +82,8 @@ def test_demo_in_browser_draws_the_overlay(live_url, astronaut, tmp_path):
 
             # Toggling a pre-filter re-runs the analysis with it off.
             page.uncheck("#occlusion_filter")
-            page.wait_for_function("document.getElementById('status').dataset.state === 'done' && "
-                                   "document.getElementById('json').textContent.includes('request_id')")
+            wait_until(page, "document.getElementById('status').dataset.state === 'done' && "
+                       "document.getElementById('json').textContent.includes('request_id')")
             page.wait_for_timeout(200)
             assert any("occlusion_filter=false" in url for url in requests), requests
             assert not errors, errors
@@ -108,10 +118,11 @@ def demo_page(live_url: str) -> Iterator[tuple[object, list[str], list[str]]]:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.on("console", lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None)
             posts: list[str] = []
             page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
             page.goto(f"{live_url}/demo")
-            page.wait_for_function("document.querySelectorAll('#endpoint option').length > 0")
+            wait_until(page, "document.querySelectorAll('#endpoint option').length > 0")
             yield page, errors, posts
         finally:
             browser.close()
@@ -173,8 +184,7 @@ def test_demo_shows_the_servers_error_and_clears_the_previous_result(live_url, a
 
         # a file that is neither: the image endpoint answers, and its message (not a browser error) is shown
         page.set_input_files("#file", str(text))
-        page.wait_for_function("document.getElementById('status').textContent.includes('not an image')",
-                               timeout=30_000)
+        wait_until(page, "document.getElementById('status').textContent.includes('not an image')")
         assert page.get_attribute("#status", "data-state") == "error"
         assert "InvalidStateError" not in page.inner_text("#status")
         page.screenshot(path=str(SCREENSHOTS / "demo_error.png"), full_page=True)
@@ -197,3 +207,25 @@ def test_demo_labels_do_not_overlap_in_group_photos(live_url, name):
             apart = (a["x"] + a["w"] <= b["x"] or b["x"] + b["w"] <= a["x"] or
                      a["y"] + a["h"] <= b["y"] or b["y"] + b["h"] <= a["y"])
             assert apart, (a, b)
+
+
+@pytest.mark.parametrize("path, ready", [("/docs", ".swagger-ui .auth-wrapper .authorize"), ("/redoc", ".api-content")])
+def test_docs_pages_work_under_their_content_security_policy(live_url, path, ready):
+    """/docs and /redoc load their local assets and run under the CSP the service sends; /docs offers
+    "Authorize" (the OpenAPI securitySchemes: X-API-Key and bearer). Redoc's attempt to fetch its logo from
+    its CDN is blocked, as it should be for an offline service: only blocks of our own assets count."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the dev extra has it)")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page()
+            problems: list[str] = []
+            page.on("pageerror", lambda exc: problems.append(str(exc)))
+            page.on("console", lambda m: problems.append(m.text)
+                    if "Content Security Policy" in m.text and "https://cdn." not in m.text else None)
+            response = page.goto(f"{live_url}{path}")
+            assert response is not None and "frame-ancestors 'none'" in response.headers["content-security-policy"]
+            page.wait_for_selector(ready, timeout=30_000)
+            assert not problems, problems
+        finally:
+            browser.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -236,7 +237,9 @@ def test_dockerfile_replay_serves_readyz(tmp_path, astronaut):
         assert ready.json()["status"] == "ready"
         healthcheck = json.loads(docker.last("HEALTHCHECK").split(" CMD ", 1)[1])
         assert subprocess.run(healthcheck, cwd=workdir, env=env, timeout=10).returncode == 0
-        assert httpx.get(f"http://127.0.0.1:{port}/demo", timeout=5).status_code == 200
+        demo = httpx.get(f"http://127.0.0.1:{port}/demo", timeout=5)
+        assert demo.status_code == 200
+        assert "server" not in demo.headers  # --no-server-header
     finally:
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGTERM)
@@ -246,3 +249,20 @@ def test_dockerfile_replay_serves_readyz(tmp_path, astronaut):
                 os.killpg(server.pid, signal.SIGKILL)
                 server.wait()
         log.close()
+
+
+def test_nginx_reresolves_replicas_and_forwards_the_client():
+    """No nginx binary here: the directives that matter, checked as text."""
+    conf = (REPO / "deploy" / "nginx.conf").read_text()
+    code = "\n".join(line.split("#", 1)[0] for line in conf.splitlines())
+    assert "resolver 127.0.0.11 valid=10s" in code
+    assert not re.search(r"^\s*upstream\s", code, re.M)  # a static upstream block resolves its servers once, at start
+    assert code.count("proxy_pass http://$microfacs_upstream;") == 2  # a variable: resolved per request
+    for header in ("X-Forwarded-For $proxy_add_x_forwarded_for", "X-Forwarded-Proto $scheme",
+                   "X-Request-ID $microfacs_request_id"):
+        assert f"proxy_set_header {header};" in code
+    for directive in ("client_header_timeout", "client_body_timeout", "send_timeout", "server_tokens off"):
+        assert directive in code
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    assert compose["services"]["microfacs-replica"]["environment"]["MICROFACS_FORWARDED_ALLOW_IPS"] == "*"
+    assert "ports" not in compose["services"]["microfacs-replica"]  # only nginx reaches the replicas

@@ -89,6 +89,7 @@ def test_json_access_lines(json_log, astronaut):
     assert first["method"] == "POST" and first["route"] == "/detect-faces" and first["status"] == 200
     assert first["faces"] == 1 and first["bytes_in"] > len(jpeg) and first["duration_ms"] > 0
     assert first["level"] == "info" and first["logger"] == "microfacs.access" and "time" in first
+    assert first["client"] == "testclient"  # the caller (behind a proxy: X-Forwarded-For, via --proxy-headers)
     second = by_id[bad.headers["x-request-id"]]
     assert second["status"] == 422 and second["faces"] is None and second["bytes_in"] == 0  # body never read
     assert by_id["health-1"]["route"] == "/healthz"

@@ -16,7 +16,10 @@ from app.analyzer import Analyzer, FaceOptions
 from app.errors import ApiError, request_id_of
 from app.render_http import render_option
 from app.respond import analysis_response
+from app.security import require_api_key
 from app.settings import Settings
+
+__all__ = ["AnalysisRequest", "analysis_request", "analyzer_of", "require_api_key", "settings_of"]
 
 
 async def settings_of(request: Request) -> Settings:
@@ -119,8 +122,3 @@ async def analysis_request(
         await request.close()
     extra = tuple(name for name, asked in (("blendshapes", blendshapes), ("gaze", gaze)) if asked)
     return AnalysisRequest(request, analyzer, data, options, landmarks, extra)
-
-
-async def require_api_key(request: Request, settings: Settings = Depends(settings_of)) -> None:
-    if settings.api_key and request.headers.get("x-api-key") != settings.api_key:
-        raise ApiError(401, "unauthorized", "send a valid API key in the X-API-Key header")

@@ -1,0 +1,133 @@
+"""API keys and the security headers.
+
+Keys (``MICROFACS_API_KEY``, and ``MICROFACS_API_KEYS`` for several at once, e.g. while rotating): a request
+sends one as ``X-API-Key: <key>`` or ``Authorization: Bearer <key>``; it is compared with every configured
+key in constant time (``hmac.compare_digest``). Both schemes are declared in OpenAPI's ``securitySchemes``,
+so /docs' "Authorize" button can send the key. The analysis routes check it (``require_api_key``) before
+the upload is read. /healthz and /readyz are always public (probes); /metrics is public on the pod port
+(README: not exposed by the proxy); /docs, /redoc, /openapi.json, /demo and /version are public unless
+``MICROFACS_PUBLIC_DOCS=false`` (``ProtectedPathsMiddleware``): they reveal the API's shape, the limits and
+the models' versions and hashes, no data.
+"""
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Sequence
+
+from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.errors import ApiError
+from app.settings import Settings
+
+api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="the API key, when the server sets one")
+bearer = HTTPBearer(auto_error=False, description="the same API key as a bearer token")
+
+UNAUTHORIZED = "send a valid API key: `X-API-Key: <key>` or `Authorization: Bearer <key>`"
+CHALLENGE = {"WWW-Authenticate": 'Bearer realm="microfacs"'}
+
+
+def configured_keys(settings: Settings) -> list[str]:
+    return [key for key in [settings.api_key, *settings.api_keys] if key]
+
+
+def key_is_valid(given: str | None, keys: Sequence[str]) -> bool:
+    """Whether ``given`` is one of ``keys``; every key is compared, each in constant time."""
+    if not given:
+        return False
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(given.encode(), key.encode())
+    return matched
+
+
+def key_from_headers(headers: dict[bytes, bytes]) -> str | None:
+    """The key a raw ASGI request sends, for the middleware (the dependencies below use FastAPI's schemes)."""
+    if b"x-api-key" in headers:
+        return headers[b"x-api-key"].decode("latin-1")
+    scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
+async def require_api_key(
+    request: Request,
+    x_api_key: str | None = Depends(api_key_header),
+    authorization: HTTPAuthorizationCredentials | None = Depends(bearer),
+) -> None:
+    """401 ``unauthorized`` (with ``WWW-Authenticate``) unless the server has no key or the request sends one."""
+    keys = configured_keys(request.app.state.settings)
+    given = x_api_key or (authorization.credentials if authorization else None)
+    if keys and not key_is_valid(given, keys):
+        raise ApiError(401, "unauthorized", UNAUTHORIZED, headers=CHALLENGE)
+
+
+class ProtectedPathsMiddleware:
+    """With ``MICROFACS_PUBLIC_DOCS=false`` and a key set: the docs, the demo (page and its scripts) and
+    /version need the key too. Installed only then."""
+
+    PREFIXES = ("/docs", "/redoc", "/openapi.json", "/static", "/demo", "/version")
+
+    def __init__(self, app: ASGIApp, keys: Sequence[str]) -> None:
+        self.app, self.keys = app, list(keys)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not path.startswith(self.PREFIXES):
+            await self.app(scope, receive, send)
+            return
+        if key_is_valid(key_from_headers(dict(scope["headers"])), self.keys):
+            await self.app(scope, receive, send)
+            return
+        request_id = scope.get("state", {}).get("request_id", "")
+        body = json.dumps({"error": {"code": "unauthorized", "message": UNAUTHORIZED}, "request_id": request_id})
+        await send({"type": "http.response.start", "status": 401, "headers": [
+            (b"content-type", b"application/json"), (b"www-authenticate", CHALLENGE["WWW-Authenticate"].encode()),
+        ]})
+        await send({"type": "http.response.body", "body": body.encode()})
+
+
+# Content-Security-Policy per kind of page: the API answers JSON or PNG and embeds nothing; the demo runs
+# its own script (app/static/demo.js) with inline styles and draws uploads from blob: URLs; /docs and
+# /redoc (local assets, fastapi_offline) start from an inline script, and Redoc runs a blob: worker.
+CSP_API = "default-src 'none'; frame-ancestors 'none'"
+CSP_DEMO = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
+            "media-src 'self' blob:; connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
+CSP_DOCS = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+            "img-src 'self' data:; worker-src 'self' blob:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+            "frame-ancestors 'none'")
+
+
+class SecurityHeadersMiddleware:
+    """On every response: ``X-Content-Type-Options: nosniff``, ``Referrer-Policy: no-referrer``,
+    ``X-Frame-Options: DENY``, a Content-Security-Policy for the kind of page, and ``Cache-Control:
+    no-store`` on what the API computes (analyses and errors carry people's faces and request ids)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        if path.startswith(("/docs", "/redoc", "/static-offline-docs")):
+            csp, static = CSP_DOCS, True
+        elif path.startswith(("/demo", "/static")):
+            csp, static = CSP_DEMO, True
+        else:
+            csp, static = CSP_API, False
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                present = {name.lower() for name, _ in headers}
+                extra = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
+                         (b"x-frame-options", b"DENY"), (b"content-security-policy", csp.encode())]
+                if not static:
+                    extra.append((b"cache-control", b"no-store"))
+                message["headers"] = headers + [(k, v) for k, v in extra if k not in present]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
