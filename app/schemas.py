@@ -188,6 +188,11 @@ class Limits(BaseModel):
         None, description="the pixel limit each layout gets from the decode budget: no_alpha (RGB, grey, "
         "CMYK, at any bit depth), alpha_8bit, alpha_16bit"
     )
+    # load shedding, per worker (README "Load shedding, metrics and logs")
+    max_in_flight: int | None = None
+    max_queue: int | None = None
+    request_timeout_s: float | None = None
+    body_timeout_s: float | None = None
     # POST /analyze-video
     max_video_upload_bytes: int | None = None
     max_video_duration_s: float | None = None

@@ -17,6 +17,9 @@ def test_service_endpoints(client):
     assert {"face_detection_full_range", "face_landmark", "occlusion"} <= set(ready.json()["models"])
     version = client.get("/version").json()
     assert version["limits"]["max_upload_bytes"] == Settings().max_upload_bytes
+    # the default 256 MiB decode budget: 40 M pixels without alpha (the pixel limit), fewer with alpha
+    assert version["limits"]["max_image_pixels_by_layout"] == {
+        "no_alpha": 40_000_000, "alpha_8bit": 256 * 2**20 // 8, "alpha_16bit": 256 * 2**20 // 16}
     assert all(len(m["sha256"]) == 64 for m in version["models"].values())
     assert client.get("/docs").status_code == 200
     assert "/detect-faces" in client.get("/openapi.json").json()["paths"]
@@ -87,14 +90,19 @@ def test_bad_uploads_give_json_errors(client, astronaut):
 
 
 def test_limits_are_enforced_before_decoding(astronaut):
-    settings = Settings(max_upload_bytes=50_000, max_image_pixels=100_000)
+    settings = Settings(max_upload_bytes=50_000, max_image_pixels=100_000, decode_memory_mb=16, max_in_flight=3)
     with TestClient(create_app(settings)) as small:
         big = encode(astronaut, ".png")  # ~500 kB: refused by the body-size guard
         _assert_error(post_image(small, "/detect-faces", big), 413, "payload_too_large")
         pixels = encode(cv2.resize(astronaut, (400, 400)), ".jpg", [cv2.IMWRITE_JPEG_QUALITY, 30])
         assert len(pixels) < 50_000  # small file, too many pixels (160,000 > 100,000)
         _assert_error(post_image(small, "/detect-faces", pixels), 413, "image_too_large")
-        assert small.get("/version").json()["limits"]["max_image_pixels"] == 100_000
+        limits = small.get("/version").json()["limits"]
+        assert limits["max_image_pixels"] == 100_000 and limits["decode_memory_mb"] == 16
+        # the per-layout limits come from these settings (their arithmetic: tests/test_decode.py)
+        assert limits["max_image_pixels_by_layout"] == {"no_alpha": 100_000, "alpha_8bit": 100_000,
+                                                        "alpha_16bit": 100_000}
+        assert (limits["max_in_flight"], limits["max_queue"]) == (3, 3)
 
 
 def test_request_id_is_echoed(client):
