@@ -8,7 +8,7 @@ The images (all built from ../shared/data, or MICROFACS_DATA): the sample photos
 photo (used here only to count faces, nothing is fitted); zoomed crops of a third of those photos in which
 the face's side is 0.3 to 1.1 of the image side (close-ups are where the two BlazeFace models differ);
 "selfie" composites (a close-up face, 0.42-0.68 of the image side, and a small face elsewhere in a
-640x480 frame); 2x2 and 3x3 mosaics;
+640x480 frame); 2x2 and 3x3 mosaics; the sample photos enlarged to 4000 px (phone-camera sizes);
 every 15th frame of the sample videos. A face counts as found again when a box of the other dump overlaps
 it with IoU >= 0.5. Prints counts, mismatches and the detect stage's median time per image set.
 """
@@ -74,6 +74,10 @@ def images() -> Iterator[tuple[str, str, np.ndarray]]:
             tiles = [cv2.resize(cv2.imread(str(p), cv2.IMREAD_COLOR), (200, 200)) for p in photos[i : i + n * n]]
             rows = [np.hstack(tiles[r * n : (r + 1) * n]) for r in range(n)]
             yield "mosaic", f"{n}x{n}@{i}", np.vstack(rows)
+    for path in samples:  # phone-camera sizes: the sample photos enlarged to 4000 px on their longer side
+        photo = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        scale = 4000 / max(photo.shape[:2])
+        yield "large", path.name, cv2.resize(photo, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
     for video in sorted((DATA / "samples").glob("*.mp4")) + sorted((DATA / "samples").glob("*.mov")):
         capture = cv2.VideoCapture(str(video))
         index = 0
