@@ -182,6 +182,23 @@ def test_astronaut_appears_happy(analyzer, astronaut):
     assert result.label == "happiness", result.scores
 
 
+def test_surprised_faces_appear_surprised(analyzer):
+    """The peak frames of CK+ surprise sequences (posed, labelled by CK+'s FACS coders; the shipped network
+    never saw CK+: it was trained on FER+ only), through the in-process API as face crops: 12 subjects, one
+    frame each. All 20 first ones read as surprise today; the test allows two misses."""
+    import csv
+
+    from tests.helpers import DATA, requires_data
+
+    labels = requires_data(DATA / "ckplus48" / "au_labels.csv")
+    with labels.open() as f:
+        peaks = [r for r in csv.DictReader(f) if r["emotion"] == "surprise" and r["is_peak_frame"] == "1"][:12]
+    assert len({r["subject"] for r in peaks}) == 12
+    read = [analyzer.analyze(labels.parent / r["path"], heads={"expression"}, face_crop=True).faces[0].expression
+            for r in peaks]
+    assert sum(e is not None and e.label == "surprise" for e in read) >= 10, [e and e.label for e in read]
+
+
 def test_recognize_expression_endpoint(client, astronaut, cameraman):
     _recognizer()
     import cv2
