@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from app.activation import activations
 from app.gaze import Gaze, gaze
 from app.model_zoo.au_detector import ActionUnit, AuDetector
 from app.model_zoo.expression import ExpressionRecognizer, ExpressionResult
@@ -40,10 +41,16 @@ class AuHead:
 
     model: AuDetector
     field: str = "action_units"
+    # With the blendshapes (registered before this head, so computed first when asked for), each AU gets
+    # a continuous ``activation`` from its matching coefficients: not a FACS intensity (app/activation.py).
 
     def get(self, face: FaceAnalysis, options: FaceOptions) -> list[ActionUnit]:
         units = self.model.predict(face.aligned)
-        return [u if u.box is None else replace(u, box=face.aligned.box_to_image(u.box)) for u in units]
+        units = [u if u.box is None else replace(u, box=face.aligned.box_to_image(u.box)) for u in units]
+        if "blendshapes" in face.outputs:  # the call asked for blendshapes too: each AU's activation from them
+            activation = activations(face.outputs["blendshapes"])
+            units = [replace(u, activation=activation.get(u.au)) for u in units]
+        return units
 
 
 @dataclass(frozen=True)
@@ -69,7 +76,7 @@ def irises_required(face: FaceAnalysis) -> np.ndarray:
 class BlendshapeHead:
     """MediaPipe's 52 blendshape coefficients (0..1, ARKit names) from the 478 FaceLandmarker v2 points
     (``needs_irises``: the analyzer provides ``face.landmarks_v2`` whichever landmark model the face stage uses).
-    Kept apart from the AU detector, so that later work can fuse the two."""
+    The AU head derives each AU's ``activation`` from them when both run."""
 
     model: FaceBlendshapes
     field: str = "blendshapes"
@@ -90,11 +97,11 @@ class GazeHead:
         return gaze(irises_required(face))
 
 
-HEADS: dict[str, Callable[[ModelRegistry], Head]] = {
-    "au": lambda models: AuHead(models.au),
-    "expression": lambda models: ExpressionHead(models.expression),
+HEADS: dict[str, Callable[[ModelRegistry], Head]] = {  # run in this order: the AU head reads the blendshapes
     "blendshapes": lambda models: BlendshapeHead(models.blendshapes),
     "gaze": lambda models: GazeHead(),
+    "au": lambda models: AuHead(models.au),
+    "expression": lambda models: ExpressionHead(models.expression),
 }
 
 

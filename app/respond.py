@@ -52,16 +52,14 @@ def box_out(box: np.ndarray) -> Box:
 
 
 def action_units_out(units: list[ActionUnit]) -> list[ActionUnitOut]:
-    return [
-        ActionUnitOut(
-            au=u.au,
-            name=u.name,
-            probability=unit_interval(u.probability),
-            present=u.present,
-            box=None if u.box is None else box_out(u.box),
-        )
-        for u in units
-    ]
+    out = []
+    for u in units:
+        fields: dict = {"au": u.au, "name": u.name, "probability": unit_interval(u.probability), "present": u.present,
+                        "box": None if u.box is None else box_out(u.box)}
+        if u.activation is not None:  # only with the blendshapes: otherwise the field is left out
+            fields["activation"] = unit_interval(u.activation)
+        out.append(ActionUnitOut(**fields))
+    return out
 
 
 def expression_out(result: ExpressionResult) -> ExpressionOut:

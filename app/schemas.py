@@ -110,6 +110,18 @@ class ActionUnitOut(BaseModel):
     probability: float = Field(ge=0.0, le=1.0, description="the AU detector's score for this AU on this face")
     present: bool = Field(description="probability >= the AU's threshold (chosen on subject-wise cross-validation)")
     box: Box | None = Field(None, description="the AU's region in original image pixels; null when absent")
+    activation: float | None = Field(
+        None, ge=0.0, le=1.0, description="with ?blendshapes=true only, for AUs with a matching blendshape: the "
+        "mean of those MediaPipe coefficients (0..1), a continuous measure of the AU's movement; NOT a FACS "
+        "intensity (app/activation.py)"
+    )
+
+    @model_serializer(mode="wrap")
+    def _drop_activation_not_asked_for(self, handler):
+        data = handler(self)
+        if "activation" not in self.model_fields_set:
+            data.pop("activation", None)
+        return data
 
 
 class FaceWithActionUnits(Face):

@@ -123,3 +123,37 @@ def test_threshold_and_f1_helpers():
     t = best_threshold(scores, truth)
     assert 0.3 < t <= 0.6 and prf(scores >= t, truth)[0] == 1.0
     assert EMFACS["happy"] == [6, 12]
+
+
+def test_activation_comes_with_the_blendshapes_only(client, astronaut):
+    """?blendshapes=true adds each AU's activation (its matching blendshapes); without it the JSON is as before."""
+    plain = post_image(client, "/detect-au", encode(astronaut)).json()["faces"][0]["action_units"]
+    assert all("activation" not in unit for unit in plain)
+    units = post_image(client, "/detect-au", encode(astronaut), blendshapes="true").json()["faces"][0]["action_units"]
+    by_au = {unit["au"]: unit for unit in units}
+    from app.activation import BLENDSHAPES_OF_AU
+
+    assert {au for au, unit in by_au.items() if "activation" in unit} == set(BLENDSHAPES_OF_AU) & set(by_au)
+    assert by_au["AU12"]["activation"] > 0.6  # a broad smile pulls the lip corners
+    assert by_au["AU4"]["activation"] < 0.2 and by_au["AU15"]["activation"] < 0.2  # no frown, no lowered brows
+    assert {k: v for k, v in by_au["AU12"].items() if k != "activation"} == next(
+        u for u in plain if u["au"] == "AU12")  # the detector's own outputs do not change
+
+
+def test_activation_is_low_on_neutral_faces(analyzer):
+    """FER+ Test faces that >= 9 of 10 raters called neutral: the smile and the brow raise stay low."""
+    import csv
+
+    from tests.helpers import DATA, requires_data
+
+    labels = requires_data(DATA / "ferplus" / "FER2013Test" / "label.csv")
+    with labels.open() as f:
+        rows = [r for r in csv.reader(f) if int(r[2]) >= 9][:20]
+    smiles, brows = [], []
+    for row in rows:
+        face = analyzer.analyze(labels.parent / row[0], heads={"au", "blendshapes"}, face_crop=True,
+                                side_face_filter=False, occlusion_filter=False).faces[0]
+        by_au = {u.au: u.activation for u in face.action_units}
+        smiles.append(by_au["AU12"])
+        brows.append(by_au["AU1"])
+    assert np.median(smiles) < 0.1 and np.median(brows) < 0.2, (smiles, brows)

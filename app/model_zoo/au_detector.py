@@ -24,6 +24,7 @@ class ActionUnit:
     present: bool
     box: np.ndarray | None  # x0, y0, x1, y1 of the best box (None when absent): aligned-crop pixels from
     # AuDetector.predict, image pixels from the analyzer's AU head (app/heads.py)
+    activation: float | None = None  # from the blendshapes, when the call computed them (app/activation.py)
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
