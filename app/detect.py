@@ -10,7 +10,7 @@ from app.model_zoo.blazeface import BlazeFaceFullRange, BlazeFaceShortRange, Det
 
 SAME_FACE_OVERLAP = 0.4  # intersection over the smaller box: the short-range box of a face is often larger
 # A close-up the full-range model misses still lights some of its anchors: on CK+ faces zoomed until the
-# full-range model missed them (145 cases, `tools/compare_detection.py`'s docstring), its best anchor scored
+# full-range model missed them (145 cases, `python tools/compare_detection.py --hint-study`), its best anchor scored
 # at least 0.185; a photo with no face scored at most 0.074.
 CLOSE_UP_HINT = 0.15
 

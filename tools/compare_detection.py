@@ -3,6 +3,7 @@
     python tools/compare_detection.py --dump /tmp/before.json       # in the old checkout (or before the edit)
     python tools/compare_detection.py --dump /tmp/after.json        # with the change
     python tools/compare_detection.py --compare /tmp/before.json /tmp/after.json
+    python tools/compare_detection.py --hint-study   # where app/detect.py's CLOSE_UP_HINT comes from
 
 The images (all built from ../shared/data, or MICROFACS_DATA): the sample photos; every taiwanese_dev
 photo (used here only to count faces, nothing is fitted); zoomed crops of a third of those photos in which
@@ -154,10 +155,40 @@ def compare(before_path: Path, after_path: Path) -> None:
             print("  ", example)
 
 
+def hint_study() -> None:
+    """CK+ faces (every 5th image; CK+ dev subjects, allowed for fitting) padded out until the face fills 0.6
+    to 1.0 of the image: where the full-range model finds nothing and the short-range model finds the face,
+    how high does the full-range model's best anchor still score? And on the photo without a face?"""
+    from app.analyzer import Analyzer
+    from app.settings import Settings
+
+    analyzer = Analyzer(Settings())
+    full, short = analyzer.detector.full_range, analyzer.detector.short_range
+
+    def best_anchor(image: np.ndarray) -> float:
+        _, scores, _ = full.candidates(image, 0.0)
+        return float(scores.max()) if len(scores) else 0.0
+
+    missed = []
+    for path in sorted((DATA / "ckplus48" / "images").glob("*/*.png"))[::5]:
+        face = cv2.resize(cv2.imread(str(path), cv2.IMREAD_COLOR), (192, 192), interpolation=cv2.INTER_CUBIC)
+        for fraction in np.linspace(0.6, 1.0, 5):
+            side = int(round(192 / fraction))
+            pad = (side - 192) // 2
+            image = cv2.copyMakeBorder(face, pad, side - 192 - pad, pad, side - 192 - pad, cv2.BORDER_REPLICATE)
+            if not full.detect(image, 0.5) and short.detect(image, 0.5):
+                missed.append(best_anchor(image))
+    no_face = best_anchor(cv2.imread(str(DATA / "samples" / "free-mountain-vector-01.jpg"), cv2.IMREAD_COLOR))
+    print(f"close-ups the full-range model missed and the short-range one found: {len(missed)}; the full-range "
+          f"model's best anchor on them: min {min(missed):.3f}, 5th percentile {np.percentile(missed, 5):.3f}")
+    print(f"best anchor on the photo without a face (free-mountain-vector-01.jpg): {no_face:.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dump", type=Path, help="write this checkout's detections here")
     parser.add_argument("--compare", type=Path, nargs=2, metavar=("BEFORE", "AFTER"))
+    parser.add_argument("--hint-study", action="store_true", help="measure the close-up hint (see hint_study)")
     args = parser.parse_args()
     if not DATA.is_dir():
         raise SystemExit(f"no data at {DATA}: set MICROFACS_DATA")
@@ -165,6 +196,8 @@ def main() -> None:
         dump(args.dump)
     if args.compare:
         compare(*args.compare)
+    if args.hint_study:
+        hint_study()
 
 
 if __name__ == "__main__":
