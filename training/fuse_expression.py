@@ -1,0 +1,149 @@
+"""Experiment: does fusing the expression network's scores with MediaPipe's 52 blendshapes transfer better?
+
+    python -m training.fuse_expression                 # FER+ Valid (fit), FER+ Test, CK+, taiwanese_dev
+    python -m training.fuse_expression --limit 500     # quicker
+
+Every face goes through the service's own path (``Analyzer.run``, heads expression + blendshapes; FER+ and CK+
+as face crops, taiwanese_dev photos with detection). Features: the log of the network's scores under its
+own (FER+) prior, and the blendshapes. A multinomial logistic regression (numpy, L2, class-balanced weights:
+a uniform prior like the served default) is fitted on FER+ **Valid** only (the network was trained on FER+
+Train, so its Train scores are over-confident) and compared, on FER+ Test (majority vote), CK+ (its 7
+labelled classes; never trained on) and taiwanese_dev (observers' top vote; read only, nothing fitted),
+with the served default (``prior=balanced``) and with a blendshapes-only regression. Prints numbers only;
+nothing here changes the served model. No torch.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+
+import cv2
+import numpy as np
+
+from app.analyzer import Analyzer, FaceOptions
+from training.data import CKPLUS_TO_FERPLUS, FERPLUS_CLASSES, data_root
+from training.evaluate_transfer import TW_TO_FERPLUS
+
+CLASSES = FERPLUS_CLASSES
+CROP = FaceOptions(side_face_filter=False, occlusion_filter=False, face_crop=True, expression_prior="ferplus")
+PHOTO = FaceOptions(side_face_filter=False, occlusion_filter=False, max_faces=1, expression_prior="ferplus")
+
+
+def features(analyzer: Analyzer, image: np.ndarray, options: FaceOptions) -> tuple[np.ndarray, np.ndarray] | None:
+    """(log FER+-prior scores (8), blendshapes (52)) of the image's face, or None (no usable face)."""
+    faces = analyzer.run(image, options, heads={"expression", "blendshapes"}).faces
+    if not faces or faces[0].filtered:
+        return None
+    face = faces[0]
+    scores = np.array([face.outputs["expression"].scores[c] for c in CLASSES])
+    shapes = face.outputs["blendshapes"]
+    return np.log(np.clip(scores, 1e-6, 1.0)), np.array([shapes[k] for k in sorted(shapes)])
+
+
+def ferplus(analyzer: Analyzer, split: str, limit: int):
+    root = data_root() / "ferplus" / split
+    with (root / "label.csv").open(newline="") as handle:
+        rows = list(csv.reader(handle))
+    out = []
+    for row in rows[:limit] if limit else rows:
+        votes = np.array([int(v) for v in row[2:10]])
+        if votes.max() <= int(max(row[10:12], key=int)) or (votes == votes.max()).sum() > 1:
+            continue  # majority unknown / not a face, or a tie
+        found = features(analyzer, cv2.imread(str(root / row[0]), cv2.IMREAD_COLOR), CROP)
+        if found is not None:
+            out.append((*found, int(votes.argmax())))
+    return out
+
+
+def ckplus(analyzer: Analyzer, limit: int):
+    root = data_root() / "ckplus48"
+    with (root / "au_labels.csv").open(newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if r["is_peak_frame"] == "1"]
+    out = []
+    for row in rows[:limit] if limit else rows:
+        found = features(analyzer, cv2.imread(str(root / row["path"]), cv2.IMREAD_COLOR), CROP)
+        if found is not None:
+            out.append((*found, CLASSES.index(CKPLUS_TO_FERPLUS[row["emotion"]])))
+    return out
+
+
+def taiwanese(analyzer: Analyzer, limit: int):
+    root = data_root() / "taiwanese_dev"
+    with (root / "labels.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    out = []
+    for row in rows[:limit] if limit else rows:
+        found = features(analyzer, cv2.imread(str(root / "images" / row["file"]), cv2.IMREAD_COLOR), PHOTO)
+        if found is not None:
+            out.append((*found, CLASSES.index(TW_TO_FERPLUS[row["top_vote"]])))
+    return out
+
+
+def fit_softmax(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, steps: int = 3000, lr: float = 0.5) -> np.ndarray:
+    """Class-balanced multinomial logistic regression by full-batch gradient descent; weights (d + 1, 8)."""
+    x = np.hstack([x, np.ones((len(x), 1))])
+    counts = np.bincount(y, minlength=len(CLASSES)).astype(float)
+    sample_w = (len(y) / (len(CLASSES) * np.maximum(counts, 1)))[y]
+    onehot = np.eye(len(CLASSES))[y]
+    w = np.zeros((x.shape[1], len(CLASSES)))
+    for _ in range(steps):
+        z = x @ w
+        p = np.exp(z - z.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        grad = x.T @ ((p - onehot) * sample_w[:, None]) / sample_w.sum() + l2 * np.vstack([w[:-1], 0 * w[-1:]])
+        w -= lr * grad
+    return w
+
+
+def predict(w: np.ndarray, x: np.ndarray) -> np.ndarray:
+    return (np.hstack([x, np.ones((len(x), 1))]) @ w).argmax(1)
+
+
+def standardise(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
+    mean, std = train.mean(0), train.std(0) + 1e-6
+    return [(a - mean) / std for a in (train, *others)]
+
+
+def report(name: str, y: np.ndarray, predicted: np.ndarray, classes: list[int] | None = None) -> str:
+    keep = np.isin(y, classes) if classes else np.ones(len(y), bool)
+    acc = float((predicted[keep] == y[keep]).mean())
+    present = classes or sorted(set(y.tolist()))
+    f1s = []
+    for c in present:
+        tp = np.sum((predicted == c) & (y == c) & keep)
+        denom = np.sum((predicted == c) & keep) + np.sum((y == c) & keep)
+        f1s.append(2 * tp / denom if denom else 0.0)
+    return f"{name}: accuracy {acc:.3f}, macro-F1 {np.mean(f1s):.3f}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--limit", type=int, default=0)
+    args = parser.parse_args(argv)
+    analyzer = Analyzer()
+    sets = {"FER+ Valid": ferplus(analyzer, "FER2013Valid", args.limit),
+            "FER+ Test": ferplus(analyzer, "FER2013Test", args.limit),
+            "CK+ peaks": ckplus(analyzer, args.limit), "taiwanese_dev": taiwanese(analyzer, args.limit)}
+    arrays = {k: (np.array([a for a, _, _ in v]), np.array([b for _, b, _ in v]), np.array([c for _, _, c in v]))
+              for k, v in sets.items()}
+    recognizer = analyzer.models.expression
+    fit_scores, fit_shapes, fit_y = arrays["FER+ Valid"]
+    w_fused = fit_softmax(*standardise(np.hstack([fit_scores, fit_shapes]))[:1], fit_y)
+    w_shapes = fit_softmax(*standardise(fit_shapes)[:1], fit_y)
+    print(f"fitted on FER+ Valid: {len(fit_y)} faces; features: 8 log-scores + 52 blendshapes")
+    for name, (scores, shapes, y) in arrays.items():
+        if name == "FER+ Valid":
+            continue
+        fused_x = standardise(np.hstack([fit_scores, fit_shapes]), np.hstack([scores, shapes]))[1]
+        shapes_x = standardise(fit_shapes, shapes)[1]
+        served = recognizer.reweight(np.exp(scores), "balanced").argmax(1)  # the served default's label
+        classes = {"taiwanese_dev": [CLASSES.index(c) for c in TW_TO_FERPLUS.values()],
+                   "CK+ peaks": [CLASSES.index(c) for c in CLASSES if c != "neutral"]}.get(name)
+        print(f"{name} ({len(y)} faces)")
+        print("  " + report("served, prior=balanced", y, served, classes))
+        print("  " + report("fused (scores + blendshapes)", y, predict(w_fused, fused_x), classes))
+        print("  " + report("blendshapes only", y, predict(w_shapes, shapes_x), classes))
+
+
+if __name__ == "__main__":
+    main()
