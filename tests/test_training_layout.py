@@ -6,12 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TORCH_FREE = sorted(f"training.{p.stem}" for p in (REPO / "training").glob("evaluate_*.py")) + [
     "training.fit_expression_prior", "training.expression_data", "training.occlusion_data", "training.common",
-    "app.manifest"]
+    "training.fuse_expression", "training.fuse_au", "app.manifest"]
 
 
 @pytest.mark.parametrize("module", TORCH_FREE)
@@ -56,3 +57,14 @@ def test_missing_cache_is_an_exception_for_callers_and_exit_status_2_for_the_cli
            f"sys.exit(run_cli(main, ['--cv-dir', {str(tmp_path)!r}]))"
     result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+
+
+def test_roc_auc_counts_pairs_and_ties():
+    from training.evaluate_activation import roc_auc
+
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 5, 60).astype(float)  # many ties
+    positive = rng.random(60) < 0.4
+    pairs = [(p > n) + 0.5 * (p == n) for p in scores[positive] for n in scores[~positive]]
+    assert abs(roc_auc(scores, positive) - np.mean(pairs)) < 1e-12
+    assert roc_auc(np.array([0.1, 0.9]), np.array([False, True])) == 1.0

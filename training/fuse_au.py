@@ -1,0 +1,172 @@
+"""Experiment: fuse the AU detector with MediaPipe's blendshapes, with neutral faces as negatives.
+
+    python -m training.train_au --cv --epochs 40      # first: the fold models (out-of-fold CK+ scores)
+    python -m training.fuse_au                        # then this (~3 min)
+
+Per AU, a logistic regression on [the detector's logit for that AU, the 52 blendshapes] (standardised, L2),
+trained on CK+ (the detector's *out-of-fold* scores, subject-wise folds of ``train_au --cv``) plus FER+ Valid
+faces that >= 8 of 10 raters called neutral, as all-AU-absent negatives (scored by the served detector,
+which never saw FER+). Evaluated like ``training.evaluate_au``: the fusion itself is cross-validated on the
+same subject folds (neutral faces split into 5 folds at random), per-AU thresholds maximising F1 on CK+
+plus the neutral negatives, pooled and nested; then, fitted on everything, AUs present per face on FER+ Test
+neutral faces and on taiwanese_dev neutral and posed photos (validation only: read, nothing fitted), against
+the served detector with its manifest thresholds. Blendshapes come from ``Analyzer.run`` (CK+ and FER+ as
+face crops). No torch; prints numbers only; nothing served changes.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from app.analyzer import Analyzer, FaceOptions
+from training.data import RUNS_DIR, data_root
+from training.evaluate_au import best_threshold, out_of_fold_scores, prf
+
+CROP = FaceOptions(side_face_filter=False, occlusion_filter=False, face_crop=True)
+PHOTO = FaceOptions(side_face_filter=False, occlusion_filter=False, max_faces=1)
+REQUIRED = ["AU1", "AU2", "AU4", "AU5", "AU6", "AU7", "AU9", "AU12", "AU14", "AU15", "AU17", "AU23", "AU24", "AU27"]
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-5, 1 - 1e-5)
+    return np.log(p / (1 - p))
+
+
+def face_features(analyzer: Analyzer, image: np.ndarray, options: FaceOptions, classes: list[str]):
+    """(served detector's AU scores (C,), present (C,), blendshapes (52,)) or None."""
+    faces = analyzer.run(image, options, heads={"au", "blendshapes"}).faces
+    if not faces or faces[0].filtered:
+        return None
+    units = {u.au: u for u in faces[0].outputs["au"]}
+    shapes = faces[0].outputs["blendshapes"]
+    return (np.array([units[a].probability for a in classes]), np.array([units[a].present for a in classes]),
+            np.array([shapes[k] for k in sorted(shapes)]))
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, steps: int = 1500, lr: float = 0.5) -> np.ndarray:
+    x = np.hstack([x, np.ones((len(x), 1))])
+    w = np.zeros(x.shape[1])
+    for _ in range(steps):
+        p = 1 / (1 + np.exp(-np.clip(x @ w, -30, 30)))
+        w -= lr * (x.T @ (p - y) / len(y) + l2 * np.append(w[:-1], 0.0))
+    return w
+
+
+def apply_logistic(w: np.ndarray, x: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-np.clip(np.hstack([x, np.ones((len(x), 1))]) @ w, -30, 30)))
+
+
+def neutral_ferplus(analyzer: Analyzer, split: str, classes: list[str], limit: int, min_votes: int = 8):
+    root = data_root() / "ferplus" / split
+    with (root / "label.csv").open(newline="") as handle:
+        rows = [r for r in csv.reader(handle) if int(r[2]) >= min_votes]
+    found = [face_features(analyzer, cv2.imread(str(root / r[0]), cv2.IMREAD_COLOR), CROP, classes)
+             for r in (rows[:limit] if limit else rows)]
+    return [f for f in found if f is not None]
+
+
+def taiwanese(analyzer: Analyzer, classes: list[str], limit: int) -> dict[str, list]:
+    root = data_root() / "taiwanese_dev"
+    with (root / "labels.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    out: dict[str, list] = {"neutral": [], "posed": []}
+    for row in rows[:limit] if limit else rows:
+        found = face_features(analyzer, cv2.imread(str(root / "images" / row["file"]), cv2.IMREAD_COLOR), PHOTO,
+                              classes)
+        if found is not None:
+            out["neutral" if row["performance_type"] == "0" else "posed"].append(found)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cv-dir", default=str(RUNS_DIR / "au" / "cv"))
+    parser.add_argument("--limit", type=int, default=0, help="at most this many neutral / taiwanese faces")
+    args = parser.parse_args(argv)
+    analyzer = Analyzer()
+    cache = np.load(RUNS_DIR / "cache" / "ckplus.npz")
+    oof, fold_of, meta = out_of_fold_scores(Path(args.cv_dir), cache["crops"])
+    classes = meta["classes"]
+    names = [str(a) for a in cache["au_names"]]
+    truth = cache["aus"][:, [names.index(a) for a in classes]].astype(bool)
+    root = data_root() / "ckplus48"
+    ck_shapes = []
+    for path in cache["paths"]:
+        found = face_features(analyzer, cv2.imread(str(root / str(path)), cv2.IMREAD_COLOR), CROP, classes)
+        ck_shapes.append(found[2] if found is not None else np.zeros(52))
+    ck_shapes = np.array(ck_shapes)
+    valid = neutral_ferplus(analyzer, "FER2013Valid", classes, args.limit)
+    nv_scores, nv_shapes = np.array([f[0] for f in valid]), np.array([f[2] for f in valid])
+    nv_fold = np.random.default_rng(0).integers(0, fold_of.max() + 1, len(valid))
+    print(f"CK+ {len(oof)} faces ({fold_of.max() + 1} subject folds), FER+ Valid neutral negatives {len(valid)}")
+
+    all_shapes = np.vstack([ck_shapes, nv_shapes])
+    mean, std = all_shapes.mean(0), all_shapes.std(0) + 1e-6
+
+    def design(scores_c: np.ndarray, shapes: np.ndarray) -> np.ndarray:
+        return np.hstack([logit(scores_c)[:, None], (shapes - mean) / std])
+
+    # Cross-validated fused scores, for CK+ faces and the neutral negatives alike.
+    fused_ck, fused_nv = np.zeros_like(oof), np.zeros((len(valid), len(classes)))
+    for c in range(len(classes)):
+        for k in range(fold_of.max() + 1):
+            tr_ck, tr_nv = fold_of != k, nv_fold != k
+            x = np.vstack([design(oof[tr_ck, c], ck_shapes[tr_ck]), design(nv_scores[tr_nv, c], nv_shapes[tr_nv])])
+            y = np.concatenate([truth[tr_ck, c], np.zeros(tr_nv.sum(), bool)]).astype(float)
+            w = fit_logistic(x, y)
+            fused_ck[~tr_ck, c] = apply_logistic(w, design(oof[~tr_ck, c], ck_shapes[~tr_ck]))
+            fused_nv[~tr_nv, c] = apply_logistic(w, design(nv_scores[~tr_nv, c], nv_shapes[~tr_nv]))
+
+    def table(scores_ck: np.ndarray, scores_nv: np.ndarray) -> tuple[dict, np.ndarray]:
+        rows, thresholds = {}, np.zeros(len(classes))
+        for c, au in enumerate(classes):
+            both = np.concatenate([scores_ck[:, c], scores_nv[:, c]])
+            labels = np.concatenate([truth[:, c], np.zeros(len(scores_nv), bool)])
+            thresholds[c] = best_threshold(both, labels)
+            nested = np.zeros(len(scores_ck), bool)
+            for k in range(fold_of.max() + 1):
+                sel_ck, sel_nv = fold_of != k, nv_fold != k
+                tk = best_threshold(np.concatenate([scores_ck[sel_ck, c], scores_nv[sel_nv, c]]),
+                                    np.concatenate([truth[sel_ck, c], np.zeros(sel_nv.sum(), bool)]))
+                nested[fold_of == k] = scores_ck[fold_of == k, c] >= tk
+            rows[au] = (prf(scores_ck[:, c] >= thresholds[c], truth[:, c])[0], prf(nested, truth[:, c])[0],
+                        float((scores_nv[:, c] >= thresholds[c]).mean()))
+        return rows, thresholds
+
+    base_rows, base_t = table(oof, nv_scores)
+    fused_rows, _ = table(fused_ck, fused_nv)
+    print(f"{'AU':<6}{'detector F1 / nested':>22}{'fused F1 / nested':>20}{'neutral rate det / fused':>26}")
+    for au in classes:
+        b, f = base_rows[au], fused_rows[au]
+        print(f"{au:<6}{b[0]:>13.3f} / {b[1]:.3f}{f[0]:>13.3f} / {f[1]:.3f}{b[2]:>17.3f} / {f[2]:.3f}")
+    for label, aus in (("14 required AUs", REQUIRED), ("all 17", classes)):
+        det = [np.mean([base_rows[a][i] for a in aus]) for i in (0, 1)]
+        fus = [np.mean([fused_rows[a][i] for a in aus]) for i in (0, 1)]
+        print(f"mean, {label}: detector {det[0]:.3f} / {det[1]:.3f} nested; fused {fus[0]:.3f} / {fus[1]:.3f} nested"
+              " (thresholds chosen with the neutral negatives)")
+
+    # Fitted on everything, then read on faces nothing here was fitted to.
+    weights = []
+    for c in range(len(classes)):
+        x = np.vstack([design(oof[:, c], ck_shapes), design(nv_scores[:, c], nv_shapes)])
+        y = np.concatenate([truth[:, c], np.zeros(len(valid), bool)]).astype(float)
+        weights.append(fit_logistic(x, y))
+    fused_all_ck = np.stack([apply_logistic(w, design(oof[:, c], ck_shapes)) for c, w in enumerate(weights)], 1)
+    fused_all_nv = np.stack([apply_logistic(w, design(nv_scores[:, c], nv_shapes)) for c, w in enumerate(weights)], 1)
+    _, fused_t = table(fused_all_ck, fused_all_nv)
+    sets = {"FER+ Test neutral": neutral_ferplus(analyzer, "FER2013Test", classes, args.limit),
+            **{f"taiwanese_dev {k}": v for k, v in taiwanese(analyzer, classes, args.limit).items()}}
+    print("AUs present per face: served detector (manifest thresholds) -> fused")
+    for name, faces in sets.items():
+        served = np.mean([f[1].sum() for f in faces])
+        fused = np.mean([sum(apply_logistic(weights[c], design(f[0][c:c + 1], f[2][None]))[0] >= fused_t[c]
+                             for c in range(len(classes))) for f in faces])
+        print(f"  {name:<22} {len(faces):>4} faces   {served:.2f} -> {fused:.2f}")
+
+
+if __name__ == "__main__":
+    main()
