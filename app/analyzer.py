@@ -165,7 +165,7 @@ class Analyzer:
         self.landmarks_v2 = LandmarkStage(models.landmarker)
         self.landmarks = self.landmarks_v2 if self.settings.landmark_model == "v2" else LandmarkStage(models.mesh)
         self.pitch_offset = PITCH_OFFSET_DEG_V2 if self.settings.landmark_model == "v2" else PITCH_OFFSET_DEG
-        self.heads: dict[str, Head] = build_heads(models)
+        self.heads: dict[str, Head] = build_heads(models, self.settings)
         thresholds = models.occlusion.thresholds
         if self.settings.occlusion_threshold is not None:  # one setting overrides every region's threshold
             thresholds = {region: self.settings.occlusion_threshold for region in thresholds}

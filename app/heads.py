@@ -18,9 +18,11 @@ import numpy as np
 from app.activation import activations
 from app.gaze import Gaze, gaze
 from app.model_zoo.au_detector import ActionUnit, AuDetector
+from app.model_zoo.au_fusion import AuFusion
 from app.model_zoo.expression import ExpressionRecognizer, ExpressionResult
 from app.model_zoo.face_landmarker import FaceBlendshapes
 from app.registry import ModelRegistry
+from app.settings import Settings
 
 if TYPE_CHECKING:
     from app.analyzer import FaceAnalysis, FaceOptions
@@ -37,15 +39,28 @@ class Head(Protocol):
 @dataclass(frozen=True)
 class AuHead:
     """FACS Action Units (CN109344744): per AU a probability, a decision and, when present, its box,
-    mapped from the aligned crop back to image pixels."""
+    mapped from the aligned crop back to image pixels. With ``fusion`` (``MICROFACS_AU_MODEL=fused``) the
+    probability and decision are the fusion's (the detector's scores + the face's blendshapes, trained with
+    neutral faces as negatives: models/AU_DETECTOR.md) and the box is still the detector's."""
 
     model: AuDetector
+    fusion: AuFusion | None = None
+    blendshapes: FaceBlendshapes | None = None  # the fusion's input, when the call did not ask for them
     field: str = "action_units"
     # With the blendshapes (registered before this head, so computed first when asked for), each AU gets
     # a continuous ``activation`` from its matching coefficients: not a FACS intensity (app/activation.py).
 
+    @property
+    def needs_irises(self) -> bool:  # the fusion reads the blendshapes, which read landmarks v2
+        return self.fusion is not None
+
     def get(self, face: FaceAnalysis, options: FaceOptions) -> list[ActionUnit]:
-        units = self.model.predict(face.aligned)
+        probability, boxes = self.model.scores(face.aligned)
+        if self.fusion is None or self.blendshapes is None:
+            units = self.model.units(probability, boxes, self.model.thresholds)
+        else:
+            shapes = face.outputs.get("blendshapes") or self.blendshapes.predict(irises_required(face))
+            units = self.model.units(self.fusion.fuse(probability, shapes), boxes, self.fusion.thresholds)
         units = [u if u.box is None else replace(u, box=face.aligned.box_to_image(u.box)) for u in units]
         if "blendshapes" in face.outputs:  # the call asked for blendshapes too: each AU's activation from them
             activation = activations(face.outputs["blendshapes"])
@@ -97,13 +112,14 @@ class GazeHead:
         return gaze(irises_required(face))
 
 
-HEADS: dict[str, Callable[[ModelRegistry], Head]] = {  # run in this order: the AU head reads the blendshapes
-    "blendshapes": lambda models: BlendshapeHead(models.blendshapes),
-    "gaze": lambda models: GazeHead(),
-    "au": lambda models: AuHead(models.au),
-    "expression": lambda models: ExpressionHead(models.expression),
+HEADS: dict[str, Callable[[ModelRegistry, Settings], Head]] = {  # in this order: the AU head reads the blendshapes
+    "blendshapes": lambda models, settings: BlendshapeHead(models.blendshapes),
+    "gaze": lambda models, settings: GazeHead(),
+    "au": lambda models, settings: AuHead(models.au, models.au_fusion, models.blendshapes)
+    if settings.au_model == "fused" else AuHead(models.au),
+    "expression": lambda models, settings: ExpressionHead(models.expression),
 }
 
 
-def build_heads(models: ModelRegistry) -> dict[str, Head]:
-    return {name: make(models) for name, make in HEADS.items()}
+def build_heads(models: ModelRegistry, settings: Settings) -> dict[str, Head]:
+    return {name: make(models, settings) for name, make in HEADS.items()}

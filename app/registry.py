@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from app.model_zoo.au_detector import AuDetector
+from app.model_zoo.au_fusion import AuFusion
 from app.model_zoo.base import OnnxModel
 from app.model_zoo.blazeface import BlazeFaceFullRange, BlazeFaceShortRange
 from app.model_zoo.expression import ExpressionRecognizer
@@ -22,6 +23,8 @@ class ModelRegistry:
         self.occlusion = OcclusionClassifier(models_dir, threads)
         self.expression = ExpressionRecognizer(models_dir, threads)
         self.au = AuDetector(models_dir, threads)
+        # only with settings.au_model = "fused" (its manifest entry is written by training.fuse_au --export)
+        self.au_fusion = AuFusion(models_dir, threads) if settings.au_model == "fused" else None
 
     def loaded(self) -> dict[str, OnnxModel]:
         return {m.entry.name: m for m in vars(self).values() if isinstance(m, OnnxModel)}

@@ -220,6 +220,7 @@ class Defaults(BaseModel):
     max_faces: int
     min_face_size: int
     prior: str = Field(description="the expression scores' class prior: balanced or ferplus")
+    au_model: str = Field("detector", description="AU decisions: detector, or fused (with the blendshapes)")
 
 
 class VersionResponse(BaseModel):

@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     )
 
     # Heads.
+    au_model: Literal["detector", "fused"] = Field(
+        "detector", description="AU decisions: the detector alone (best CK+ F1), or fused with the blendshapes "
+        "(far fewer AUs on neutral faces, lower CK+ F1, +1.5-3 ms a face): models/AU_DETECTOR.md"
+    )
     expression_prior: Literal["balanced", "ferplus"] = Field(
         "balanced", description="default class prior of the expression scores (query parameter `prior`); "
         "models/EXPRESSION.md says why balanced is the default"

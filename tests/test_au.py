@@ -157,3 +157,47 @@ def test_activation_is_low_on_neutral_faces(analyzer):
         smiles.append(by_au["AU12"])
         brows.append(by_au["AU1"])
     assert np.median(smiles) < 0.1 and np.median(brows) < 0.2, (smiles, brows)
+
+
+@pytest.fixture(scope="module")
+def fused(client):
+    """The analyzer with MICROFACS_AU_MODEL=fused (the session's models, plus the fusion)."""
+    from app.analyzer import Analyzer
+    from app.model_zoo.au_fusion import AuFusion
+
+    registry = client.app.state.registry
+    settings = Settings(au_model="fused")
+    registry.au_fusion = AuFusion(settings.models_dir)  # what ModelRegistry(settings) loads for this setting
+    try:
+        yield Analyzer(settings, registry)
+    finally:
+        registry.au_fusion = None
+
+
+def test_fused_au_model_keeps_the_boxes_and_the_smile(fused, astronaut):
+    units = fused.analyze(astronaut, heads={"au"}).faces[0].action_units
+    by_au = {u.au: u for u in units}
+    assert by_au["AU12"].present and by_au["AU12"].box is not None  # the detector's box, in image pixels
+    assert all(0.0 <= u.probability <= 1.0 for u in units)
+    assert all((u.box is not None) == u.present for u in units)
+    thresholds = dict(zip(fused.models.au_fusion.classes, fused.models.au_fusion.thresholds))
+    assert all(u.present == (u.probability >= thresholds[u.au] - 1e-4) for u in units)  # the fusion decides
+
+
+def test_fused_au_model_reports_fewer_aus_on_neutral_faces(fused, analyzer):
+    """FER+ Test faces that >= 9 of 10 raters called neutral: the detector alone lights several AUs on each,
+    the fusion (trained with FER+ *Valid* neutral faces as negatives) far fewer."""
+    import csv
+
+    from tests.helpers import DATA, requires_data
+
+    labels = requires_data(DATA / "ferplus" / "FER2013Test" / "label.csv")
+    with labels.open() as f:
+        rows = [r for r in csv.reader(f) if int(r[2]) >= 9][:30]
+    counts = {"detector": [], "fused": []}
+    for row in rows:
+        for name, which in (("detector", analyzer), ("fused", fused)):
+            face = which.analyze(labels.parent / row[0], heads={"au"}, face_crop=True, side_face_filter=False,
+                                 occlusion_filter=False).faces[0]
+            counts[name].append(sum(u.present for u in face.action_units))
+    assert np.mean(counts["fused"]) <= 1.0 < np.mean(counts["detector"]), counts

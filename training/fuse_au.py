@@ -2,6 +2,7 @@
 
     python -m training.train_au --cv --epochs 40      # first: the fold models (out-of-fold CK+ scores)
     python -m training.fuse_au                        # then this (~3 min)
+    python -m training.fuse_au --export               # also write models/au_fusion.onnx + its manifest entry
 
 Per AU, a logistic regression on [the detector's logit for that AU, the 52 blendshapes] (standardised, L2),
 trained on CK+ (the detector's *out-of-fold* scores, subject-wise folds of ``train_au --cv``) plus FER+ Valid
@@ -11,7 +12,9 @@ same subject folds (neutral faces split into 5 folds at random), per-AU threshol
 plus the neutral negatives, pooled and nested; then, fitted on everything, AUs present per face on FER+ Test
 neutral faces and on taiwanese_dev neutral and posed photos (validation only: read, nothing fitted), against
 the served detector with its manifest thresholds. Blendshapes come from ``Analyzer.run`` (CK+ and FER+ as
-face crops). No torch; prints numbers only; nothing served changes.
+face crops). No torch. Without ``--export`` nothing served changes; with it, the fusion fitted on everything
+is written as a small ONNX graph (MatMul + Add + Sigmoid, the standardisation folded in) that the service
+runs when ``MICROFACS_AU_MODEL=fused`` (app/model_zoo/au_fusion.py), with the pooled thresholds.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ import cv2
 import numpy as np
 
 from app.analyzer import Analyzer, FaceOptions
+from app.model_zoo.face_landmarker import BLENDSHAPE_NAMES
 from training.data import RUNS_DIR, data_root
 from training.evaluate_au import EMFACS, REQUIRED, best_threshold, out_of_fold_scores, prf
 
@@ -88,6 +92,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cv-dir", default=str(RUNS_DIR / "au" / "cv"))
     parser.add_argument("--limit", type=int, default=0, help="at most this many neutral / taiwanese faces")
+    parser.add_argument("--export", action="store_true", help="write models/au_fusion.onnx and its manifest entry")
+    parser.add_argument("--models-dir", default=str(Path(__file__).resolve().parents[1] / "models"))
     args = parser.parse_args(argv)
     analyzer = Analyzer()
     cache = np.load(RUNS_DIR / "cache" / "ckplus.npz")
@@ -184,6 +190,71 @@ def main(argv: list[str] | None = None) -> None:
         recall["fused"].append(fused_present(face)[prototype].mean())
     print("  taiwanese_dev posed, share of the intended expression's EMFACS prototype AUs reported: "
           + "; ".join(f"{np.mean(v):.2f}" for v in recall.values()))
+    if args.export:
+        metrics = {
+            "ckplus_cv_f1_14_required_pooled": round(float(np.mean([fused_rows[a][0] for a in REQUIRED])), 3),
+            "ckplus_cv_f1_14_required_nested": round(float(np.mean([fused_rows[a][1] for a in REQUIRED])), 3),
+            "ferplus_test_neutral_aus_per_face": round(float(np.mean([fused_present(f).sum()
+                                                                      for f in sets["FER+ Test neutral"]])), 3),
+            "taiwanese_dev_neutral_aus_per_face": round(float(np.mean([fused_present(f).sum()
+                                                                       for f in tw["neutral"]])), 3),
+            "per_au_cv": {au: dict(zip(("f1", "f1_nested", "ferplus_valid_neutral_rate"),
+                                       (round(float(v), 3) for v in fused_rows[au]))) for au in classes},
+        }
+        export(Path(args.models_dir), classes, sorted(BLENDSHAPE_NAMES), weights, mean, std, fused_t, metrics)
+
+
+def export(models_dir: Path, classes: list[str], shape_names: list[str], weights: list[np.ndarray],
+           mean: np.ndarray, std: np.ndarray, thresholds: np.ndarray, metrics: dict) -> None:
+    """Fold the per-AU regressions into one (17 + 52) -> 17 affine map + sigmoid, write it and its entry."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from app.manifest import replace_entry, sha256_of
+
+    assert len(shape_names) == 52  # the order face_features used: the blendshape names, sorted
+    n, d = len(classes), 1 + len(shape_names)
+    matrix = np.zeros((n + len(shape_names), n), np.float32)
+    bias = np.zeros(n, np.float32)
+    for c, w in enumerate(weights):  # w: [logit, 52 standardised blendshapes, bias]
+        matrix[c, c] = w[0]
+        matrix[n:, c] = w[1:d] / std
+        bias[c] = w[d] - float(np.sum(w[1:d] * mean / std))
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["features", "weights"], ["z"]), helper.make_node("Add", ["z", "bias"], ["y"]),
+         helper.make_node("Sigmoid", ["y"], ["probabilities"])],
+        "au_fusion",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", n + len(shape_names)])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", n])],
+        [numpy_helper.from_array(matrix, "weights"), numpy_helper.from_array(bias, "bias")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path = models_dir / "au_fusion.onnx"
+    onnx.save(model, str(path))
+    replace_entry(models_dir, "au_fusion", {
+        "version": "2026.11.23-fusion",
+        "file": path.name,
+        "sha256": sha256_of(path),
+        "task": "AU decisions fused from the AU detector's probabilities and MediaPipe's 52 blendshapes "
+                "(served only with MICROFACS_AU_MODEL=fused; the detector's boxes are kept)",
+        "input": {"name": "features", "shape": ["batch", n + len(shape_names)],
+                  "layout": f"{n} detector logits (order = classes), then the blendshapes (order = blendshapes)"},
+        "outputs": {"probabilities": f"[batch, {n}]: fused probability per AU, order = classes"},
+        "classes": classes,
+        "blendshapes": shape_names,
+        "thresholds": {au: round(float(t), 4) for au, t in zip(classes, thresholds)},
+        "threshold_rule": "per AU, max F1 over CK+ (out-of-fold fused scores) plus the FER+ Valid neutral faces as "
+                          "negatives, pooled",
+        "metrics": metrics,
+        "training_data": "CK+ (759 faces of 94 subjects, the detector's out-of-fold scores from train_au --cv) and "
+                         "691 FER+ Valid faces with >= 8 of 10 neutral votes as all-AU-absent negatives; "
+                         "blendshapes from the service's FaceLandmarker v2 path",
+        "model_card": "AU_DETECTOR.md",
+        "licence": "research use only (CK+ terms; FER2013 pixels)",
+    })
+    print(f"wrote {path} and its manifest entry")
 
 
 if __name__ == "__main__":

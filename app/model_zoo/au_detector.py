@@ -70,14 +70,19 @@ class AuDetector(OnnxModel):
         self.size = int(extra["input"]["shape"][2])
         self.thresholds = np.array([float(extra["thresholds"][a]) for a in self.classes], np.float32)
 
-    def predict(self, aligned: AlignedFace) -> list[ActionUnit]:
+    def scores(self, aligned: AlignedFace) -> tuple[np.ndarray, np.ndarray]:
+        """Per AU its probability (C,) and its best box (C, 4), aligned-crop pixels, present or not."""
         (raw,) = self.run(preprocess(aligned.image, self.size))
         probability, boxes = face_decisions(raw[0], self.anchors)
-        side = aligned.size
-        out = []
-        for c, au in enumerate(self.classes):
-            present = bool(probability[c] >= self.thresholds[c])
-            box = np.clip(boxes[c] * side, 0, side).astype(np.float64) if present else None
-            out.append(ActionUnit(au=au, name=self.names.get(au, au), probability=float(probability[c]),
-                                  present=present, box=box))
-        return out
+        return probability, np.clip(boxes * aligned.size, 0, aligned.size).astype(np.float64)
+
+    def units(self, probability: np.ndarray, boxes: np.ndarray, thresholds: np.ndarray) -> list[ActionUnit]:
+        """Decisions against ``thresholds``; a box only for the AUs present."""
+        return [ActionUnit(au=au, name=self.names.get(au, au), probability=float(probability[c]),
+                           present=bool(probability[c] >= thresholds[c]),
+                           box=boxes[c] if probability[c] >= thresholds[c] else None)
+                for c, au in enumerate(self.classes)]
+
+    def predict(self, aligned: AlignedFace) -> list[ActionUnit]:
+        probability, boxes = self.scores(aligned)
+        return self.units(probability, boxes, self.thresholds)

@@ -60,5 +60,5 @@ async def version(request: Request) -> VersionResponse:
             video_formats=list(VIDEO_FORMATS),
         ),
         defaults=Defaults(max_faces=settings.default_max_faces, min_face_size=settings.default_min_face_size,
-                          prior=settings.expression_prior),
+                          prior=settings.expression_prior, au_model=settings.au_model),
     )
