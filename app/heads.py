@@ -19,6 +19,7 @@ from app.activation import activations
 from app.gaze import Gaze, gaze
 from app.model_zoo.au_detector import ActionUnit, AuDetector
 from app.model_zoo.au_fusion import AuFusion
+from app.model_zoo.base import ModelError
 from app.model_zoo.expression import ExpressionRecognizer, ExpressionResult
 from app.model_zoo.face_landmarker import FaceBlendshapes
 from app.registry import ModelRegistry
@@ -112,11 +113,18 @@ class GazeHead:
         return gaze(irises_required(face))
 
 
+def au_head(models: ModelRegistry, settings: Settings) -> AuHead:
+    if settings.au_model != "fused":
+        return AuHead(models.au)
+    if models.au_fusion is None:  # a registry built for other settings
+        raise ModelError("MICROFACS_AU_MODEL=fused, but the models were loaded without the AU fusion")
+    return AuHead(models.au, models.au_fusion, models.blendshapes)
+
+
 HEADS: dict[str, Callable[[ModelRegistry, Settings], Head]] = {  # in this order: the AU head reads the blendshapes
     "blendshapes": lambda models, settings: BlendshapeHead(models.blendshapes),
     "gaze": lambda models, settings: GazeHead(),
-    "au": lambda models, settings: AuHead(models.au, models.au_fusion, models.blendshapes)
-    if settings.au_model == "fused" else AuHead(models.au),
+    "au": lambda models, settings: au_head(models, settings),
     "expression": lambda models, settings: ExpressionHead(models.expression),
 }
 
