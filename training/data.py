@@ -69,3 +69,21 @@ def ckplus_rows(root: Path | None = None) -> list[CkPlusRow]:
                           record["is_peak_frame"] == "1", aus)
             )
     return rows
+
+
+@dataclass(frozen=True)
+class TaiwaneseRow:
+    """One taiwanese_dev photo (VALIDATION ONLY: read to report numbers, never fitted to)."""
+
+    path: Path
+    performer: str
+    neutral: bool  # performance_type 0: the performer's neutral face
+    intended: str  # what the performer was asked to show (the database's names: happy, sad, angry, ...)
+    top_vote: str  # what most observers saw
+
+
+def taiwanese_rows(root: Path | None = None) -> list[TaiwaneseRow]:
+    folder = root or data_root() / "taiwanese_dev"
+    with (folder / "labels.csv").open(newline="") as handle:
+        return [TaiwaneseRow(folder / "images" / r["file"], r["performer"], r["performance_type"] == "0",
+                             r["intended"], r["top_vote"]) for r in csv.DictReader(handle)]

@@ -21,116 +21,90 @@ and without the gate, and the share of CK+ frames with each AU the gate lets thr
 from __future__ import annotations
 
 import argparse
-import csv
+from collections.abc import Mapping
 
 import cv2
 import numpy as np
+from scipy.stats import mannwhitneyu
 
 from app.activation import BLENDSHAPES_OF_AU, CANDIDATES_LEFT_OUT, activations
 from app.analyzer import Analyzer, FaceOptions
-from training.data import data_root
+from app.model_zoo.au_detector import ActionUnit
+from training.data import ckplus_rows, ferplus_rows, taiwanese_rows
 
 OPTIONS = FaceOptions(side_face_filter=False, occlusion_filter=False, face_crop=True)
+PHOTO = FaceOptions(side_face_filter=False, occlusion_filter=False, max_faces=1)
+MAPPING = {**BLENDSHAPES_OF_AU, **CANDIDATES_LEFT_OUT}
+Face = tuple[dict[str, float], list[ActionUnit]]  # the face's blendshapes and the AU head's units
 
 
 def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
-    """P(a random positive scores above a random negative), ties counted half (Mann-Whitney U)."""
+    """P(a random positive scores above a random negative), ties counted half: the Mann-Whitney U over n1 n2."""
     pos, neg = scores[positive], scores[~positive]
     if not len(pos) or not len(neg):
         return float("nan")
-    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
-    ranks = np.empty(len(order))
-    values = np.concatenate([pos, neg])[order]
-    i = 0
-    while i < len(values):  # average ranks over ties
-        j = i
-        while j + 1 < len(values) and values[j + 1] == values[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+    return float(mannwhitneyu(pos, neg).statistic / (len(pos) * len(neg)))
 
 
-MAPPING = {**BLENDSHAPES_OF_AU, **CANDIDATES_LEFT_OUT}
-
-
-def activations_of(analyzer: Analyzer, image: np.ndarray) -> dict[str, float] | None:
-    """Every candidate AU's activation (the served ones are exactly what the AU head reports)."""
-    face = analyzer.run(image, OPTIONS, heads={"au", "blendshapes"}).faces[0]
-    if face.filtered:
+def analyse(analyzer: Analyzer, path, options: FaceOptions = OPTIONS) -> Face | None:
+    """The first face's blendshapes and AU units through the service's path, or None (no usable face)."""
+    faces = analyzer.run(cv2.imread(str(path), cv2.IMREAD_COLOR), options, heads={"au", "blendshapes"}).faces
+    if not faces or faces[0].filtered:
         return None
-    served = {u.au: u.activation for u in face.outputs["au"] if u.activation is not None}
-    assert served == activations(face.outputs["blendshapes"])
-    blendshapes = face.outputs["blendshapes"]
+    blendshapes, units = faces[0].outputs["blendshapes"], faces[0].outputs["au"]
+    assert {u.au: u.activation for u in units if u.activation is not None} == activations(blendshapes)
+    return blendshapes, units
+
+
+def candidates(blendshapes: Mapping[str, float]) -> dict[str, float]:
+    """Every candidate AU's activation, served or not (unrounded means of its blendshapes)."""
     return {au: float(np.mean([blendshapes[n] for n in names])) for au, names in MAPPING.items()}
 
 
+def served(face: Face) -> tuple[dict[str, float], list[str]]:
+    """(the activations the AU head serves, the AUs the detector reports present)."""
+    units = face[1]
+    return {u.au: u.activation for u in units if u.activation is not None}, [u.au for u in units if u.present]
+
+
 def ckplus(analyzer: Analyzer, limit: int) -> tuple[list[dict[str, float]], list[dict[str, bool]]]:
-    root = data_root() / "ckplus48"
-    with (root / "au_labels.csv").open(newline="") as handle:
-        rows = [r for r in csv.DictReader(handle) if r["is_peak_frame"] == "1"]
-    rows = rows[:limit] if limit else rows
+    rows = [r for r in ckplus_rows() if r.is_peak]
     acts, labels = [], []
-    for row in rows:
-        found = activations_of(analyzer, cv2.imread(str(root / row["path"]), cv2.IMREAD_COLOR))
-        if found is not None:
-            acts.append(found)
-            labels.append({au: row.get(au, "0") == "1" for au in MAPPING})
+    for row in rows[:limit] if limit else rows:
+        face = analyse(analyzer, row.path)
+        if face is not None:
+            acts.append(candidates(face[0]))
+            labels.append({au: row.aus.get(au, 0) == 1 for au in MAPPING})
     return acts, labels
 
 
-def ferplus_neutral(analyzer: Analyzer, limit: int, min_votes: int = 8) -> list[dict[str, float]]:
-    root = data_root() / "ferplus" / "FER2013Test"
-    with (root / "label.csv").open(newline="") as handle:
-        rows = [r for r in csv.reader(handle) if int(r[2]) >= min_votes]
-    rows = rows[:limit] if limit else rows
-    out = []
-    for row in rows:
-        found = activations_of(analyzer, cv2.imread(str(root / row[0]), cv2.IMREAD_COLOR))
-        if found is not None:
-            out.append(found)
-    return out
+def ferplus_neutral(analyzer: Analyzer, split: str, limit: int, min_votes: int = 8) -> list[Face]:
+    """The FER+ faces of ``split`` that >= ``min_votes`` of 10 raters called neutral, analysed."""
+    rows = [r for r in ferplus_rows(split) if r.votes[0] >= min_votes]
+    found = [analyse(analyzer, r.path) for r in (rows[:limit] if limit else rows)]
+    return [f for f in found if f is not None]
 
 
-def ferplus_faces(analyzer: Analyzer, split: str, limit: int, min_votes: int = 8) -> list[tuple[dict, list[str]]]:
-    """(served activations, AUs the detector reports) per neutral FER+ face of ``split``."""
-    root = data_root() / "ferplus" / split
-    with (root / "label.csv").open(newline="") as handle:
-        rows = [r for r in csv.reader(handle) if int(r[2]) >= min_votes]
-    out = []
-    for row in rows[:limit] if limit else rows:
-        face = analyzer.run(cv2.imread(str(root / row[0]), cv2.IMREAD_COLOR), OPTIONS, {"au", "blendshapes"}).faces[0]
-        if not face.filtered:
-            out.append(({u.au: u.activation for u in face.outputs["au"] if u.activation is not None},
-                        [u.au for u in face.outputs["au"] if u.present]))
-    return out
-
-
-def taiwanese_faces(analyzer: Analyzer, limit: int) -> dict[str, list[tuple[dict, list[str]]]]:
+def taiwanese_faces(analyzer: Analyzer, limit: int) -> dict[str, list[Face]]:
     """taiwanese_dev (validation only) photos as the service sees them (filters off), neutral vs posed."""
-    root = data_root() / "taiwanese_dev"
-    with (root / "labels.csv").open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    options = FaceOptions(side_face_filter=False, occlusion_filter=False, max_faces=1)
-    out: dict[str, list[tuple[dict, list[str]]]] = {"neutral": [], "posed": []}
+    rows = taiwanese_rows()
+    out: dict[str, list[Face]] = {"neutral": [], "posed": []}
     for row in rows[:limit] if limit else rows:
-        faces = analyzer.run(cv2.imread(str(root / "images" / row["file"]), cv2.IMREAD_COLOR), options,
-                             {"au", "blendshapes"}).faces
-        if faces and not faces[0].filtered:
-            units = faces[0].outputs["au"]
-            out["neutral" if row["performance_type"] == "0" else "posed"].append(
-                ({u.au: u.activation for u in units if u.activation is not None}, [u.au for u in units if u.present]))
+        face = analyse(analyzer, row.path, PHOTO)
+        if face is not None:
+            out["neutral" if row.neutral else "posed"].append(face)
     return out
 
 
 def gate_experiment(analyzer: Analyzer, acts: list[dict[str, float]], labels: list[dict[str, bool]],
-                    limit: int) -> None:
-    valid = ferplus_faces(analyzer, "FER2013Valid", limit)
+                    test_neutral: list[Face], limit: int) -> None:
+    valid = [served(f) for f in ferplus_neutral(analyzer, "valid", limit)]
     thresholds = {au: float(np.percentile([a[au] for a, _ in valid], 95)) for au in BLENDSHAPES_OF_AU}
 
-    def per_face(faces: list[tuple[dict, list[str]]]) -> tuple[float, float]:
-        plain = [len(present) for _, present in faces]
-        gated = [sum(au not in thresholds or a[au] >= thresholds[au] for au in present) for a, present in faces]
+    def per_face(faces: list[Face]) -> tuple[float, float]:
+        pairs = [served(f) for f in faces]
+        plain = [len(present) for _, present in pairs]
+        gated = [sum(au not in thresholds or a[au] >= thresholds[au] for au in present) for a, present in pairs]
         return float(np.mean(plain)), float(np.mean(gated))
 
     print(f"\n--gate: thresholds = 95th percentile on {len(valid)} FER+ Valid neutral faces")
@@ -138,7 +112,7 @@ def gate_experiment(analyzer: Analyzer, acts: list[dict[str, float]], labels: li
         with_au = [a[au] for a, lab in zip(acts, labels) if lab.get(au)]
         kept = np.mean([v >= t for v in with_au]) if with_au else float("nan")
         print(f"  {au:<5} threshold {t:.3f}; CK+ frames with {au} that pass: {kept:.2f} ({len(with_au)})")
-    sets = {"FER+ Test neutral": ferplus_faces(analyzer, "FER2013Test", limit), **{
+    sets = {"FER+ Test neutral": test_neutral, **{
         f"taiwanese_dev {k}": v for k, v in taiwanese_faces(analyzer, limit).items()}}
     print("AUs present per face: detector alone -> detector and gate")
     for name, faces in sets.items():
@@ -153,7 +127,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     analyzer = Analyzer()
     acts, labels = ckplus(analyzer, args.limit)
-    neutral = ferplus_neutral(analyzer, args.limit)
+    test_neutral = ferplus_neutral(analyzer, "test", args.limit)
+    neutral = [candidates(shapes) for shapes, _ in test_neutral]
     print(f"CK+ peak frames analysed: {len(acts)}; FER+ Test neutral faces (>= 8 votes): {len(neutral)}")
     print(f"{'AU':<6}{'blendshapes':<40}{'CK+ with':>9}{'AUC':>7}{'mean with':>11}{'without':>9}{'FER+ neutral':>14}")
     for au, names in sorted(MAPPING.items(), key=lambda item: int(item[0][2:])):
@@ -166,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{with_mean:>11.3f}{scores[~positive].mean():>9.3f}{neutral_mean:>14.3f}")
     print("* measured, not served (app/activation.py says why)")
     if args.gate:
-        gate_experiment(analyzer, acts, labels, args.limit)
+        gate_experiment(analyzer, acts, labels, test_neutral, args.limit)
 
 
 if __name__ == "__main__":
