@@ -25,7 +25,6 @@ from collections.abc import Mapping
 
 import cv2
 import numpy as np
-from scipy.stats import mannwhitneyu
 
 from app.activation import BLENDSHAPES_OF_AU, CANDIDATES_LEFT_OUT, activations
 from app.analyzer import Analyzer, FaceOptions
@@ -40,6 +39,8 @@ Face = tuple[dict[str, float], list[ActionUnit]]  # the face's blendshapes and t
 
 def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
     """P(a random positive scores above a random negative), ties counted half: the Mann-Whitney U over n1 n2."""
+    from scipy.stats import mannwhitneyu  # here: scipy.stats probes for torch at import (the torch-free check)
+
     pos, neg = scores[positive], scores[~positive]
     if not len(pos) or not len(neg):
         return float("nan")
