@@ -19,7 +19,6 @@ runs when ``MICROFACS_AU_MODEL=fused`` (app/model_zoo/au_fusion.py), with the po
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
 import cv2
@@ -27,7 +26,7 @@ import numpy as np
 
 from app.analyzer import Analyzer, FaceOptions
 from app.model_zoo.face_landmarker import BLENDSHAPE_NAMES
-from training.data import RUNS_DIR, data_root
+from training.data import REPO_ROOT, RUNS_DIR, data_root, ferplus_rows, taiwanese_rows
 from training.evaluate_au import EMFACS, REQUIRED, best_threshold, out_of_fold_scores, prf
 
 CROP = FaceOptions(side_face_filter=False, occlusion_filter=False, face_crop=True)
@@ -66,25 +65,20 @@ def apply_logistic(w: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 
 def neutral_ferplus(analyzer: Analyzer, split: str, classes: list[str], limit: int, min_votes: int = 8):
-    root = data_root() / "ferplus" / split
-    with (root / "label.csv").open(newline="") as handle:
-        rows = [r for r in csv.reader(handle) if int(r[2]) >= min_votes]
-    found = [face_features(analyzer, cv2.imread(str(root / r[0]), cv2.IMREAD_COLOR), CROP, classes)
+    rows = [r for r in ferplus_rows(split) if r.votes[0] >= min_votes]
+    found = [face_features(analyzer, cv2.imread(str(r.path), cv2.IMREAD_COLOR), CROP, classes)
              for r in (rows[:limit] if limit else rows)]
     return [f for f in found if f is not None]
 
 
 def taiwanese(analyzer: Analyzer, classes: list[str], limit: int) -> dict[str, list]:
     """Per photo (scores, present, blendshapes, intended expression), neutral vs posed."""
-    root = data_root() / "taiwanese_dev"
-    with (root / "labels.csv").open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    rows = taiwanese_rows()
     out: dict[str, list] = {"neutral": [], "posed": []}
     for row in rows[:limit] if limit else rows:
-        found = face_features(analyzer, cv2.imread(str(root / "images" / row["file"]), cv2.IMREAD_COLOR), PHOTO,
-                              classes)
+        found = face_features(analyzer, cv2.imread(str(row.path), cv2.IMREAD_COLOR), PHOTO, classes)
         if found is not None:
-            out["neutral" if row["performance_type"] == "0" else "posed"].append((*found, row["intended"]))
+            out["neutral" if row.neutral else "posed"].append((*found, row.intended))
     return out
 
 
@@ -93,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cv-dir", default=str(RUNS_DIR / "au" / "cv"))
     parser.add_argument("--limit", type=int, default=0, help="at most this many neutral / taiwanese faces")
     parser.add_argument("--export", action="store_true", help="write models/au_fusion.onnx and its manifest entry")
-    parser.add_argument("--models-dir", default=str(Path(__file__).resolve().parents[1] / "models"))
+    parser.add_argument("--models-dir", default=str(REPO_ROOT / "models"))
     args = parser.parse_args(argv)
     analyzer = Analyzer()
     cache = np.load(RUNS_DIR / "cache" / "ckplus.npz")
@@ -107,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
         found = face_features(analyzer, cv2.imread(str(root / str(path)), cv2.IMREAD_COLOR), CROP, classes)
         ck_shapes.append(found[2] if found is not None else np.zeros(52))
     ck_shapes = np.array(ck_shapes)
-    valid = neutral_ferplus(analyzer, "FER2013Valid", classes, args.limit)
+    valid = neutral_ferplus(analyzer, "valid", classes, args.limit)
     nv_scores, nv_shapes = np.array([f[0] for f in valid]), np.array([f[2] for f in valid])
     nv_fold = np.random.default_rng(0).integers(0, fold_of.max() + 1, len(valid))
     print(f"CK+ {len(oof)} faces ({fold_of.max() + 1} subject folds), FER+ Valid neutral negatives {len(valid)}")
@@ -167,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     fused_all_nv = np.stack([apply_logistic(w, design(nv_scores[:, c], nv_shapes)) for c, w in enumerate(weights)], 1)
     _, fused_t = table(fused_all_ck, fused_all_nv)
     tw = taiwanese(analyzer, classes, args.limit)
-    sets = {"FER+ Test neutral": neutral_ferplus(analyzer, "FER2013Test", classes, args.limit),
+    sets = {"FER+ Test neutral": neutral_ferplus(analyzer, "test", classes, args.limit),
             **{f"taiwanese_dev {k}": v for k, v in tw.items()}}
 
     def fused_present(face) -> np.ndarray:
@@ -176,11 +170,12 @@ def main(argv: list[str] | None = None) -> None:
 
     print("AUs present per face: served detector (manifest thresholds); detector with the neutral-aware "
           "thresholds; fused")
+    fused_per_face = {}
     for name, faces in sets.items():
         served = np.mean([f[1].sum() for f in faces])
         rethresholded = np.mean([(f[0] >= base_t).sum() for f in faces])
-        fused = np.mean([fused_present(f).sum() for f in faces])
-        print(f"  {name:<22} {len(faces):>4} faces   {served:.2f}; {rethresholded:.2f}; {fused:.2f}")
+        fused_per_face[name] = float(np.mean([fused_present(f).sum() for f in faces]))
+        print(f"  {name:<22} {len(faces):>4} faces   {served:.2f}; {rethresholded:.2f}; {fused_per_face[name]:.2f}")
     # No AU codes for taiwanese_dev: the EMFACS prototype AUs of the intended expression stand in for them.
     recall: dict[str, list[float]] = {"served": [], "rethresholded": [], "fused": []}
     for face in tw["posed"]:
@@ -194,10 +189,8 @@ def main(argv: list[str] | None = None) -> None:
         metrics = {
             "ckplus_cv_f1_14_required_pooled": round(float(np.mean([fused_rows[a][0] for a in REQUIRED])), 3),
             "ckplus_cv_f1_14_required_nested": round(float(np.mean([fused_rows[a][1] for a in REQUIRED])), 3),
-            "ferplus_test_neutral_aus_per_face": round(float(np.mean([fused_present(f).sum()
-                                                                      for f in sets["FER+ Test neutral"]])), 3),
-            "taiwanese_dev_neutral_aus_per_face": round(float(np.mean([fused_present(f).sum()
-                                                                       for f in tw["neutral"]])), 3),
+            "ferplus_test_neutral_aus_per_face": round(fused_per_face["FER+ Test neutral"], 3),
+            "taiwanese_dev_neutral_aus_per_face": round(fused_per_face["taiwanese_dev neutral"], 3),
             "per_au_cv": {au: dict(zip(("f1", "f1_nested", "ferplus_valid_neutral_rate"),
                                        (round(float(v), 3) for v in fused_rows[au]))) for au in classes},
         }

@@ -15,13 +15,12 @@ nothing here changes the served model. No torch.
 from __future__ import annotations
 
 import argparse
-import csv
 
 import cv2
 import numpy as np
 
 from app.analyzer import Analyzer, FaceOptions
-from training.data import CKPLUS_TO_FERPLUS, FERPLUS_CLASSES, data_root
+from training.data import CKPLUS_TO_FERPLUS, FERPLUS_CLASSES, ckplus_rows, ferplus_rows, taiwanese_rows
 from training.evaluate_transfer import TW_TO_FERPLUS
 
 CLASSES = FERPLUS_CLASSES
@@ -40,43 +39,30 @@ def features(analyzer: Analyzer, image: np.ndarray, options: FaceOptions) -> tup
     return np.log(np.clip(scores, 1e-6, 1.0)), np.array([shapes[k] for k in sorted(shapes)])
 
 
-def ferplus(analyzer: Analyzer, split: str, limit: int):
-    root = data_root() / "ferplus" / split
-    with (root / "label.csv").open(newline="") as handle:
-        rows = list(csv.reader(handle))
+def collect(analyzer: Analyzer, labelled: list, options: FaceOptions, limit: int):
+    """(log-scores, blendshapes, label) of each (image path, class index or None) with a usable face; the first
+    ``limit`` items (0: all) are read, those without a label skipped."""
     out = []
-    for row in rows[:limit] if limit else rows:
-        votes = np.array([int(v) for v in row[2:10]])
-        if votes.max() <= int(max(row[10:12], key=int)) or (votes == votes.max()).sum() > 1:
-            continue  # majority unknown / not a face, or a tie
-        found = features(analyzer, cv2.imread(str(root / row[0]), cv2.IMREAD_COLOR), CROP)
+    for path, label in labelled[:limit] if limit else labelled:
+        found = None if label is None else features(analyzer, cv2.imread(str(path), cv2.IMREAD_COLOR), options)
         if found is not None:
-            out.append((*found, int(votes.argmax())))
+            out.append((*found, label))
     return out
+
+
+def ferplus(analyzer: Analyzer, split: str, limit: int):
+    """Majority vote; faces whose majority is unknown / not a face, or a tie, are left out."""
+    return collect(analyzer, [(r.path, r.majority) for r in ferplus_rows(split)], CROP, limit)
 
 
 def ckplus(analyzer: Analyzer, limit: int):
-    root = data_root() / "ckplus48"
-    with (root / "au_labels.csv").open(newline="") as handle:
-        rows = [r for r in csv.DictReader(handle) if r["is_peak_frame"] == "1"]
-    out = []
-    for row in rows[:limit] if limit else rows:
-        found = features(analyzer, cv2.imread(str(root / row["path"]), cv2.IMREAD_COLOR), CROP)
-        if found is not None:
-            out.append((*found, CLASSES.index(CKPLUS_TO_FERPLUS[row["emotion"]])))
-    return out
+    rows = [(r.path, CLASSES.index(CKPLUS_TO_FERPLUS[r.emotion])) for r in ckplus_rows() if r.is_peak]
+    return collect(analyzer, rows, CROP, limit)
 
 
 def taiwanese(analyzer: Analyzer, limit: int):
-    root = data_root() / "taiwanese_dev"
-    with (root / "labels.csv").open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    out = []
-    for row in rows[:limit] if limit else rows:
-        found = features(analyzer, cv2.imread(str(root / "images" / row["file"]), cv2.IMREAD_COLOR), PHOTO)
-        if found is not None:
-            out.append((*found, CLASSES.index(TW_TO_FERPLUS[row["top_vote"]])))
-    return out
+    rows = [(r.path, CLASSES.index(TW_TO_FERPLUS[r.top_vote])) for r in taiwanese_rows()]
+    return collect(analyzer, rows, PHOTO, limit)
 
 
 def fit_softmax(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, steps: int = 3000, lr: float = 0.5) -> np.ndarray:
@@ -121,8 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit", type=int, default=0)
     args = parser.parse_args(argv)
     analyzer = Analyzer()
-    sets = {"FER+ Valid": ferplus(analyzer, "FER2013Valid", args.limit),
-            "FER+ Test": ferplus(analyzer, "FER2013Test", args.limit),
+    sets = {"FER+ Valid": ferplus(analyzer, "valid", args.limit),
+            "FER+ Test": ferplus(analyzer, "test", args.limit),
             "CK+ peaks": ckplus(analyzer, args.limit), "taiwanese_dev": taiwanese(analyzer, args.limit)}
     arrays = {k: (np.array([a for a, _, _ in v]), np.array([b for _, b, _ in v]), np.array([c for _, _, c in v]))
               for k, v in sets.items()}
