@@ -14,7 +14,7 @@ from __future__ import annotations
 import struct
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import cv2
@@ -313,7 +313,7 @@ def decode_image(data: bytes, limits: ImageLimits, memory: DecodeMemory | None =
     if _is_truncated(data, header.format):
         raise ApiError(400, "invalid_image", f"{header.format.upper()} data is truncated")
     buffer = np.frombuffer(data, dtype=np.uint8)
-    with memory.hold(header.decode_bytes) if memory is not None else _no_budget():
+    with memory.hold(header.decode_bytes) if memory is not None else nullcontext():
         # IMREAD_COLOR applies EXIF orientation; with alpha the image is read whole, composited and turned here.
         image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED if header.has_alpha else cv2.IMREAD_COLOR)
         if image is None or image.size == 0:
@@ -322,8 +322,3 @@ def decode_image(data: bytes, limits: ImageLimits, memory: DecodeMemory | None =
     if header.has_alpha:
         image = apply_orientation(image, exif_orientation(data, header.format))
     return np.ascontiguousarray(image)
-
-
-@contextmanager
-def _no_budget() -> Iterator[None]:
-    yield

@@ -57,10 +57,10 @@ class FaceDetector:
 
         boxes, scores, keypoints = self.full_range.candidates(small, min(threshold, CLOSE_UP_HINT))
         strong = scores > threshold
-        faces = [to_image(d) for d in self.full_range.merge(boxes[strong], scores[strong], keypoints[strong])]
-        found = np.array([f.box for f in faces]) / np.tile(stretch, 2) if faces else np.zeros((0, 4))
-        hints = boxes[~strong]
-        if not faces or any(overlap_of_smaller(hint, found).max() <= SAME_FACE_OVERLAP for hint in hints):
+        merged = self.full_range.merge(boxes[strong], scores[strong], keypoints[strong])
+        faces = [to_image(d) for d in merged]
+        found = np.array([d.box for d in merged]) if merged else np.zeros((0, 4))  # the small copy's pixels, as hints
+        if not faces or any(overlap_of_smaller(hint, found).max() <= SAME_FACE_OVERLAP for hint in boxes[~strong]):
             for candidate in map(to_image, self.short_range.detect(small, threshold)):
                 kept = np.array([f.box for f in faces]) if faces else np.zeros((0, 4))
                 if not len(kept) or overlap_of_smaller(candidate.box, kept).max() <= SAME_FACE_OVERLAP:

@@ -29,6 +29,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from app.boxes import box_iou  # noqa: E402
+
 DATA = Path(os.environ.get("MICROFACS_DATA", REPO.parent / "shared" / "data"))
 
 
@@ -112,12 +114,6 @@ def dump(path: Path) -> None:
     print(f"{len(out)} images -> {path}")
 
 
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / max(union, 1e-9)
-
-
 def compare(before_path: Path, after_path: Path) -> None:
     before, after = json.loads(before_path.read_text()), json.loads(after_path.read_text())
     rows: dict[str, dict] = {}
@@ -129,11 +125,11 @@ def compare(before_path: Path, after_path: Path) -> None:
         row["faces"] += len(b["boxes"])
         row["ms_before"].append(b["ms"])
         row["ms_after"].append(a["ms"])
-        boxes_a = [np.array(x) for x in a["boxes"]]
+        boxes_a = np.array(a["boxes"]).reshape(-1, 4)
         matched = set()
         for box in map(np.array, b["boxes"]):
-            scores = [iou(box, other) for other in boxes_a]
-            best = int(np.argmax(scores)) if scores else -1
+            scores = box_iou(box, boxes_a)
+            best = int(np.argmax(scores)) if len(scores) else -1
             if best >= 0 and scores[best] >= 0.5 and best not in matched:
                 matched.add(best)
                 row["ious"].append(scores[best])
