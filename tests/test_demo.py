@@ -9,6 +9,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -55,40 +56,26 @@ def test_demo_page_served(client):
 
 
 def test_demo_in_browser_draws_the_overlay(live_url, astronaut, tmp_path):
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the dev extra has it)")
-    executable = chromium_path()
     image_path = tmp_path / "astronaut.png"
     image_path.write_bytes(encode(astronaut, ".png"))
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_api.sync_playwright() as pw:
-        # playwright gives every launch a fresh temporary profile (its own --user-data-dir)
-        browser = pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            requests: list[str] = []
-            page.on("request", lambda r: requests.append(r.url) if r.method == "POST" else None)
-            page.goto(f"{live_url}/demo")
-            wait_until(page, "document.querySelectorAll('#endpoint option').length > 0")
-            page.set_input_files("#file", str(image_path))
-            page.wait_for_selector("#status[data-state=done]", timeout=30_000)
-            assert "1 face" in page.inner_text("#status")
-            assert '"faces"' in page.inner_text("#json")
-            page.screenshot(path=str(SCREENSHOTS / "demo_page.png"), full_page=True)
-            canvas_png = page.locator("#canvas").screenshot(path=str(SCREENSHOTS / "demo_canvas.png"))
-            face = page.evaluate("JSON.parse(document.getElementById('json').textContent).faces[0]")
-            box = face["box"]
+    with demo_page(live_url) as (page, errors, requests):
+        page.set_input_files("#file", str(image_path))
+        page.wait_for_selector("#status[data-state=done]", timeout=30_000)
+        assert "1 face" in page.inner_text("#status")
+        assert '"faces"' in page.inner_text("#json")
+        page.screenshot(path=str(SCREENSHOTS / "demo_page.png"), full_page=True)
+        canvas_png = page.locator("#canvas").screenshot(path=str(SCREENSHOTS / "demo_canvas.png"))
+        face = page.evaluate("JSON.parse(document.getElementById('json').textContent).faces[0]")
+        box = face["box"]
 
-            # Toggling a pre-filter re-runs the analysis with it off.
-            page.uncheck("#occlusion_filter")
-            wait_until(page, "document.getElementById('status').dataset.state === 'done' && "
-                       "document.getElementById('json').textContent.includes('request_id')")
-            page.wait_for_timeout(200)
-            assert any("occlusion_filter=false" in url for url in requests), requests
-            assert not errors, errors
-        finally:
-            browser.close()
+        # Toggling a pre-filter re-runs the analysis with it off.
+        page.uncheck("#occlusion_filter")
+        wait_until(page, "document.getElementById('status').dataset.state === 'done' && "
+                   "document.getElementById('json').textContent.includes('request_id')")
+        page.wait_for_timeout(200)
+        assert any("occlusion_filter=false" in url for url in requests), requests
+        assert not errors, errors
 
     shot = cv2.imdecode(np.frombuffer(canvas_png, np.uint8), cv2.IMREAD_COLOR)
     scale = shot.shape[1] / astronaut.shape[1]  # the canvas may be shown smaller than the image
@@ -108,24 +95,32 @@ def test_demo_in_browser_draws_the_overlay(live_url, astronaut, tmp_path):
 
 
 @contextlib.contextmanager
-def demo_page(live_url: str) -> Iterator[tuple[object, list[str], list[str]]]:
-    """The demo page in a fresh headless chromium: (page, page errors, POSTed URLs)."""
+def browser_page(**page_options: object) -> Iterator[tuple[Any, list[str]]]:
+    """A page in a fresh headless chromium (playwright gives every launch its own temporary profile) and
+    the problems it reports: page errors and Content-Security-Policy violations."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the dev extra has it)")
     executable = chromium_path()
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.on("console", lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None)
-            posts: list[str] = []
-            page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
-            page.goto(f"{live_url}/demo")
-            wait_until(page, "document.querySelectorAll('#endpoint option').length > 0")
-            yield page, errors, posts
+            page = browser.new_page(**page_options)
+            problems: list[str] = []
+            page.on("pageerror", lambda exc: problems.append(str(exc)))
+            page.on("console", lambda m: problems.append(m.text) if "Content Security Policy" in m.text else None)
+            yield page, problems
         finally:
             browser.close()
+
+
+@contextlib.contextmanager
+def demo_page(live_url: str) -> Iterator[tuple[Any, list[str], list[str]]]:
+    """The demo page, its endpoints loaded: (page, page errors and CSP violations, POSTed URLs)."""
+    with browser_page(viewport={"width": 1280, "height": 900}) as (page, errors):
+        posts: list[str] = []
+        page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
+        page.goto(f"{live_url}/demo")
+        wait_until(page, "document.querySelectorAll('#endpoint option').length > 0")
+        yield page, errors, posts
 
 
 def test_demo_in_browser_draws_a_clip_timeline(live_url):
@@ -214,18 +209,9 @@ def test_docs_pages_work_under_their_content_security_policy(live_url, path, rea
     """/docs and /redoc load their local assets and run under the CSP the service sends; /docs offers
     "Authorize" (the OpenAPI securitySchemes: X-API-Key and bearer). Redoc's attempt to fetch its logo from
     its CDN is blocked, as it should be for an offline service: only blocks of our own assets count."""
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the dev extra has it)")
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page()
-            problems: list[str] = []
-            page.on("pageerror", lambda exc: problems.append(str(exc)))
-            page.on("console", lambda m: problems.append(m.text)
-                    if "Content Security Policy" in m.text and "https://cdn." not in m.text else None)
-            response = page.goto(f"{live_url}{path}")
-            assert response is not None and "frame-ancestors 'none'" in response.headers["content-security-policy"]
-            page.wait_for_selector(ready, timeout=30_000)
-            assert not problems, problems
-        finally:
-            browser.close()
+    with browser_page() as (page, problems):
+        response = page.goto(f"{live_url}{path}")
+        assert response is not None and "frame-ancestors 'none'" in response.headers["content-security-policy"]
+        page.wait_for_selector(ready, timeout=30_000)
+    own = [p for p in problems if "https://cdn." not in p]  # a blocked third-party load is the CSP doing its job
+    assert not own, own
