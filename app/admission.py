@@ -8,7 +8,6 @@ holds a slot only while the CPU-bound work runs. Waiting = admitted and not (yet
 """
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Collection
 from typing import TypeVar
@@ -18,7 +17,7 @@ import anyio.to_thread
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import ApiError
+from app.errors import ApiError, send_error
 
 T = TypeVar("T")
 RETRY_AFTER_S = 1  # seconds: a shed request is cheap, and one analysis takes tens of milliseconds
@@ -83,7 +82,7 @@ class AdmissionMiddleware:
             return
         state = scope.setdefault("state", {})
         if not self.admission.try_admit():
-            await self._shed(state.get("request_id", ""), send)
+            await self._shed(scope, send)
             return
         state["arrived"] = time.monotonic()
 
@@ -97,15 +96,10 @@ class AdmissionMiddleware:
         finally:
             self.admission.release()
 
-    async def _shed(self, request_id: str, send: Send) -> None:
+    async def _shed(self, scope: Scope, send: Send) -> None:
         error = self.admission.overloaded(
             f"at capacity ({self.admission.max_in_flight} running, {self.admission.max_queue} waiting)"
         )
-        error_body = {"error": {"code": error.code, "message": error.message}, "request_id": request_id}
-        body = json.dumps(error_body).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                   (b"retry-after", str(RETRY_AFTER_S).encode())]
         # No "Connection: close": uvicorn discards the unread body and keeps the connection (closing it while
         # the client still sends would reset the connection before the client reads this answer).
-        await send({"type": "http.response.start", "status": 503, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send_error(scope, send, error, [(b"retry-after", str(RETRY_AFTER_S).encode())])

@@ -1,13 +1,15 @@
 """One JSON error shape for every failure: {"error": {"code", "message"}, "request_id"}."""
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope, Send
 
 logger = logging.getLogger("microfacs")
 
@@ -32,6 +34,18 @@ def error_response(
 ) -> JSONResponse:
     body = {"error": {"code": code, "message": message}, "request_id": request_id_of(request)}
     return JSONResponse(body, status_code=status, headers={**(headers or {}), "X-Request-ID": request_id_of(request)})
+
+
+async def send_error(
+    scope: Scope, send: Send, error: ApiError, headers: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
+    """The same JSON error, sent by an ASGI middleware that answers before the app runs (no Request there)."""
+    request_id = scope.get("state", {}).get("request_id", "")
+    body = json.dumps({"error": {"code": error.code, "message": error.message}, "request_id": request_id}).encode()
+    start = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]
+    start += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in error.headers.items()]
+    await send({"type": "http.response.start", "status": error.status, "headers": start})
+    await send({"type": "http.response.body", "body": body})
 
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 406: "not_acceptable", 413: "payload_too_large"}

@@ -7,7 +7,7 @@ import uuid
 import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import ApiError
+from app.errors import ApiError, send_error
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -91,17 +91,6 @@ class BodyLimitMiddleware:
         await self.app(scope, counting_receive, send)
 
     async def _reject(self, scope: Scope, send: Send, max_bytes: int | None = None) -> None:
-        import json
-
         request_id = scope.get("state", {}).get("request_id", "")
-        error = self._too_large(max_bytes)
-        body = json.dumps({"error": {"code": error.code, "message": error.message}, "request_id": request_id}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"x-request-id", request_id.encode()), (b"connection", b"close")],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await send_error(scope, send, self._too_large(max_bytes),
+                         [(b"x-request-id", request_id.encode()), (b"connection", b"close")])

@@ -12,14 +12,13 @@ the models' versions and hashes, no data.
 from __future__ import annotations
 
 import hmac
-import json
 from collections.abc import Sequence
 
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import ApiError
+from app.errors import ApiError, send_error
 from app.settings import Settings
 
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="the API key, when the server sets one")
@@ -80,12 +79,7 @@ class ProtectedPathsMiddleware:
         if key_is_valid(key_from_headers(dict(scope["headers"])), self.keys):
             await self.app(scope, receive, send)
             return
-        request_id = scope.get("state", {}).get("request_id", "")
-        body = json.dumps({"error": {"code": "unauthorized", "message": UNAUTHORIZED}, "request_id": request_id})
-        await send({"type": "http.response.start", "status": 401, "headers": [
-            (b"content-type", b"application/json"), (b"www-authenticate", CHALLENGE["WWW-Authenticate"].encode()),
-        ]})
-        await send({"type": "http.response.body", "body": body.encode()})
+        await send_error(scope, send, ApiError(401, "unauthorized", UNAUTHORIZED, headers=CHALLENGE))
 
 
 # Content-Security-Policy per kind of page: the API answers JSON or PNG and embeds nothing; the demo runs
