@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import struct
+import zlib
 from pathlib import Path
 
 import cv2
@@ -23,6 +25,18 @@ def encode(image: np.ndarray, ext: str = ".jpg", params: list[int] | None = None
     ok, buffer = cv2.imencode(ext, image, params or [])
     assert ok
     return buffer.tobytes()
+
+
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def png_claiming(width: int, height: int, color_type: int = 2, depth: int = 8,
+                 idat: bytes = zlib.compress(b"\x00" * 100)) -> bytes:
+    """A PNG whose header declares any size and layout, with a few bytes of data: refused, or broken, before
+    its pixels matter."""
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, color_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
 
 
 def post_image(client, path: str, data: bytes, filename: str = "image.jpg", **params):

@@ -9,7 +9,7 @@ import pytest
 
 from app.decode import ImageLimits, decode_image, read_header
 from app.errors import ApiError
-from tests.helpers import encode
+from tests.helpers import encode, png_chunk, png_claiming
 
 LIMITS = ImageLimits(max_bytes=5_000_000, max_pixels=4_000_000, max_side=4000, min_side=16)
 
@@ -52,22 +52,15 @@ def test_exif_orientation_is_applied():
     assert decode_image(_with_exif_orientation(jpeg, 6), LIMITS).shape == (80, 60, 3)
 
 
-def _png_claiming(width: int, height: int) -> bytes:
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    chunk = lambda kind, body: struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))  # noqa: E731
-    idat = chunk(b"IDAT", zlib.compress(b"\x00" * 100))
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + idat + chunk(b"IEND", b"")
-
-
 @pytest.mark.parametrize(
     "data, status, code",
     [
         (b"", 400, "empty_file"),
         (b"hello, I am text", 415, "unsupported_media_type"),
         (b"GIF89a" + b"\x00" * 40, 415, "unsupported_media_type"),
-        (_png_claiming(100_000, 100_000), 413, "image_too_large"),
-        (_png_claiming(3000, 3000), 413, "image_too_large"),  # 9 MP > 4 MP
-        (_png_claiming(8, 8), 422, "image_too_small"),
+        (png_claiming(100_000, 100_000), 413, "image_too_large"),
+        (png_claiming(3000, 3000), 413, "image_too_large"),  # 9 MP > 4 MP
+        (png_claiming(8, 8), 422, "image_too_small"),
     ],
 )
 def test_refusals(data, status, code):
@@ -78,7 +71,7 @@ def test_refusals(data, status, code):
 
 def test_bomb_is_refused_from_the_header_alone():
     # a 20000x20000 PNG of zeros compresses to a few hundred kB; it must never reach the decoder
-    data = _png_claiming(20_000, 20_000)
+    data = png_claiming(20_000, 20_000)
     assert len(data) < 1000
     with pytest.raises(ApiError) as err:
         decode_image(data, LIMITS)
@@ -109,10 +102,6 @@ def test_corrupt_body_with_valid_header():
     with pytest.raises(ApiError) as err:
         decode_image(bytes(png), LIMITS)
     assert err.value.status == 400
-
-
-def _png_chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
 
 def test_trailing_bytes_after_the_image_are_allowed():
@@ -148,7 +137,7 @@ def test_exif_orientation_is_applied_to_images_with_alpha():
     bgra[:10, :, 2] = 255  # a red band along the top edge
     png = encode(bgra, ".png")
     ifd = struct.pack(">H", 1) + struct.pack(">HHIHH", 0x0112, 3, 1, 6, 0) + struct.pack(">I", 0)
-    exif = _png_chunk(b"eXIf", b"MM\x00*" + struct.pack(">I", 8) + ifd)
+    exif = png_chunk(b"eXIf", b"MM\x00*" + struct.pack(">I", 8) + ifd)
     at = png.index(b"IDAT") - 4
     turned = decode_image(png[:at] + exif + png[at:], LIMITS)
     assert turned.shape == (80, 60, 3)  # orientation 6: turned 90 degrees clockwise
@@ -162,11 +151,9 @@ def test_decode_memory_budget_refuses_by_layout_before_decoding():
                          max_decode_bytes=8 * 1_000_000)  # 1 M pixels with 8-bit alpha, 1.33 M without
     per_layout = max_pixels_by_layout(budget)
     assert per_layout == {"no_alpha": 1_333_333, "alpha_8bit": 1_000_000, "alpha_16bit": 500_000}
-    rgb = struct.pack(">IIBBBBB", 1100, 1100, 8, 2, 0, 0, 0)  # 1.21 M pixels: allowed without alpha ...
-    rgba = struct.pack(">IIBBBBB", 1100, 1100, 8, 6, 0, 0, 0)  # ... refused with it
-    for ihdr, refused in ((rgb, False), (rgba, True)):
-        data = b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(b"")) + \
-            _png_chunk(b"IEND", b"")
+    # 1.21 M pixels: allowed without alpha (colour type 2), refused with it (6)
+    for color_type, refused in ((2, False), (6, True)):
+        data = png_claiming(1100, 1100, color_type, idat=zlib.compress(b""))
         with pytest.raises(ApiError) as err:
             decode_image(data, budget)
         if refused:
