@@ -124,7 +124,7 @@ def au_head(models: ModelRegistry, settings: Settings) -> AuHead:
 HEADS: dict[str, Callable[[ModelRegistry, Settings], Head]] = {  # in this order: the AU head reads the blendshapes
     "blendshapes": lambda models, settings: BlendshapeHead(models.blendshapes),
     "gaze": lambda models, settings: GazeHead(),
-    "au": lambda models, settings: au_head(models, settings),
+    "au": au_head,
     "expression": lambda models, settings: ExpressionHead(models.expression),
 }
 

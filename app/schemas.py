@@ -1,7 +1,7 @@
 """Every JSON shape the API returns, in one place."""
 from __future__ import annotations
 
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, Field, model_serializer
 
@@ -30,9 +30,20 @@ class GazeOut(BaseModel):
     combined: GazeAngles = Field(description="the mean direction of both eyes")
 
 
-# Opt-in per-face fields: present (null when the face is filtered) only when asked for, so that responses
-# without ?blendshapes=true / ?gaze=true keep their shape byte for byte.
-OPT_IN_FIELDS = ("blendshapes", "gaze")
+class OptIn(BaseModel):
+    """A model whose ``opt_in`` fields are in its JSON only when they were set: the per-face fields a call
+    asks for (null when the face is filtered), so that responses without ?blendshapes=true / ?gaze=true keep
+    their shape byte for byte."""
+
+    opt_in: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _drop_fields_not_asked_for(self, handler):
+        data = handler(self)
+        for key in self.opt_in:
+            if key not in self.model_fields_set:
+                data.pop(key, None)
+        return data
 
 
 class Occlusion(BaseModel):
@@ -42,7 +53,9 @@ class Occlusion(BaseModel):
     thresholds: dict[str, float] = Field(description="per region: the probability above which it counts as occluded")
 
 
-class Face(BaseModel):
+class Face(OptIn):
+    opt_in = ("blendshapes", "gaze")
+
     face_id: int = Field(description="index in this response, largest face first")
     box: Box
     confidence: float = Field(ge=0.0, le=1.0, description="face detector score (face_crop: face-mesh presence)")
@@ -62,14 +75,6 @@ class Face(BaseModel):
         None, description="with ?gaze=true only: eye gaze from the iris landmarks, degrees, axes and signs as pose; "
         "null when the face is filtered"
     )
-
-    @model_serializer(mode="wrap")
-    def _drop_fields_not_asked_for(self, handler):
-        data = handler(self)
-        for key in OPT_IN_FIELDS:
-            if key not in self.model_fields_set:
-                data.pop(key, None)
-        return data
 
 
 class ImageInfo(BaseModel):
@@ -104,7 +109,9 @@ class DetectFacesResponse(AnalysisResponse[Face]):
     pass
 
 
-class ActionUnitOut(BaseModel):
+class ActionUnitOut(OptIn):
+    opt_in = ("activation",)
+
     au: str = Field(description="FACS code, e.g. AU12")
     name: str = Field(description="FACS name, e.g. Lip Corner Puller")
     probability: float = Field(ge=0.0, le=1.0, description="the AU detector's score for this AU on this face")
@@ -115,13 +122,6 @@ class ActionUnitOut(BaseModel):
         "mean of those MediaPipe coefficients (0..1), a continuous measure of the AU's movement; NOT a FACS "
         "intensity (app/activation.py)"
     )
-
-    @model_serializer(mode="wrap")
-    def _drop_activation_not_asked_for(self, handler):
-        data = handler(self)
-        if "activation" not in self.model_fields_set:
-            data.pop("activation", None)
-        return data
 
 
 class FaceWithActionUnits(Face):
