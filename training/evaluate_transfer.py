@@ -17,7 +17,6 @@ expression outputs; the filters' verdict with the service defaults is then compu
 from __future__ import annotations
 
 import argparse
-import csv
 import itertools
 import json
 from collections import Counter, defaultdict
@@ -30,7 +29,7 @@ import numpy as np
 from app.analyzer import Analyzer, FaceAnalysis, FaceOptions
 from app.filters import filter_reasons
 from app.settings import Settings
-from training.data import data_root
+from training.data import data_root, ferplus_rows, taiwanese_rows
 
 # taiwanese_dev label -> FER+ class (the same expressions under other names).
 TW_TO_FERPLUS = {"neutral": "neutral", "happy": "happiness", "sad": "sadness", "angry": "anger",
@@ -66,17 +65,15 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
 
 
 def analyse_taiwanese(analyzer: Analyzer, root: Path, limit: int = 0, prior: str = "balanced") -> dict[str, Any]:
-    with (root / "labels.csv").open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    rows = taiwanese_rows(root)
     rows = rows[:limit] if limit else rows
     options = FaceOptions(side_face_filter=False, occlusion_filter=False, max_faces=1, expression_prior=prior)
     records = []
     for row in rows:
-        image = cv2.imread(str(root / "images" / row["file"]), cv2.IMREAD_COLOR)
+        image = cv2.imread(str(row.path), cv2.IMREAD_COLOR)
         analysis = analyzer.run(image, options, heads={"au", "expression"})
-        record: dict[str, Any] = {"file": row["file"], "neutral": row["performance_type"] == "0",
-                                  "intended": TW_TO_FERPLUS[row["intended"]],
-                                  "top_vote": TW_TO_FERPLUS[row["top_vote"]]}
+        record: dict[str, Any] = {"file": row.path.name, "neutral": row.neutral,
+                                  "intended": TW_TO_FERPLUS[row.intended], "top_vote": TW_TO_FERPLUS[row.top_vote]}
         if analysis.faces:
             face = analysis.faces[0]
             record["reasons"] = default_filter_reasons(analyzer, face)
@@ -145,15 +142,13 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 def ferplus_neutral_aus(analyzer: Analyzer, min_votes: int = 8, limit: int = 0) -> dict[str, Any]:
     """AUs reported on FER+ Test faces that >= ``min_votes`` of 10 raters called neutral (face_crop path)."""
-    root = data_root() / "ferplus" / "FER2013Test"
-    with (root / "label.csv").open(newline="") as handle:
-        rows = [r for r in csv.reader(handle) if int(r[2]) >= min_votes]
+    rows = [r for r in ferplus_rows("test") if r.votes[0] >= min_votes]
     rows = rows[:limit] if limit else rows
     options = FaceOptions(side_face_filter=False, occlusion_filter=False, face_crop=True)
     counts = []
     per_au: Counter[str] = Counter()
     for row in rows:
-        image = cv2.imread(str(root / row[0]), cv2.IMREAD_COLOR)
+        image = cv2.imread(str(row.path), cv2.IMREAD_COLOR)
         analysis = analyzer.run(image, options, heads={"au"})
         face = analysis.faces[0]
         if face.filtered:
