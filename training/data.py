@@ -70,6 +70,10 @@ def ckplus_rows(root: Path | None = None) -> list[CkPlusRow]:
             )
     return rows
 
+# taiwanese_dev label -> FER+ class (the same expressions under other names; the database has no contempt).
+TW_TO_FERPLUS = {"neutral": "neutral", "happy": "happiness", "sad": "sadness", "angry": "anger",
+                 "disgust": "disgust", "fear": "fear", "surprise": "surprise"}
+
 
 @dataclass(frozen=True)
 class TaiwaneseRow:

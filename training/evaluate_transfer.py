@@ -29,11 +29,8 @@ import numpy as np
 from app.analyzer import Analyzer, FaceAnalysis, FaceOptions
 from app.filters import filter_reasons
 from app.settings import Settings
-from training.data import data_root, ferplus_rows, taiwanese_rows
+from training.data import TW_TO_FERPLUS, data_root, ferplus_rows, taiwanese_rows
 
-# taiwanese_dev label -> FER+ class (the same expressions under other names).
-TW_TO_FERPLUS = {"neutral": "neutral", "happy": "happiness", "sad": "sadness", "angry": "anger",
-                 "disgust": "disgust", "fear": "fear", "surprise": "surprise"}
 TW_CLASSES = list(TW_TO_FERPLUS.values())
 
 

@@ -20,8 +20,14 @@ import cv2
 import numpy as np
 
 from app.analyzer import Analyzer, FaceOptions
-from training.data import CKPLUS_TO_FERPLUS, FERPLUS_CLASSES, ckplus_rows, ferplus_rows, taiwanese_rows
-from training.evaluate_transfer import TW_TO_FERPLUS
+from training.data import (
+    CKPLUS_TO_FERPLUS,
+    FERPLUS_CLASSES,
+    TW_TO_FERPLUS,
+    ckplus_rows,
+    ferplus_rows,
+    taiwanese_rows,
+)
 
 CLASSES = FERPLUS_CLASSES
 CROP = FaceOptions(side_face_filter=False, occlusion_filter=False, face_crop=True, expression_prior="ferplus")

@@ -15,7 +15,6 @@ taiwanese_dev is only read.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 from pathlib import Path
 
@@ -23,10 +22,7 @@ import cv2
 import numpy as np
 
 from training.common import log, run_cli
-from training.data import FERPLUS_CLASSES, RUNS_DIR, data_root
-
-TW_TO_FERPLUS = {"neutral": "neutral", "happy": "happiness", "sad": "sadness", "angry": "anger",
-                 "disgust": "disgust", "fear": "fear", "surprise": "surprise"}
+from training.data import FERPLUS_CLASSES, RUNS_DIR, TW_TO_FERPLUS, data_root, taiwanese_rows
 
 
 def taiwanese_crops(root: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -36,14 +32,12 @@ def taiwanese_crops(root: Path) -> tuple[np.ndarray, np.ndarray]:
 
     analyzer = Analyzer(Settings())
     options = FaceOptions(side_face_filter=False, occlusion_filter=False, max_faces=1)
-    with (root / "labels.csv").open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
     crops, truth = [], []
-    for row in rows:
-        faces = analyzer.run(cv2.imread(str(root / "images" / row["file"])), options).faces
+    for row in taiwanese_rows(root):
+        faces = analyzer.run(cv2.imread(str(row.path)), options).faces
         if faces and not faces[0].filtered:
             crops.append(faces[0].aligned.image)
-            truth.append(FERPLUS_CLASSES.index(TW_TO_FERPLUS[row["top_vote"]]))
+            truth.append(FERPLUS_CLASSES.index(TW_TO_FERPLUS[row.top_vote]))
     return np.stack(crops), np.array(truth)
 
 
