@@ -223,3 +223,20 @@ def test_broad_smiles_of_held_out_ckplus_subjects_are_not_flagged(analyzer):
         if face.occlusion.occluded:
             flagged[r["path"]] = face.occlusion.scores
     assert not flagged, flagged
+
+
+def test_preprocess_option_default_band_limit_and_mirror(astronaut_face):
+    from app.align import grey_input
+    from app.model_zoo.base import ModelError
+    from app.model_zoo.occlusion import Preprocess
+
+    crop = astronaut_face[0].image
+    assert Preprocess.parse("") == Preprocess()
+    assert np.array_equal(Preprocess()(crop, 64)[0, 0], grey_input(crop, 64).astype(np.float32))
+    band = Preprocess.parse("via=48, up=cubic")(crop, 64)
+    assert band.shape == (1, 1, 64, 64) and not np.array_equal(band[0, 0], grey_input(crop, 64))
+    mirrored = Preprocess.parse("mirror=mean")(crop, 64)
+    assert mirrored.shape == (2, 1, 64, 64) and np.array_equal(mirrored[1, 0], mirrored[0, 0, :, ::-1])
+    for bad in ("via=x", "mirror=min", "sharpen=1"):
+        with pytest.raises(ModelError):
+            Preprocess.parse(bad)

@@ -11,6 +11,13 @@
     python -m training.evaluate_occlusion                 # prints the table, writes runs/occlusion/eval.json
     python -m training.evaluate_occlusion --write-manifest # also stores the numbers in models/manifest.json
     python -m training.evaluate_occlusion --real            # only the real-occlusion checks (shared samples)
+    python -m training.evaluate_occlusion --models-dir D --derive-thresholds --screen-models-dir V1
+        # first re-derive D's manifest thresholds through the serving class (e.g. for a new ``preprocess``)
+
+``--derive-thresholds`` applies the trainer's rule (``training.train_occlusion.thresholds_for``) to the scores of
+the serving class: FER+ Valid less the faces the previous model (``--screen-models-dir``: for 2.0.0 the 1.0.0
+folder, ``git show c990efc:models/occlusion.onnx`` and its manifest) scores >= 0.9, its expressive classes and
+the CK+ held-out subjects. taiwanese_dev plays no part in it.
 
 Real occlusions through the service path (``app.analyzer.Analyzer``), from ../shared/data/samples (skipped
 when absent): the hand across the forehead and brows in ``Image_with_alpha.png`` must flag ``brows``; the hand
@@ -83,6 +90,19 @@ def occluded_set(crops, landmarks, families, weights, ctx, seed):
         fractions.append(occ.fractions)
         fams.append(occ.families)
     return np.stack(images), np.stack(labels), np.stack(fractions), fams
+
+
+def derive_thresholds(model: OcclusionClassifier, screen_models_dir: Path) -> dict[str, float]:
+    """The trainer's threshold rule on ``model``'s scores (serving path, its own ``preprocess``)."""
+    from training.train_occlusion import DROP_CLEAN_ABOVE, screen_natural_occlusions, thresholds_for
+
+    valid, _ = load("ferplus_valid")
+    keep = ~screen_natural_occlusions(valid, screen_models_dir, DROP_CLEAN_ABOVE)
+    major = majority_class(load_field("ferplus_valid", "votes"))
+    ck_crops, _ = load("ckplus")
+    held = ckplus_heldout(load_field("ckplus", "subjects"))
+    print(f"thresholds from {int(keep.sum())} screened FER+ Valid faces and {int(held.sum())} CK+ held-out faces")
+    return thresholds_for(score(model, valid), score(model, ck_crops[held]), keep, major)
 
 
 # ------------------------------------------------------------------------------------------ real occlusions
@@ -268,9 +288,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--write-manifest", action="store_true")
     parser.add_argument("--real", action="store_true", help="only the real-occlusion checks on the shared samples")
     parser.add_argument("--out", type=Path, default=RUNS_DIR / "occlusion" / "eval.json")
+    parser.add_argument("--derive-thresholds", action="store_true",
+                        help="first store the trainer's thresholds for this model (and preprocess) in the manifest")
+    parser.add_argument("--screen-models-dir", type=Path, help="with --derive-thresholds: the previous model's folder")
     args = parser.parse_args(argv)
 
     model = OcclusionClassifier(args.models_dir)
+    if args.derive_thresholds:
+        if args.screen_models_dir is None:
+            raise TrainingError("--derive-thresholds needs --screen-models-dir (the previous occlusion model)")
+        thresholds = derive_thresholds(model, args.screen_models_dir)
+        update_entry(args.models_dir, "occlusion", {"thresholds": thresholds})
+        print(f"thresholds {thresholds} stored in {args.models_dir / 'manifest.json'}")
+        model = OcclusionClassifier(args.models_dir)
     if args.real:
         print_real_checks(real_occlusion_checks(model=model))
         return

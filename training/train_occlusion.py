@@ -77,6 +77,7 @@ INPUT_SIZE = 64
 SEED = 20240611
 MAX_FALSE_OCCLUSION = 0.01  # v2: on the screened FER+ Valid clean faces; 2x that per expressive class and on CK+
 MIN_THRESHOLD = 0.5
+DROP_CLEAN_ABOVE = 0.9  # the previous model's score that marks a FER+ "clean" face as really occluded
 SMOKE_BATCHES = 3
 MIN_CLASS_FACES = 50  # an expressive FER+ Valid class joins the threshold rule from this many screened faces
 
@@ -400,7 +401,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ckplus-repeat", type=int, default=4,
                         help="times each CK+ training-subject face joins the pool (0: no CK+); every 5th subject "
                              "is held out for evaluation and threshold choice")
-    parser.add_argument("--drop-clean-above", type=float, default=0.9,
+    parser.add_argument("--drop-clean-above", type=float, default=DROP_CLEAN_ABOVE,
                         help="drop FER+ Train faces that the installed model (--screen-models-dir) scores >= this "
                              "in any region (natural occlusions trained as clean); also screens the Valid clean "
                              "faces used for thresholds; 0: off")
@@ -560,18 +561,19 @@ def validation_sets(valid: dict[str, np.ndarray], seed: int, families: tuple[str
 
 
 # ----------------------------------------------------------------------------------------------- select
-def thresholds_for(clean_p: np.ndarray, ck_p: np.ndarray | None, data: OcclusionData,
-                   cfg: argparse.Namespace) -> dict[str, float]:
-    """``choose_thresholds`` on the screened clean FER+ Valid faces (``--max-false-occlusion``), each
-    expressive FER+ Valid class with at least 50 screened faces and the CK+ held-out subjects (twice that)."""
+def thresholds_for(clean_p: np.ndarray, ck_p: np.ndarray | None, valid_keep: np.ndarray, valid_major: np.ndarray,
+                   max_rate: float = MAX_FALSE_OCCLUSION, floor: float = MIN_THRESHOLD) -> dict[str, float]:
+    """``choose_thresholds`` on the screened (``valid_keep``) clean FER+ Valid faces (``max_rate``), each
+    expressive FER+ Valid class (``valid_major``) with at least 50 screened faces and the CK+ held-out subjects
+    (twice that)."""
     extra = []
     for c in EXPRESSIVE:
-        members = data.valid_keep & (data.valid_major == FERPLUS_VOTES.index(c))
+        members = valid_keep & (valid_major == FERPLUS_VOTES.index(c))
         if members.sum() >= MIN_CLASS_FACES:
-            extra.append((clean_p[members], 2 * cfg.max_false_occlusion))
+            extra.append((clean_p[members], 2 * max_rate))
     if ck_p is not None:
-        extra.append((ck_p, 2 * cfg.max_false_occlusion))
-    return choose_thresholds(clean_p[data.valid_keep], cfg.max_false_occlusion, extra, cfg.min_threshold)
+        extra.append((ck_p, 2 * max_rate))
+    return choose_thresholds(clean_p[valid_keep], max_rate, extra, floor)
 
 
 @dataclass
@@ -599,7 +601,8 @@ def final_metrics(scores: ValidScores, valid_y: np.ndarray, data: OcclusionData,
     """Thresholds of the selected network and its FER+ Valid numbers (logged and stored in the manifest); the
     any-region false-occlusion rate per FER+ Valid majority class and on the CK+ held-out subjects (logged)."""
     clean_p, occ_p, keep = scores.clean, scores.occluded, data.valid_keep
-    thresholds = thresholds_for(clean_p, scores.ckplus, data, cfg)
+    thresholds = thresholds_for(clean_p, scores.ckplus, data.valid_keep, data.valid_major,
+                               cfg.max_false_occlusion, cfg.min_threshold)
     log.info("FER+ Valid (screened clean faces for FOR; seeded synthetic occlusions for recall/precision):")
     for line in describe(clean_p[keep], occ_p, valid_y, thresholds):
         log.info("  " + line)
@@ -667,7 +670,8 @@ def fit(net: OcclusionNet, data: OcclusionData, valid_sets: tuple[np.ndarray, np
         dataset.epoch = epoch
         loss = train_epoch(net, loader, optim, sched, steps)
         scores = valid_scores(net, valid_clean, valid_occ, data.ck_heldout)
-        thresholds = thresholds_for(scores.clean, scores.ckplus, data, cfg)
+        thresholds = thresholds_for(scores.clean, scores.ckplus, data.valid_keep, data.valid_major,
+                                   cfg.max_false_occlusion, cfg.min_threshold)
         recalls = valid_recalls(scores, valid_y, thresholds)
         score = float(np.mean(recalls))
         log.info(f"epoch {epoch + 1}/{cfg.epochs} loss {loss:.4f} valid recall@thr "
