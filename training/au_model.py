@@ -134,6 +134,8 @@ def decode_torch(raw: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
 def yolo_loss(raw: torch.Tensor, targets: list[np.ndarray], anchors: torch.Tensor, ignore_iou: float = 0.5,
               weights: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> tuple[torch.Tensor, dict[str, float]]:
     """YOLOv3 loss. ``targets[i]``: (T, 5) rows of class index, cx, cy, w, h (crop fractions) of image i.
+    A row of class -1 is a region whose AUs are unknown: nothing is assigned to it, and predictions in its cell
+    or overlapping it by more than ``ignore_iou`` are left out of the no-object loss.
 
     Each target goes to the anchor of best shape IoU in the cell of its centre; targets landing on the same
     cell and anchor (AUs sharing a region, e.g. AU23/24/25 on the lips) share it, and its class target is
@@ -151,6 +153,14 @@ def yolo_loss(raw: torch.Tensor, targets: list[np.ndarray], anchors: torch.Tenso
     with torch.no_grad():
         boxes = decode_torch(raw.detach(), anchors)
     for i, t in enumerate(targets):
+        unknown, t = t[t[:, 0] < 0], t[t[:, 0] >= 0]
+        if len(unknown):
+            ious = box_iou_cxcywh(boxes[i], torch.as_tensor(unknown[:, 1:5], dtype=torch.float32))
+            ignore[i] |= ious.max(1).values > ignore_iou
+            cols = np.clip((unknown[:, 1] * g).astype(int), 0, g - 1)
+            rows = np.clip((unknown[:, 2] * g).astype(int), 0, g - 1)
+            for r, c in zip(rows, cols):
+                ignore[i, (r * g + c) * a:(r * g + c + 1) * a] = True
         if len(t) == 0:
             continue
         best = wh_iou(t[:, 3:5], anchors_np).argmax(1)
@@ -163,7 +173,7 @@ def yolo_loss(raw: torch.Tensor, targets: list[np.ndarray], anchors: torch.Tenso
                                    np.log(t[:, 3] / anchors_np[best, 0]), np.log(t[:, 4] / anchors_np[best, 1])], 1)
         box_w[i, slot] = 2.0 - t[:, 3] * t[:, 4]
         ious = box_iou_cxcywh(boxes[i], torch.as_tensor(t[:, 1:5], dtype=torch.float32))
-        ignore[i] = ious.max(1).values > ignore_iou
+        ignore[i] |= ious.max(1).values > ignore_iou
     obj_t, cls_t, box_t, box_w = (torch.from_numpy(x) for x in (obj_t, cls_t, box_t, box_w))
     pos = obj_t > 0
     noobj = ~pos & ~ignore

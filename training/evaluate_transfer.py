@@ -30,8 +30,11 @@ from app.analyzer import Analyzer, FaceAnalysis, FaceOptions
 from app.filters import filter_reasons
 from app.settings import Settings
 from training.data import TW_TO_FERPLUS, data_root, ferplus_rows, taiwanese_rows
+from training.evaluate_au import EMFACS
 
 TW_CLASSES = list(TW_TO_FERPLUS.values())
+FERPLUS_TO_EMFACS = {"happiness": "happy", "surprise": "surprise", "sadness": "sadness", "anger": "anger",
+                     "disgust": "disgust", "fear": "fear"}
 
 
 def default_filter_reasons(analyzer: Analyzer, face: FaceAnalysis) -> list[str]:
@@ -79,7 +82,8 @@ def analyse_taiwanese(analyzer: Analyzer, root: Path, limit: int = 0, prior: str
                 expression = face.outputs["expression"]
                 record.update(label=expression.label, confidence=expression.confidence,
                               uncertain=expression.uncertain, scores=expression.scores,
-                              aus=[u.au for u in face.outputs["au"] if u.present])
+                              aus=[u.au for u in face.outputs["au"] if u.present],
+                              au_classes=[u.au for u in face.outputs["au"]])
         records.append(record)
     return {"prior": prior, **summarise(records)}
 
@@ -112,6 +116,9 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
                                 for c in TW_CLASSES if c in truth},
         }
     report["expression_predicted_share"] = {k: v / max(len(scored), 1) for k, v in Counter(predicted).items()}
+    report["expression_confusion_top_vote"] = {  # observers' top vote -> what the service answered
+        t: dict(Counter(p for tv, p in zip([r["top_vote"] for r in scored], predicted) if tv == t).most_common())
+        for t in TW_CLASSES}
     confidence = np.array([r["confidence"] for r in scored])
     correct = np.array([r["label"] == r["top_vote"] for r in scored])
     uncertain = np.array([r["uncertain"] for r in scored])
@@ -126,6 +133,15 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
         c: {"faces": len(v), "present_per_face": float(np.mean([len(a) for a in v])),
             "top": {au: round(n / len(v), 2) for au, n in Counter(x for a in v for x in a).most_common(4)}}
         for c, v in sorted(by_class.items())}
+    # Recall stand-in (taiwanese_dev has no AU codes): the share of the intended expression's EMFACS prototype
+    # AUs that are reported, over the posed faces.
+    shares = []
+    for r in scored:
+        prototype = [f"AU{n}" for n in EMFACS.get(FERPLUS_TO_EMFACS.get(r["intended"], ""), [])]
+        prototype = [au for au in prototype if au in r["au_classes"]]
+        if not r["neutral"] and prototype:
+            shares.append(np.mean([au in r["aus"] for au in prototype]))
+    report["au_prototype_share_posed"] = float(np.mean(shares)) if shares else 0.0
     # AUs on neutral faces: a face with nothing active should light nothing up.
     neutral = [r for r in scored if r["neutral"]]
     report["au_neutral"] = {
@@ -173,6 +189,9 @@ def print_report(report: dict[str, Any]) -> None:
               + ", ".join(f"{k} {v:.2f}" for k, v in e["recall_by_class"].items()))
     shares = sorted(tw["expression_predicted_share"].items())
     print("  predicted share: " + ", ".join(f"{k} {v:.2f}" for k, v in shares))
+    print("  top vote -> answered: " + "; ".join(
+        f"{t} {sum(row.values())}: " + ", ".join(f"{p} {n}" for p, n in row.items())
+        for t, row in tw["expression_confusion_top_vote"].items() if row))
     print(f"  ECE vs top vote {tw['expression_ece_vs_top_vote']:.3f}; uncertain {tw['uncertain_rate']:.3f}, "
           f"accuracy of the rest {tw['accuracy_vs_top_vote_when_certain']:.3f}")
     au = tw["au_neutral"]
@@ -180,6 +199,8 @@ def print_report(report: dict[str, Any]) -> None:
     print(f"  AUs present per neutral face: {au['present_per_face']:.2f} over {au['faces']} faces ({top})")
     print("  AUs by intended expression: " + "; ".join(
         f"{c} {v['present_per_face']:.1f}/face {v['top']}" for c, v in tw["au_by_intended"].items() if c != "neutral"))
+    print(f"  posed faces: share of the intended expression's EMFACS prototype AUs reported "
+          f"{tw['au_prototype_share_posed']:.2f}")
     if "ferplus_test_neutral" in report:
         fn = report["ferplus_test_neutral"]
         top = ", ".join(f"{k} {v:.2f}" for k, v in list(fn["rate_by_au"].items())[:5])

@@ -19,6 +19,7 @@ runs when ``MICROFACS_AU_MODEL=fused`` (app/model_zoo/au_fusion.py), with the po
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 import cv2
@@ -227,7 +228,7 @@ def export(models_dir: Path, classes: list[str], shape_names: list[str], weights
     path = models_dir / "au_fusion.onnx"
     onnx.save(model, str(path))
     replace_entry(models_dir, "au_fusion", {
-        "version": "2026.11.23-fusion",
+        "version": time.strftime("%Y.%m.%d") + "-fusion",
         "file": path.name,
         "sha256": sha256_of(path),
         "task": "AU decisions fused from the AU detector's probabilities and MediaPipe's 52 blendshapes "

@@ -3,6 +3,9 @@
     python -m training.train_au --cv       # 5 subject-wise folds -> runs/au/cv/fold{k}.onnx (+ .json)
     python -m training.train_au --final    # all subjects -> models/au_detector.onnx + manifest entry
     python -m training.train_au --smoke --out /tmp/x   # a few batches, exports a loadable ONNX (CI)
+    python -m training.train_au --pretrain --epochs 5  # the backbone on FER+ expressions -> runs/au/pretrain.pt
+    python -m training.train_au --cv --init runs/au/pretrain.pt   # ... then the AU folds start from it
+    python -m training.train_au --cv --neutral 700 --pseudo 700 --extra-per-epoch 600   # + FER+ faces (below)
 
 Then ``python -m training.evaluate_au --write-manifest`` scores the fold ONNX files through the service's
 decoding, picks the per-AU thresholds and writes them and the CV metrics into the manifest.
@@ -25,6 +28,7 @@ from training.au_model import AuNet, au_scores_torch, kmeans_anchors, yolo_loss
 from training.au_regions import FACS_NAMES, au_boxes
 from training.common import log, require_file, run_cli, setup_logging
 from training.data import REPO_ROOT, RUNS_DIR
+from training.occlusion_data import mouth_open_ratio
 from training.torch_utils import count_macs, export_onnx, seed_everything
 
 CACHE = RUNS_DIR / "cache" / "ckplus.npz"
@@ -37,6 +41,7 @@ NUM_ANCHORS = 5
 FOLDS = 5
 SMOKE_BATCHES = 3
 LICENCE = "research use only (CK+ terms: non-commercial research, no redistribution)"
+LICENCE_FERPLUS = "research use only (CK+ terms: non-commercial research, no redistribution; FER2013 pixels)"
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -56,37 +61,56 @@ class CkPlus:
         self.landmarks = data["landmarks"].astype(np.float32) * scale
         names = [str(a) for a in data["au_names"]]
         self.labels = data["aus"][:, [names.index(a) for a in CLASSES]].astype(np.float32)
+        self.known = np.ones_like(self.labels, bool)  # False: the AU's state is unknown (no loss on its region)
         self.subjects = data["subjects"].astype(str)
         self.emotions = data["emotions"].astype(str)
 
-        self.ckplus = len(self.images)  # CK+ faces come first; negatives (below) after them
+        self.ckplus = len(self.images)  # CK+ faces come first; FER+ faces (below) after them
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def add_negatives(self, crops: np.ndarray, landmarks: np.ndarray, source: str) -> np.ndarray:
-        """Faces with no AU active (e.g. FER+ faces most raters call neutral): no boxes, so every anchor
-        learns 'nothing here'. Returns their indices; they never enter a CV test fold."""
+    def add_ferplus(self, crops: np.ndarray, landmarks: np.ndarray, labels: np.ndarray, known: np.ndarray,
+                    source: str) -> np.ndarray:
+        """FER+ faces with the AUs their votes make certain: ``labels`` 0/1 where ``known``. Neutral faces
+        (nothing active, every AU known) teach 'nothing here'; smiling / surprised faces teach that FER+-looking
+        faces have AUs too (so 'FER+ look = no AU' is no shortcut). Returns their indices; they never enter a CV
+        test fold."""
         scale = self.size / crops.shape[1]
         start = len(self.images)
         self.images = np.concatenate([self.images, np.stack([preprocess_crop(c, self.size) for c in crops])])
         self.landmarks = np.concatenate([self.landmarks, landmarks.astype(np.float32) * scale])
-        self.labels = np.concatenate([self.labels, np.zeros((len(crops), len(CLASSES)), np.float32)])
+        self.labels = np.concatenate([self.labels, labels.astype(np.float32)])
+        self.known = np.concatenate([self.known, known.astype(bool)])
         self.subjects = np.concatenate([self.subjects, np.full(len(crops), source)])
-        self.emotions = np.concatenate([self.emotions, np.full(len(crops), "neutral")])
+        self.emotions = np.concatenate([self.emotions, np.full(len(crops), source)])
         return np.arange(start, len(self.images))
 
-
-    def targets(self, landmarks: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        """(T, 5) class, cx, cy, w, h in crop fractions for the active AUs."""
-        active = [CLASSES[j] for j in np.flatnonzero(labels)]
+    def targets(self, landmarks: np.ndarray, labels: np.ndarray, known: np.ndarray | None = None) -> np.ndarray:
+        """(T, 5) class, cx, cy, w, h in crop fractions for the active AUs; class -1 rows are the regions of the
+        AUs whose state is unknown (``known`` False): the loss ignores predictions there."""
+        known = np.ones(len(labels), bool) if known is None else known
+        active = [CLASSES[j] for j in np.flatnonzero((labels > 0) & known)]
+        unknown = {CLASSES[j] for j in np.flatnonzero(~known)}
         rows = []
-        for au, (x0, y0, x1, y1) in au_boxes(landmarks, active, clip=self.size):
+        for au, (x0, y0, x1, y1) in au_boxes(landmarks, active + sorted(unknown), clip=self.size):
             if x1 - x0 > 1 and y1 - y0 > 1:
-                rows.append([CLASSES.index(au), (x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0])
+                cls = -1 if au in unknown else CLASSES.index(au)
+                rows.append([cls, (x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0])
         out = np.array(rows, np.float32).reshape(-1, 5)
         out[:, 1:] /= self.size
         return out
+
+
+# FER+ faces whose votes make some AUs certain (>= PSEUDO_VOTES of 10 raters): the EMFACS core of the expression.
+# Only the two expressions whose core is unambiguous and which FER+ raters agree on; every other AU of those
+# faces is unknown (ignored), not absent.
+PSEUDO_VOTES = 8
+PSEUDO_AUS = {1: ["AU12"], 2: ["AU1", "AU2"]}  # FER+ vote column (happiness, surprise) -> AUs present
+# AU25 (lips part) of the FER+ faces from the mesh itself (inner-lip gap / mouth width, the patent's automatic
+# labelling from landmarks): on CK+ that ratio alone gives AU25 with F1 0.88 at 0.06; present from twice that,
+# absent below half of it, unknown between. Neutral faces with parted lips are not taught "no AU25".
+LIPS_APART, LIPS_CLOSED = 0.12, 0.03
 
 
 def neutral_faces(cache_dir: Path, count: int, min_votes: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -95,6 +119,24 @@ def neutral_faces(cache_dir: Path, count: int, min_votes: int = 8, seed: int = 0
         pool = np.flatnonzero(z["votes"][:, 0] >= min_votes)
         pick = np.sort(np.random.default_rng(seed).choice(pool, size=min(count, len(pool)), replace=False))
         return z["crops"][pick], z["landmarks"][pick]
+
+
+def pseudo_positive_faces(cache_dir: Path, count: int, seed: int = 0):
+    """Up to ``count`` FER+ Train faces per expression of PSEUDO_AUS (fixed random pick, >= PSEUDO_VOTES votes):
+    crops, landmarks, labels (N, C) and known (N, C): the expression's core AUs present, the rest unknown."""
+    with np.load(cache_dir / "ferplus_train.npz") as z:
+        votes = z["votes"]
+        crops, marks, labels, known = [], [], [], []
+        for column, aus in PSEUDO_AUS.items():
+            pool = np.flatnonzero(votes[:, column] >= PSEUDO_VOTES)
+            pick = np.sort(np.random.default_rng(seed + column).choice(pool, size=min(count, len(pool)),
+                                                                         replace=False))
+            crops.append(z["crops"][pick])
+            marks.append(z["landmarks"][pick])
+            row = np.array([a in aus for a in CLASSES], np.float32)
+            labels.append(np.tile(row, (len(pick), 1)))
+            known.append(np.tile(row > 0, (len(pick), 1)))
+    return np.concatenate(crops), np.concatenate(marks), np.concatenate(labels), np.concatenate(known)
 
 
 def subject_folds(subjects: np.ndarray, k: int = FOLDS, seed: int = 0) -> np.ndarray:
@@ -142,7 +184,7 @@ def batches(data: CkPlus, index: np.ndarray, batch_size: int, rng: np.random.Gen
             else:
                 image, marks = data.images[i], data.landmarks[i]
             images.append(image)
-            targets.append(data.targets(marks, data.labels[i]))
+            targets.append(data.targets(marks, data.labels[i], data.known[i]))
         yield torch.from_numpy(np.stack(images)[:, None]), targets, chunk
 
 
@@ -157,14 +199,19 @@ def fit_anchors(data: CkPlus, index: np.ndarray, k: int = NUM_ANCHORS) -> np.nda
 def train(data: CkPlus, index: np.ndarray, args: argparse.Namespace, tag: str) -> AuNet:
     seed_everything(args.seed)
     rng = np.random.default_rng(args.seed)
-    anchors = fit_anchors(data, index)
-    log.info(f"[{tag}] {len(index)} images, {len(set(data.subjects[index]))} subjects; anchors (w,h): "
+    ck, extra = index[index < data.ckplus], index[index >= data.ckplus]
+    per_epoch = min(args.extra_per_epoch, len(extra)) if args.extra_per_epoch else len(extra)
+    anchors = fit_anchors(data, ck)
+    log.info(f"[{tag}] {len(ck)} CK+ images of {len(set(data.subjects[ck]))} subjects + {len(extra)} FER+ faces "
+             f"({per_epoch} an epoch); anchors (w,h): "
              + " ".join(f"{w:.3f}x{h:.3f}" for w, h in anchors))
     model = AuNet(len(CLASSES), anchors, width=args.width)
+    if args.init:
+        load_backbone(model, args.init)
     ema = torch.optim.swa_utils.AveragedModel(
         model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema), use_buffers=True)
     optimiser = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    steps_per_epoch = max(1, len(index) // args.batch_size)
+    steps_per_epoch = max(1, (len(ck) + per_epoch) // args.batch_size)
     if args.max_batches:
         steps_per_epoch = min(steps_per_epoch, args.max_batches)
     total = steps_per_epoch * args.epochs
@@ -174,6 +221,8 @@ def train(data: CkPlus, index: np.ndarray, args: argparse.Namespace, tag: str) -
         model.train()
         sums = {"loss": 0.0, "box": 0.0, "obj": 0.0, "cls": 0.0}
         seen = 0
+        if per_epoch < len(extra):
+            index = np.concatenate([ck, rng.choice(extra, per_epoch, replace=False)])
         for step, (images, targets, _) in enumerate(batches(data, index, args.batch_size, rng, train=True)):
             if step >= steps_per_epoch:
                 break
@@ -195,6 +244,90 @@ def train(data: CkPlus, index: np.ndarray, args: argparse.Namespace, tag: str) -
     final = ema.module
     final.eval()
     return final
+
+
+# ---------------------------------------------------------------------------------- FER+ pretraining
+BACKBONE = ("stem", "s2", "s4", "s8", "s16")  # the AuNet parts a pretrained state carries (not the AU layers)
+
+
+class ExpressionProbe(torch.nn.Module):
+    """AuNet's backbone with a linear expression classifier on its pooled stride-16 features: the pretraining
+    task. Only the backbone is kept; the AU layers then learn on top of features that have seen 27k faces."""
+
+    def __init__(self, width: int, classes: int = 8) -> None:
+        super().__init__()
+        net = AuNet(len(CLASSES), np.ones((NUM_ANCHORS, 2), np.float32) / 4, width=width)
+        self.backbone = torch.nn.ModuleDict({name: getattr(net, name) for name in BACKBONE})
+        self.fc = torch.nn.Linear(16 * width, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(dim=(2, 3), keepdim=True)  # the same in-graph standardisation as AuNet.forward
+        x = (x - mean) / ((x - mean) ** 2).mean(dim=(2, 3), keepdim=True).add(1e-4).sqrt()
+        for name in BACKBONE:
+            x = self.backbone[name](x)
+        return self.fc(torch.nn.functional.dropout(x.mean(dim=(2, 3)), 0.2, self.training))
+
+
+def ferplus_inputs(split: str, cache_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Network inputs (N, S, S) and 8-class vote distributions of the FER+ faces whose votes are mostly for an
+    expression (unknown / not-a-face minority)."""
+    with np.load(require_file(cache_dir / f"ferplus_{split}.npz", "python -m training.prepare_faces")) as z:
+        votes = z["votes"].astype(np.float32)
+        keep = votes[:, :8].sum(1) > votes[:, 8:].sum(1)
+        images = np.stack([preprocess_crop(c) for c in z["crops"][keep]])
+    dist = votes[keep, :8]
+    return images, dist / dist.sum(1, keepdims=True)
+
+
+def pretrain(cfg: argparse.Namespace) -> Path:
+    """Train the backbone to read FER+ expressions (soft vote targets, the AU trainer's image augmentation),
+    keep the epoch with the best FER+ Valid accuracy, and save its backbone to ``cfg.out / 'pretrain.pt'``."""
+    seed_everything(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    images, targets = ferplus_inputs("train", cfg.cache.parent)
+    valid_x, valid_t = ferplus_inputs("valid", cfg.cache.parent)
+    model = ExpressionProbe(cfg.width)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = max(1, len(images) // 64)
+    if cfg.max_batches:
+        steps = min(steps, cfg.max_batches)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=cfg.lr, total_steps=steps * cfg.epochs,
+                                                   pct_start=0.1)
+    no_marks = np.zeros((1, 2), np.float32)
+    best, path, start = -1.0, cfg.out / "pretrain.pt", time.time()
+    for epoch in range(cfg.epochs):
+        model.train()
+        order = rng.permutation(len(images))
+        for step in range(steps):
+            chunk = order[step * 64:(step + 1) * 64]
+            x = np.stack([augment(images[i], no_marks, rng)[0] for i in chunk])[:, None]
+            log_p = torch.log_softmax(model(torch.from_numpy(x)), 1)
+            loss = -(torch.from_numpy(targets[chunk]) * log_p).sum(1).mean()  # soft-target cross-entropy
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+        model.eval()
+        with torch.no_grad():
+            logits = torch.cat([model(torch.from_numpy(valid_x[i:i + 256, None])) for i in range(0, len(valid_x), 256)])
+        accuracy = float((logits.argmax(1).numpy() == valid_t.argmax(1)).mean())
+        log.info(f"[pretrain] epoch {epoch + 1}/{cfg.epochs} FER+ Valid accuracy {accuracy:.4f} "
+                 f"({time.time() - start:.0f}s)")
+        if accuracy > best:
+            best = accuracy
+            torch.save({"width": cfg.width, "valid_accuracy": accuracy, "epoch": epoch + 1,
+                        "backbone": {f"{n}.{k}": v for n in BACKBONE
+                                     for k, v in model.backbone[n].state_dict().items()}}, path)
+    log.info(f"[pretrain] backbone of the best epoch (FER+ Valid {best:.4f}) -> {path}")
+    return path
+
+
+def load_backbone(model: AuNet, path: Path) -> None:
+    state = torch.load(require_file(path, "python -m training.train_au --pretrain"), weights_only=True)
+    if state["width"] != model.stem[0].out_channels:
+        raise ValueError(f"{path}: width {state['width']}, the model's {model.stem[0].out_channels}")
+    missing, unexpected = model.load_state_dict(state["backbone"], strict=False)
+    assert not unexpected and all(k.split(".")[0] not in BACKBONE for k in missing), (missing, unexpected)
 
 
 @torch.no_grad()
@@ -224,8 +357,28 @@ def model_meta(model: AuNet, args: argparse.Namespace) -> dict:
         "anchors": [[round(float(w), 5), round(float(h), 5)] for w, h in model.anchors.numpy()],
         "input_size": INPUT_SIZE, "grid": grid, "mflops": round(2 * macs / 1e6, 1), "params": int(params),
         "train_args": {k: v for k, v in vars(args).items() if k in
-                       ("epochs", "batch_size", "lr", "weight_decay", "width", "seed", "ema")},
+                       ("epochs", "batch_size", "lr", "weight_decay", "width", "seed", "ema", "neutral", "pseudo",
+                                 "extra_per_epoch", "lips_from_mesh")}
+                      | {"init": str(args.init.name) if args.init else None},
     }
+
+
+def training_data(train_args: dict) -> str:
+    """The manifest's account of what the model was trained on, from its training arguments."""
+    text = ("CK+ (CK+48 copy, 759 faces of 94 subjects: the last 3 frames of each emotion sequence), FACS codes of the "
+            "peak frame; AU boxes made automatically from the face mesh (training/au_regions.py)")
+    if train_args.get("init"):
+        text += f"; backbone pretrained on FER+ Train expressions (vote distributions, {train_args['init']})"
+    if train_args.get("neutral"):
+        text += f"; {train_args['neutral']} FER+ Train faces with >= 8/10 neutral votes as all-AU-absent negatives"
+    if train_args.get("pseudo"):
+        text += (f"; up to {train_args['pseudo']} FER+ Train faces each with >= {PSEUDO_VOTES}/10 happiness (AU12) or "
+                 "surprise (AU1, AU2) votes, their other AUs unknown")
+    if train_args.get("lips_from_mesh"):
+        text += "; AU25 of the FER+ faces from the mesh's inner-lip gap"
+    if train_args.get("extra_per_epoch"):
+        text += f" ({train_args['extra_per_epoch']} FER+ faces drawn each epoch)"
+    return text
 
 
 def write_manifest_entry(meta: dict, onnx_check: float, models_dir: Path) -> None:
@@ -233,9 +386,11 @@ def write_manifest_entry(meta: dict, onnx_check: float, models_dir: Path) -> Non
     entry's are kept until then)."""
     old = Manifest.load(models_dir).models.get("au_detector", {})
     grid, a = meta["grid"], len(meta["anchors"])
+    entry_data = training_data(meta["train_args"])
     target = models_dir / "au_detector.onnx"
     entry = {
-        "version": time.strftime("%Y.%m.%d") + "-ckplus",
+        "version": time.strftime("%Y.%m.%d") + ("-ckplus-ferplus" if meta["train_args"]["neutral"]
+                                                   or meta["train_args"]["pseudo"] else "-ckplus"),
         "file": "au_detector.onnx",
         "sha256": sha256_of(target),
         "task": "FACS Action Unit detection on the aligned face crop (YOLO-style AU boxes, patent CN109344744)",
@@ -252,10 +407,8 @@ def write_manifest_entry(meta: dict, onnx_check: float, models_dir: Path) -> Non
         "metrics": old.get("metrics", {}),
         "architecture": {"mflops": meta["mflops"], "params": meta["params"], "train_args": meta["train_args"]},
         "export_check": f"max |torch - onnx| = {onnx_check:.1e} on random and real crops (training/train_au.py)",
-        "training_data": "CK+ (CK+48 copy, 759 faces of 94 subjects: the last 3 frames of each emotion sequence), "
-                         "FACS codes of the peak frame; AU boxes made automatically from the face mesh "
-                         "(training/au_regions.py)",
-        "licence": LICENCE,
+        "training_data": entry_data,
+        "licence": LICENCE if "FER+" not in entry_data else LICENCE_FERPLUS,
         "bytes": target.stat().st_size,
     }
     replace_entry(models_dir, "au_detector", entry)
@@ -270,6 +423,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     mode.add_argument("--cv", action="store_true", help="subject-wise k-fold cross-validation")
     mode.add_argument("--final", action="store_true", help="train on all subjects, export models/au_detector.onnx")
     mode.add_argument("--smoke", action="store_true", help="a few batches; exports to --out")
+    mode.add_argument("--pretrain", action="store_true",
+                      help="train the backbone on FER+ Train expressions (vote distributions) -> --out/pretrain.pt")
     parser.add_argument("--folds", type=str, default="", help="comma-separated fold numbers to run (default all)")
     parser.add_argument("--cache", type=Path, default=CACHE)
     parser.add_argument("--out", type=Path, default=RUNS_DIR / "au")
@@ -283,9 +438,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ema", type=float, default=0.99)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--init", type=Path, default=None,
+                        help="start the backbone from a --pretrain state (runs/au/pretrain.pt)")
     parser.add_argument("--neutral", type=int, default=0,
                         help="add this many FER+ Train faces with >= 8/10 neutral votes as all-AU-absent negatives "
                              "(always in training, never in a CV test fold)")
+    parser.add_argument("--pseudo", type=int, default=0,
+                        help="add up to this many FER+ Train faces per expression with >= 8/10 happiness (AU12) or "
+                             "surprise (AU1, AU2) votes, those AUs present and the others unknown")
+    parser.add_argument("--lips-from-mesh", action="store_true",
+                        help="AU25 of the FER+ faces from the mesh's inner-lip gap (present / absent / unknown)")
+    parser.add_argument("--extra-per-epoch", type=int, default=0,
+                        help="FER+ faces drawn afresh each epoch from those added (0: all of them every epoch)")
     return parser.parse_args(argv)
 
 
@@ -295,27 +459,41 @@ def run_config(args: argparse.Namespace) -> argparse.Namespace:
     cfg = argparse.Namespace(**vars(args))
     if args.smoke:
         cfg.epochs, cfg.max_batches = 1, args.max_batches or SMOKE_BATCHES
-    cfg.mode = "cv" if args.cv else "final" if args.final else "smoke"
+    cfg.mode = "cv" if args.cv else "final" if args.final else "pretrain" if args.pretrain else "smoke"
     return cfg
 
 
 def load_data(cfg: argparse.Namespace) -> tuple[CkPlus, np.ndarray]:
-    """CK+ (plus FER+ neutral negatives with --neutral) and the indices of those negatives."""
+    """CK+ plus the FER+ faces asked for (--neutral negatives, --pseudo positives) and the indices of the latter."""
     data = CkPlus(cfg.cache)
-    negatives = np.zeros(0, int)
+    extras = [np.zeros(0, int)]
     if cfg.neutral:
-        negatives = data.add_negatives(*neutral_faces(cfg.cache.parent, cfg.neutral), source="ferplus_neutral")
-        log.info(f"{len(negatives)} FER+ neutral faces added as negatives")
-    return data, negatives
+        crops, marks = neutral_faces(cfg.cache.parent, cfg.neutral)
+        extras.append(data.add_ferplus(crops, marks, np.zeros((len(crops), len(CLASSES))),
+                                       np.ones((len(crops), len(CLASSES)), bool), source="ferplus_neutral"))
+        log.info(f"{len(crops)} FER+ neutral faces added as negatives")
+    if cfg.pseudo:
+        crops, marks, labels, known = pseudo_positive_faces(cfg.cache.parent, cfg.pseudo)
+        extras.append(data.add_ferplus(crops, marks, labels, known, source="ferplus_pseudo"))
+        log.info(f"{len(crops)} FER+ faces added with their expression's core AUs ({PSEUDO_AUS}), other AUs unknown")
+    extras = np.concatenate(extras)
+    if cfg.lips_from_mesh and len(extras):
+        ratio = mouth_open_ratio(data.landmarks[extras])
+        j = CLASSES.index("AU25")
+        data.labels[extras, j] = ratio >= LIPS_APART
+        data.known[extras, j] = (ratio >= LIPS_APART) | (ratio <= LIPS_CLOSED)
+        log.info(f"AU25 of the FER+ faces from the mesh: {int((ratio >= LIPS_APART).sum())} present, "
+                 f"{int((ratio <= LIPS_CLOSED).sum())} absent, the rest unknown")
+    return data, extras
 
 
-def cross_validate(data: CkPlus, negatives: np.ndarray, cfg: argparse.Namespace) -> None:
-    """Subject-wise folds: train on the others (+ negatives), export runs/au/cv/fold{k}.onnx and its meta
+def cross_validate(data: CkPlus, extras: np.ndarray, cfg: argparse.Namespace) -> None:
+    """Subject-wise folds: train on the others (+ the FER+ extras), export runs/au/cv/fold{k}.onnx and its meta
     with the torch scores of the held-out faces (training.evaluate_au compares the ONNX decode with them)."""
     folds = subject_folds(data.subjects[:data.ckplus])
     wanted = [int(f) for f in cfg.folds.split(",")] if cfg.folds else list(range(FOLDS))
     for k in wanted:
-        train_idx = np.concatenate([np.flatnonzero(folds != k), negatives])
+        train_idx = np.concatenate([np.flatnonzero(folds != k), extras])
         test_idx = np.flatnonzero(folds == k)
         model = train(data, train_idx, cfg, tag=f"fold {k}")
         scores = predict_scores(model, data, test_idx)
@@ -334,9 +512,12 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(cfg.threads)
     setup_logging(cfg.out / f"train_{cfg.mode}{'_' + cfg.folds.replace(',', '') if cfg.folds else ''}.log")
     log.info(f"args: {vars(cfg)}")
-    data, negatives = load_data(cfg)
+    if cfg.pretrain:
+        pretrain(cfg)
+        return
+    data, extras = load_data(cfg)
     if cfg.cv:
-        cross_validate(data, negatives, cfg)
+        cross_validate(data, extras, cfg)
         return
     model = train(data, np.arange(len(data)), cfg, tag=cfg.mode)
     if cfg.smoke:
