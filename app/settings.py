@@ -69,8 +69,9 @@ class Settings(BaseSettings):
 
     # Heads.
     au_model: Literal["detector", "fused"] = Field(
-        "detector", description="AU decisions: the detector alone (best CK+ F1), or fused with the blendshapes "
-        "(far fewer AUs on neutral faces, lower CK+ F1, +1.5-3 ms a face): models/AU_DETECTOR.md"
+        "detector", description="AU decisions: the detector alone (the default: best CK+ F1, and since v2 it leaves "
+        "neutral faces alone itself), or fused with the blendshapes (no better with v2, +1.5-3 ms a face): "
+        "models/AU_DETECTOR.md"
     )
     expression_prior: Literal["balanced", "ferplus"] = Field(
         "balanced", description="default class prior of the expression scores (query parameter `prior`); "
