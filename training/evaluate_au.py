@@ -176,7 +176,9 @@ def write_manifest(result: dict, models_dir: Path) -> None:
     thresholds = {a: rows[a]["threshold"] for a in result["classes"]}
     metrics = {
         "protocol": f"CK+ (759 faces, 94 subjects), subject-wise {result['folds']}-fold CV, exported ONNX fold models "
-                    "decoded by app/model_zoo/au_detector.py; thresholds maximise pooled out-of-fold F1",
+                    "decoded by app/model_zoo/au_detector.py; thresholds: the best +-0.05 band of pooled out-of-fold "
+                    "F1" + (f" with {result['neutral_valid']['faces']} FER+ Valid neutral faces as negatives"
+                            if "neutral_valid" in result else ""),
         "mean_f1_required14": round(mean(rows, "f1", REQUIRED), 3),
         "mean_f1_all": round(mean(rows, "f1", list(rows)), 3),
         "mean_f1_nested_thresholds_required14": round(mean(rows, "f1_nested", REQUIRED), 3),
@@ -186,6 +188,8 @@ def write_manifest(result: dict, models_dir: Path) -> None:
         "per_au": {a: {k: rows[a][k] for k in ("positives", "f1", "precision", "recall", "f1_nested", "baseline_f1")}
                    for a in result["classes"]},
     }
+    if "neutral_valid" in result:
+        metrics["ferplus_valid_neutral_aus_per_face"] = result["neutral_valid"]["present_per_face"]
     update_entry(models_dir, "au_detector", {"thresholds": thresholds, "metrics": metrics})
     print(f"thresholds and metrics -> {models_dir / 'manifest.json'}")
 
