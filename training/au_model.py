@@ -43,6 +43,12 @@ class Shortcut(nn.Module):
         return x + self.body(x)
 
 
+def standardise(x: torch.Tensor) -> torch.Tensor:
+    """Per-image standardisation inside the graph (brightness/contrast invariance)."""
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    return (x - mean) / ((x - mean) ** 2).mean(dim=(2, 3), keepdim=True).add(1e-4).sqrt()
+
+
 def stage(c_in: int, c_out: int, blocks: int) -> nn.Sequential:
     return nn.Sequential(ConvBN(c_in, c_out, 3, stride=2), *[Shortcut(c_out) for _ in range(blocks)])
 
@@ -72,9 +78,7 @@ class AuNet(nn.Module):
         self.head.bias = nn.Parameter(bias.view(-1).clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = x.mean(dim=(2, 3), keepdim=True)
-        std = ((x - mean) ** 2).mean(dim=(2, 3), keepdim=True).add(1e-4).sqrt()
-        x = (x - mean) / std
+        x = standardise(x)
         f8 = self.s8(self.s4(self.s2(self.stem(x))))
         f16 = self.s16(f8)
         up = F.interpolate(self.lateral(f16), scale_factor=2.0, mode="nearest")

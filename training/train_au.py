@@ -24,7 +24,7 @@ import torch
 
 from app.manifest import Manifest, replace_entry, sha256_of
 from app.model_zoo.au_detector import preprocess
-from training.au_model import AuNet, au_scores_torch, kmeans_anchors, yolo_loss
+from training.au_model import AuNet, au_scores_torch, kmeans_anchors, standardise, yolo_loss
 from training.au_regions import FACS_NAMES, au_boxes
 from training.common import log, require_file, run_cli, setup_logging
 from training.data import REPO_ROOT, RUNS_DIR
@@ -113,11 +113,15 @@ PSEUDO_AUS = {1: ["AU12"], 2: ["AU1", "AU2"]}  # FER+ vote column (happiness, su
 LIPS_APART, LIPS_CLOSED = 0.12, 0.03
 
 
+def fixed_pick(pool: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """Up to ``count`` of ``pool``, a seeded random choice, sorted."""
+    return np.sort(np.random.default_rng(seed).choice(pool, size=min(count, len(pool)), replace=False))
+
+
 def neutral_faces(cache_dir: Path, count: int, min_votes: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``count`` FER+ Train faces (fixed random pick) with >= ``min_votes`` of 10 neutral votes: crops, landmarks."""
     with np.load(cache_dir / "ferplus_train.npz") as z:
-        pool = np.flatnonzero(z["votes"][:, 0] >= min_votes)
-        pick = np.sort(np.random.default_rng(seed).choice(pool, size=min(count, len(pool)), replace=False))
+        pick = fixed_pick(np.flatnonzero(z["votes"][:, 0] >= min_votes), count, seed)
         return z["crops"][pick], z["landmarks"][pick]
 
 
@@ -128,9 +132,7 @@ def pseudo_positive_faces(cache_dir: Path, count: int, seed: int = 0):
         votes = z["votes"]
         crops, marks, labels, known = [], [], [], []
         for column, aus in PSEUDO_AUS.items():
-            pool = np.flatnonzero(votes[:, column] >= PSEUDO_VOTES)
-            pick = np.sort(np.random.default_rng(seed + column).choice(pool, size=min(count, len(pool)),
-                                                                         replace=False))
+            pick = fixed_pick(np.flatnonzero(votes[:, column] >= PSEUDO_VOTES), count, seed + column)
             crops.append(z["crops"][pick])
             marks.append(z["landmarks"][pick])
             row = np.array([a in aus for a in CLASSES], np.float32)
@@ -261,8 +263,7 @@ class ExpressionProbe(torch.nn.Module):
         self.fc = torch.nn.Linear(16 * width, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = x.mean(dim=(2, 3), keepdim=True)  # the same in-graph standardisation as AuNet.forward
-        x = (x - mean) / ((x - mean) ** 2).mean(dim=(2, 3), keepdim=True).add(1e-4).sqrt()
+        x = standardise(x)  # as AuNet.forward
         for name in BACKBONE:
             x = self.backbone[name](x)
         return self.fc(torch.nn.functional.dropout(x.mean(dim=(2, 3)), 0.2, self.training))
