@@ -26,7 +26,7 @@ import onnxruntime as ort
 from app.manifest import update_entry
 from app.model_zoo.au_detector import face_decisions, preprocess
 from training.common import MissingDataError, require_file, run_cli
-from training.data import REPO_ROOT, RUNS_DIR
+from training.data import CKPLUS_TO_FERPLUS, REPO_ROOT, RUNS_DIR
 
 CACHE = RUNS_DIR / "cache" / "ckplus.npz"
 REQUIRED = ["AU1", "AU2", "AU4", "AU5", "AU6", "AU7", "AU9", "AU12", "AU15", "AU17", "AU23", "AU24", "AU25", "AU27"]
@@ -36,6 +36,12 @@ EMFACS = {
     "happy": [6, 12], "surprise": [1, 2, 5, 25, 26, 27], "sadness": [1, 4, 15],
     "fear": [1, 2, 4, 5, 7, 20, 26], "anger": [4, 5, 7, 23], "disgust": [9, 15, 16], "contempt": [12, 14],
 }
+
+
+def prototype_aus(expression: str, classes: list[str]) -> list[str]:
+    """The EMFACS prototype AUs of an expression (a CK+ or FER+ class name) among ``classes``; [] for neutral."""
+    by_class = {CKPLUS_TO_FERPLUS[e]: aus for e, aus in EMFACS.items()}
+    return [f"AU{n}" for n in by_class.get(CKPLUS_TO_FERPLUS.get(expression, expression), []) if f"AU{n}" in classes]
 
 
 def prf(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float, float]:

@@ -30,11 +30,9 @@ from app.analyzer import Analyzer, FaceAnalysis, FaceOptions
 from app.filters import filter_reasons
 from app.settings import Settings
 from training.data import TW_TO_FERPLUS, data_root, ferplus_rows, taiwanese_rows
-from training.evaluate_au import EMFACS
+from training.evaluate_au import prototype_aus
 
 TW_CLASSES = list(TW_TO_FERPLUS.values())
-FERPLUS_TO_EMFACS = {"happiness": "happy", "surprise": "surprise", "sadness": "sadness", "anger": "anger",
-                     "disgust": "disgust", "fear": "fear"}
 
 
 def default_filter_reasons(analyzer: Analyzer, face: FaceAnalysis) -> list[str]:
@@ -137,8 +135,7 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
     # AUs that are reported, over the posed faces.
     shares = []
     for r in scored:
-        prototype = [f"AU{n}" for n in EMFACS.get(FERPLUS_TO_EMFACS.get(r["intended"], ""), [])]
-        prototype = [au for au in prototype if au in r["au_classes"]]
+        prototype = prototype_aus(r["intended"], r["au_classes"])
         if not r["neutral"] and prototype:
             shares.append(np.mean([au in r["aus"] for au in prototype]))
     report["au_prototype_share_posed"] = float(np.mean(shares)) if shares else 0.0

@@ -27,13 +27,11 @@ import numpy as np
 
 from app.analyzer import Analyzer, FaceOptions
 from app.model_zoo.face_landmarker import BLENDSHAPE_NAMES
-from training.data import REPO_ROOT, RUNS_DIR, data_root, ferplus_rows, taiwanese_rows
-from training.evaluate_au import EMFACS, REQUIRED, best_threshold, out_of_fold_scores, prf
+from training.data import REPO_ROOT, RUNS_DIR, TW_TO_FERPLUS, data_root, ferplus_rows, taiwanese_rows
+from training.evaluate_au import REQUIRED, best_threshold, out_of_fold_scores, prf, prototype_aus
 
 CROP = FaceOptions(side_face_filter=False, occlusion_filter=False, face_crop=True)
 PHOTO = FaceOptions(side_face_filter=False, occlusion_filter=False, max_faces=1)
-TW_TO_EMFACS = {"happy": "happy", "sad": "sadness", "angry": "anger", "disgust": "disgust", "fear": "fear",
-                "surprise": "surprise"}
 
 
 def logit(p: np.ndarray) -> np.ndarray:
@@ -180,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     # No AU codes for taiwanese_dev: the EMFACS prototype AUs of the intended expression stand in for them.
     recall: dict[str, list[float]] = {"served": [], "rethresholded": [], "fused": []}
     for face in tw["posed"]:
-        prototype = [classes.index(f"AU{n}") for n in EMFACS[TW_TO_EMFACS[face[3]]] if f"AU{n}" in classes]
+        prototype = [classes.index(au) for au in prototype_aus(TW_TO_FERPLUS[face[3]], classes)]
         recall["served"].append(face[1][prototype].mean())
         recall["rethresholded"].append((face[0] >= base_t)[prototype].mean())
         recall["fused"].append(fused_present(face)[prototype].mean())
