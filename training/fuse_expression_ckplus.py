@@ -1,8 +1,8 @@
 """Experiment: an expression read fitted on *posed* faces (CK+), from the network's scores, the AU detector and
 the blendshapes.
 
-    python -m training.train_au --cv --epochs 40 --out runs/au_base   # first: out-of-fold AU scores for CK+
-    python -m training.fuse_expression_ckplus --au-cv runs/au_base/cv  # then this (~6 min)
+    python -m training.train_au --cv ... --out runs/au_pnpl           # first: the served recipe's CV folds
+    python -m training.fuse_expression_ckplus --au-cv runs/au_pnpl/cv  # then this (~6 min)
 
 ``training.fuse_expression`` fitted its fusion on FER+ Valid and gained nothing out of domain. Here the fusion
 is fitted on CK+ instead: posed expressions of people in a lab, the kind of faces taiwanese_dev holds, which the
@@ -125,12 +125,15 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'features':28} {'CK+ CV acc (6 / 7 cl.)':>24} {'tw top acc / F1':>17} {'tw intended':>12} "
           f"{'FER+ Test':>10}")
     six = [c for c in ck_classes if CLASSES[c] != "contempt"]
-    served_row = (
-        accuracy_f1(ck_y, ck["served"], six)[0], accuracy_f1(ck_y, ck["served"], ck_classes)[0],
-        *accuracy_f1(tw_top, tw["served"], tw_classes), accuracy_f1(tw_intended, tw["served"], tw_classes)[0],
-        accuracy_f1(fer_y, fer["served"], list(range(len(CLASSES))))[0])
-    print(f"{'served (prior=balanced)':28} {served_row[0]:>11.3f} / {served_row[1]:.3f} {served_row[2]:>9.3f} / "
-          f"{served_row[3]:.3f} {served_row[4]:>12.3f} {served_row[5]:>10.3f}")
+
+    def row(name: str, ck_pred: np.ndarray, tw_pred: np.ndarray, fer_pred: np.ndarray) -> None:
+        cells = (accuracy_f1(ck_y, ck_pred, six)[0], accuracy_f1(ck_y, ck_pred, ck_classes)[0],
+                 *accuracy_f1(tw_top, tw_pred, tw_classes), accuracy_f1(tw_intended, tw_pred, tw_classes)[0],
+                 accuracy_f1(fer_y, fer_pred, list(range(len(CLASSES))))[0])
+        print(f"{name:28} {cells[0]:>11.3f} / {cells[1]:.3f} {cells[2]:>9.3f} / {cells[3]:.3f} {cells[4]:>12.3f} "
+              f"{cells[5]:>10.3f}")
+
+    row("served (prior=balanced)", ck["served"], tw["served"], fer["served"])
     for name, parts in FEATURE_SETS.items():
         x = design(ck, parts)
         cv_pred = np.zeros(len(ck_y), int)
@@ -141,12 +144,7 @@ def main(argv: list[str] | None = None) -> None:
             cv_pred[~train] = two_stage(w, xs[1], np.full((~train).sum(), -1))  # CK+ has no neutral faces
         xs = standardise(x, design(tw, parts), design(fer, parts))
         w = fit_softmax(xs[0], ck_y)
-        tw_pred, fer_pred = two_stage(w, xs[1], tw["served"]), two_stage(w, xs[2], fer["served"])
-        row = (accuracy_f1(ck_y, cv_pred, six)[0], accuracy_f1(ck_y, cv_pred, ck_classes)[0],
-               *accuracy_f1(tw_top, tw_pred, tw_classes), accuracy_f1(tw_intended, tw_pred, tw_classes)[0],
-               accuracy_f1(fer_y, fer_pred, list(range(len(CLASSES))))[0])
-        print(f"{name:28} {row[0]:>11.3f} / {row[1]:.3f} {row[2]:>9.3f} / {row[3]:.3f} {row[4]:>12.3f} "
-              f"{row[5]:>10.3f}")
+        row(name, cv_pred, two_stage(w, xs[1], tw["served"]), two_stage(w, xs[2], fer["served"]))
     print("CK+ CV: the regression's subject-wise folds (stage 2 alone: CK+ has no neutral faces; 'served' there is "
           "the network's own label). taiwanese_dev and FER+ Test: the regression fitted on all of CK+, two-stage.")
 
