@@ -256,3 +256,52 @@ def test_smiles_and_surprise_of_new_faces_keep_their_aus(analyzer):
     assert len(happy) >= 15 and len(surprised) >= 15
     assert np.mean(["AU12" in aus for aus in happy]) >= 0.8, happy
     assert np.mean([bool({"AU1", "AU2"} & aus) for aus in surprised]) >= 0.6, surprised
+
+
+def _tiny_onnx(path, weight: float, bias: float, op: str = "Add"):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.full((1, 1, 3, 3), weight, np.float32), "w")
+    b = numpy_helper.from_array(np.array([bias], np.float32), "b")
+    nodes = [helper.make_node("Conv", ["input", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node(op, ["c", "b"], ["raw"])]
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 1, 4, 4])],
+                              [helper.make_tensor_value_info("raw", TensorProto.FLOAT, [1, 1, 4, 4])], [w, b])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def test_weight_soup_averages_weights_of_identical_graphs_only(tmp_path):
+    """training/soup_au.py: the soup's weights are the members' mean (so its output is the mean for this linear
+    net), the folds must hold out the same subjects, and different graphs are refused."""
+    import json
+
+    from training.soup_au import average_onnx, soup_folds
+
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for run, (w, b) in zip(runs, [(1.0, 0.0), (3.0, 2.0)]):
+        (run / "cv").mkdir(parents=True)
+        _tiny_onnx(run / "cv" / "fold0.onnx", w, b)
+        meta = {"fold": 0, "test_index": [1, 2], "anchors": [[0.2, 0.2]], "classes": ["AU1"], "input_size": 4,
+                "train_args": {"init": "pretrain.pt", "seed": 0}, "torch_scores": [[0.5], [0.5]]}
+        (run / "cv" / "fold0.json").write_text(json.dumps(meta))
+    soup_folds(runs, tmp_path / "soup")
+    x = np.ones((1, 1, 4, 4), np.float32)
+
+    def run_model(path):
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+
+    souped = run_model(tmp_path / "soup" / "cv" / "fold0.onnx")
+    members = [run_model(r / "cv" / "fold0.onnx") for r in runs]
+    assert np.allclose(souped, (members[0] + members[1]) / 2) and not np.allclose(members[0], members[1])
+    meta = json.loads((tmp_path / "soup" / "cv" / "fold0.json").read_text())
+    assert "torch_scores" not in meta and len(meta["soup_of"]) == 2
+
+    _tiny_onnx(tmp_path / "other.onnx", 1.0, 0.0, op="Sub")
+    with pytest.raises(SystemExit, match="not the same network"):
+        average_onnx([runs[0] / "cv" / "fold0.onnx", tmp_path / "other.onnx"], tmp_path / "x.onnx")
+    meta["test_index"] = [3, 4]
+    meta["train_args"] = {"init": "pretrain.pt"}
+    (runs[1] / "cv" / "fold0.json").write_text(json.dumps(meta))
+    with pytest.raises(SystemExit, match="same folds"):
+        soup_folds(runs, tmp_path / "soup2")

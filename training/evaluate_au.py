@@ -3,6 +3,7 @@
     python -m training.evaluate_au                   # table of per-AU F1/precision/recall over 5 CV folds
     python -m training.evaluate_au --write-manifest  # also store per-AU thresholds + CV metrics in the manifest
     python -m training.evaluate_au --bench           # ms per face, single thread, of models/au_detector.onnx
+    python -m training.evaluate_au --cv-dir runs/a/cv runs/b/cv   # output ensemble of CV runs (mean of scores)
 
 Each face is scored by the ONNX model of the fold that held its subject out (runs/au/cv/fold{k}.onnx),
 preprocessed and decoded by app/model_zoo/au_detector.py (each AU's best box).
@@ -65,8 +66,14 @@ def best_threshold(scores: np.ndarray, truth: np.ndarray) -> float:
     return float(THRESHOLD_GRID[int(np.argmax(smoothed))])
 
 
-def out_of_fold_scores(cv_dir: Path, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Scores (N, C) by each face's held-out fold model, fold number of each face, and the fold meta."""
+def out_of_fold_scores(cv_dir: Path | list[Path], crops: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Scores (N, C) by each face's held-out fold model, fold number of each face, and the fold meta. Several
+    folders (the same subject folds, checked): the mean of their scores, an output ensemble."""
+    if isinstance(cv_dir, list):
+        runs = [out_of_fold_scores(d, crops) for d in cv_dir]
+        if any(not np.array_equal(r[1], runs[0][1]) for r in runs[1:]):
+            raise MissingDataError(f"{cv_dir}: the fold models do not hold out the same subjects")
+        return np.mean([r[0] for r in runs], axis=0), runs[0][1], runs[0][2]
     metas = sorted(cv_dir.glob("fold*.json"))
     if not metas:
         raise MissingDataError(f"no fold models in {cv_dir}: run `python -m training.train_au --cv` first")
@@ -84,14 +91,18 @@ def out_of_fold_scores(cv_dir: Path, crops: np.ndarray) -> tuple[np.ndarray, np.
             (raw,) = session.run(None, {"input": preprocess(crops[i], meta["input_size"])})
             scores[i] = face_decisions(raw[0], anchors)[0]
             fold_of[i] = meta["fold"]
-        worst = max(worst, float(np.abs(scores[meta["test_index"]] - np.asarray(meta["torch_scores"])).max()))
-    print(f"{len(metas)} folds; max |onnx+numpy decode - torch| over out-of-fold AU scores: {worst:.1e}")
+        if "torch_scores" in meta:  # a weight soup (training/soup_au.py) has no torch model to compare with
+            worst = max(worst, float(np.abs(scores[meta["test_index"]] - np.asarray(meta["torch_scores"])).max()))
+    print(f"{len(metas)} folds; max |onnx+numpy decode - torch| over out-of-fold AU scores: {worst:.1e}"
+          + (" (weight soup: members checked at export)" if "soup_of" in meta0 else ""))
     return scores, fold_of, meta0
 
 
-def neutral_scores(cv_dir: Path, cache_dir: Path, min_votes: int = 8) -> np.ndarray:
+def neutral_scores(cv_dir: Path | list[Path], cache_dir: Path, min_votes: int = 8) -> np.ndarray:
     """(M, C) AU scores of the FER+ Valid faces >= ``min_votes`` of 10 raters called neutral (no AU should be
-    active), each the mean over the fold models (no fold model trained on FER+ Valid)."""
+    active), each the mean over the fold models (no fold model trained on FER+ Valid); several folders: over all."""
+    if isinstance(cv_dir, list):
+        return np.mean([neutral_scores(d, cache_dir, min_votes) for d in cv_dir], axis=0)
     with np.load(cache_dir / "ferplus_valid.npz") as z:
         crops = z["crops"][z["votes"][:, 0] >= min_votes]
     options = ort.SessionOptions()
@@ -108,7 +119,7 @@ def neutral_scores(cv_dir: Path, cache_dir: Path, min_votes: int = 8) -> np.ndar
     return total / len(metas)
 
 
-def evaluate(cv_dir: Path, cache: Path, neutral: np.ndarray | None = None) -> dict:
+def evaluate(cv_dir: Path | list[Path], cache: Path, neutral: np.ndarray | None = None) -> dict:
     """Per-AU thresholds maximise F1 over CK+'s out-of-fold scores; with ``neutral`` (scores of faces with no
     AU active) those faces join the choice as negatives, so a threshold also has to leave neutral faces
     alone. F1/P/R are always reported on CK+ alone."""
@@ -229,7 +240,8 @@ def bench(models_dir: Path, repeats: int = 300) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cv-dir", type=Path, default=RUNS_DIR / "au" / "cv")
+    parser.add_argument("--cv-dir", type=Path, nargs="+", default=[RUNS_DIR / "au" / "cv"],
+                        help="fold models; several folders (same folds): their output ensemble, the mean of scores")
     parser.add_argument("--cache", type=Path, default=CACHE)
     parser.add_argument("--models-dir", type=Path, default=REPO_ROOT / "models")
     parser.add_argument("--write-manifest", action="store_true")
@@ -240,10 +252,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.bench:
         bench(args.models_dir)
         return
-    neutral = neutral_scores(args.cv_dir, args.cache.parent) if args.neutral_valid else None
-    result = evaluate(args.cv_dir, args.cache, neutral)
+    if len(args.cv_dir) > 1 and args.write_manifest:
+        raise SystemExit("an output ensemble of several CV runs is not one servable model: no --write-manifest")
+    cv_dir = args.cv_dir[0] if len(args.cv_dir) == 1 else args.cv_dir
+    neutral = neutral_scores(cv_dir, args.cache.parent) if args.neutral_valid else None
+    result = evaluate(cv_dir, args.cache, neutral)
     print_table(result)
-    (args.cv_dir.parent / "eval.json").write_text(json.dumps(result, indent=2))
+    if len(args.cv_dir) == 1:
+        (args.cv_dir[0].parent / "eval.json").write_text(json.dumps(result, indent=2))
     if args.write_manifest:
         write_manifest(result, args.models_dir)
 
