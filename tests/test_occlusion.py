@@ -240,3 +240,20 @@ def test_preprocess_option_default_band_limit_and_mirror(astronaut_face):
     for bad in ("via=x", "mirror=min", "sharpen=1"):
         with pytest.raises(ModelError):
             Preprocess.parse(bad)
+
+
+def test_crisp_clean_faces_gain_detail_and_stay_clean(astronaut_face):
+    """``--sharpen-clean``: a blurry 48 px-sourced crop shown clean is made crisp (more high-frequency energy), and
+    the dataset labels it clean."""
+    from training.train_occlusion import OccludedTrainSet, crisp
+
+    aligned, marks = astronaut_face
+    grey = cv2.cvtColor(aligned.image, cv2.COLOR_BGR2GRAY)
+    soft = cv2.resize(cv2.resize(grey, (48, 48), interpolation=cv2.INTER_AREA), (112, 112))
+    sharp = crisp(soft, np.random.default_rng(0))
+    assert sharp.shape == soft.shape and sharp.dtype == np.uint8
+    assert cv2.Laplacian(sharp, cv2.CV_64F).var() > 2 * cv2.Laplacian(soft, cv2.CV_64F).var()
+    data = OccludedTrainSet(soft[None], np.asarray(marks, np.float32)[None], seed=0, clean_fraction=1.0,
+                            sharpen_clean_p=1.0)
+    x, labels, weights = data[0]
+    assert float(labels.sum()) == 0 and float(weights.min()) == 1

@@ -19,7 +19,9 @@ Off by default:
   (used by 2.0.0's fine-tuning step);
 * ``--band-limit 48``, a fixed in-graph low-pass (resize to 48x48 and back), and ``--degrade``, composites
   taken to 36-56 px and back, so that sharpness is no occluder cue (fewer false flags on sharp photos, but
-  real hands are missed: models/OCCLUSION.md, variants B-E).
+  real hands are missed: models/OCCLUSION.md, variants B-E);
+* ``--sharpen-clean`` / ``--sharpen-faces``: crisp faces (CLAHE + strong unsharp mask) shown clean, or drawn on
+  whether covered or not (fewer false flags on sharp photos, but a real hand is missed: rows H, H2, H3).
 
 2.0.0 = this default run (10 epochs) + a fine-tuning step (``--init``), commands in models/OCCLUSION.md.
 
@@ -149,6 +151,20 @@ def degrade(image: np.ndarray, rng: np.random.Generator, lo: int = 36, hi: int =
     return cv2.resize(small, (size, size), interpolation=cv2.INTER_LINEAR)
 
 
+def crisp(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A clean 48x48-sourced crop made to look like a sharp photo: local contrast (CLAHE) and a strong unsharp mask,
+    so crisp teeth, lip lines and wrinkles are also seen on faces labelled clean (``--sharpen-clean``), not only
+    on the occluders drawn at 112 px."""
+    img = image
+    if rng.random() < 0.5:
+        clahe = cv2.createCLAHE(clipLimit=float(rng.uniform(1.5, 3.0)), tileGridSize=(4, 4))
+        img = clahe.apply(img)
+    img = img.astype(np.float32)
+    blur = cv2.GaussianBlur(img, (0, 0), rng.uniform(1.0, 2.5))
+    img = img + rng.uniform(1.0, 3.0) * (img - blur)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
 def photometric(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Small geometric jitter (alignment error), contrast/brightness/gamma, blur or sharpening, noise."""
     img = image.astype(np.float32)
@@ -192,8 +208,10 @@ class OccludedTrainSet(torch.utils.data.Dataset):
 
     def __init__(self, crops: np.ndarray, landmarks: np.ndarray, seed: int, clean_fraction: float | np.ndarray = 0.5,
                  families: tuple[str, ...] = TRAIN_FAMILIES, weights: tuple[float, ...] = TRAIN_WEIGHTS,
-                 degrade_p: float = 0.0, fixed_labels: np.ndarray | None = None) -> None:
+                 degrade_p: float = 0.0, fixed_labels: np.ndarray | None = None, sharpen_clean_p: float = 0.0,
+                 sharpen_faces_p: float = 0.0) -> None:
         self.crops, self.landmarks, self.seed, self.degrade_p = crops, landmarks, seed, degrade_p
+        self.sharpen_clean_p, self.sharpen_faces_p = sharpen_clean_p, sharpen_faces_p
         self.fixed = fixed_labels  # (N, 4): NaN = ordinary face; else shown as is with these labels (-1: ignored)
         self.clean_fraction = np.broadcast_to(np.asarray(clean_fraction, np.float32), (len(crops),))
         self.families, self.weights = families, weights
@@ -212,11 +230,15 @@ class OccludedTrainSet(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         rng = np.random.default_rng([self.seed, self.epoch, i])
         crop = self.crops[i]
+        if self.sharpen_faces_p and rng.random() < self.sharpen_faces_p:
+            crop = crisp(crop, rng)  # before any occluder: crisp faces are as often covered as clean
         if self.fixed is not None and not np.isnan(self.fixed[i, 0]):
             fixed = self.fixed[i]
             image, labels, weights = crop, np.clip(fixed, 0, 1), (fixed >= 0).astype(np.float32)
         elif rng.random() < self.clean_fraction[i]:
             image, labels, weights = crop, np.zeros(len(REGIONS), np.float32), np.ones(len(REGIONS), np.float32)
+            if self.sharpen_clean_p and rng.random() < self.sharpen_clean_p:
+                image = crisp(image, rng)
         else:
             try:
                 occ = occlude(crop, self.landmarks[i], rng, self._context(), self.families, self.weights)
@@ -396,6 +418,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--band-limit", type=int, default=0,
                         help="fixed in-graph low-pass: input resized to this side and back, e.g. 48 (0: none; "
                              "2.0.0 has none, see models/OCCLUSION.md variants B-E)")
+    parser.add_argument("--sharpen-clean", type=float, default=0.0,
+                        help="share of the faces shown clean that are first made crisp (CLAHE + strong unsharp mask), "
+                             "so that sharp detail is no occluder cue (0: off)")
+    parser.add_argument("--sharpen-faces", type=float, default=0.0,
+                        help="share of all faces made crisp before any occluder is drawn (clean or covered alike; 0: off)")
     parser.add_argument("--degrade", type=float, default=0.0,
                         help="share of training composites (face + occluders) taken down to 36-56 px and back")
     parser.add_argument("--ckplus-repeat", type=int, default=4,
@@ -656,7 +683,7 @@ def fit(net: OcclusionNet, data: OcclusionData, valid_sets: tuple[np.ndarray, np
     valid_clean, valid_occ, valid_y = valid_sets
     pool = data.pool
     dataset = OccludedTrainSet(pool["crops"], pool["landmarks"], cfg.seed, pool["clean_p"], families,
-                               train_weights, cfg.degrade, pool.get("fixed"))
+                               train_weights, cfg.degrade, pool.get("fixed"), cfg.sharpen_clean, cfg.sharpen_faces)
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch, shuffle=True, num_workers=cfg.workers,
                                          drop_last=True, persistent_workers=False,
                                          generator=torch.Generator().manual_seed(cfg.seed))
