@@ -134,22 +134,24 @@ def test_training_smoke_with_both_levers(tmp_path, face_cache):
 
 
 def test_transfer_readings_undo_the_training_shift():
-    """ablation_transfer: a logit-adjusted run's FER+-prior reading, p x prior^(tau/T) on the tempered ONNX
-    probabilities, ranks classes exactly as logits + tau log prior; its raw reading as the logits themselves."""
+    """ablation_transfer: a logit-adjusted run's FER+-prior reading, rebuilt from the tempered ONNX probabilities,
+    ranks classes exactly as logits + tau log prior; its raw (natural) reading as the logits themselves; a plain
+    run's readings are p and p / prior."""
     from training.ablation_transfer import readings
 
     rng = np.random.default_rng(0)
     prior = rng.dirichlet(np.ones(NC))
     logits = rng.normal(size=(500, NC)) * 2
+    y = rng.integers(0, NC, 500)
     for tau, t in ((1.0, 0.6), (0.5, 1.7)):
         p = np.exp(logits / t)
         p /= p.sum(1, keepdims=True)
-        r = readings(p, prior, tau, t)
-        kinds = {name: kind for name, (kind, _) in r.items()}
-        assert list(kinds.values()).count("FER+") == 1
-        fer = next(s for kind, s in r.values() if kind == "FER+")
-        np.testing.assert_array_equal(fer.argmax(1), (logits + tau * np.log(prior)).argmax(1))
-        np.testing.assert_array_equal(r["raw"][1].argmax(1), logits.argmax(1))
-        assert (kinds["raw"] == "bal") == (tau == 1.0)
-    plain = readings(p, prior, 0.0, 1.0)
-    assert plain["raw"][0] == "FER+" and plain["raw ÷ π"][0] == "bal"
+        r, t_fer = readings({"valid": p}, prior, tau, t, y)
+        kinds = {kind: s for kind, s in r["valid"].values()}
+        assert set(kinds) == {"nat", "FER+", "bal"} and t_fer > 0
+        np.testing.assert_array_equal(kinds["FER+"].argmax(1), (logits + tau * np.log(prior)).argmax(1))
+        np.testing.assert_array_equal(kinds["nat"].argmax(1), logits.argmax(1))
+        np.testing.assert_allclose(kinds["bal"], kinds["FER+"] / prior)
+    plain, t_fer = readings({"valid": p}, prior, 0.0, 1.0, y)
+    assert t_fer is None and plain["valid"]["raw"] == ("FER+", p)
+    np.testing.assert_allclose(plain["valid"]["raw ÷ π"][1], p / prior)

@@ -13,17 +13,17 @@ RUN``: mirror averaging, temperature on FER+ Valid); its ONNX file is read on
 
 Readings of each run's probabilities p:
 
-* ``raw``: p as the ONNX file gives it. For a plain run this is the FER+-prior reading; for a run trained
-  with ``--logit-adjust TAU`` it is already the class-balanced reading (TAU = 1), its natural one.
-* ``raw ÷ π``: p divided by FER+ Train's class frequencies π (``fit_expression_prior.ferplus_prior``; the
-  balanced column of ``noise_experiment``, exponent 1): the balanced reading of a plain run. For a
-  logit-adjusted run it removes the prior a second time.
-* ``raw × π^(τ/T)`` (logit-adjusted runs only): the training-time shift τ log π added back to the logits
-  (T the run's temperature): that run's FER+-prior reading.
+* plain run: ``raw``, p as the ONNX file gives it, is its FER+-prior reading (kind ``FER+``); ``raw ÷ π``, p
+  divided by FER+ Train's class frequencies π (``fit_expression_prior.ferplus_prior``; the balanced column of
+  ``noise_experiment``, exponent 1), its balanced reading (kind ``bal``).
+* run trained with ``--logit-adjust TAU``: ``raw``, the logits as trained, is its natural, Menon-balanced
+  reading (kind ``nat``, compared with the plain runs' ``bal``). ``+τ log π``: the training-time shift added
+  back to the logits, softmax at a temperature T' fitted on FER+ Valid to those shifted logits (as the
+  export does for a plain run): its FER+-prior reading (kind ``FER+``). ``+τ log π, ÷ π``: that reading
+  divided by π, exactly the procedure that gives a plain run's ``bal`` (kind ``bal``).
 
-The second table gives paired differences to the first run named, per reading kind (``FER+``: the
-FER+-prior reading, ``bal``: the balanced one), with the paired standard error (same faces).
-taiwanese_dev is only read: nothing here is fitted to it.
+The second table gives paired differences to the first run named, per reading kind, with the paired
+standard error (same faces). taiwanese_dev is only read: nothing here is fitted to it (T' uses FER+ Valid).
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.common import log, run_cli
+from training.common import log, run_cli, softmax
 from training.data import FERPLUS_CLASSES, RUNS_DIR, data_root
 from training.noise_experiment import run_onnx, score_onnx, taiwanese_crops
 
@@ -60,12 +60,21 @@ def paired_diff(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
 
 
-def readings(p: np.ndarray, prior: np.ndarray, tau: float, temperature: float) -> dict[str, tuple[str, np.ndarray]]:
-    """name -> (kind, scores): kind 'FER+' or 'bal' for the run's FER+-prior and balanced readings, '' else."""
+def readings(probs: dict[str, np.ndarray], prior: np.ndarray, tau: float, temperature: float,
+             valid_y: np.ndarray) -> tuple[dict[str, dict[str, tuple[str, np.ndarray]]], float | None]:
+    """split -> name -> (kind, scores), and T' (logit-adjusted runs): see the module docstring. ``probs`` are
+    the ONNX probabilities per split (softmax of the logits / ``temperature``), ``valid_y`` FER+ Valid's labels."""
     if not tau:
-        return {"raw": ("FER+", p), "raw ÷ π": ("bal", p / prior)}
-    return {"raw": ("bal" if tau == 1 else "", p), "raw ÷ π": ("", p / prior),
-            "raw × π^(τ/T)": ("FER+", p * prior ** (tau / temperature))}
+        return {s: {"raw": ("FER+", p), "raw ÷ π": ("bal", p / prior)} for s, p in probs.items()}, None
+    from training.export_expression import fit_temperature
+
+    shifted = {s: temperature * np.log(np.maximum(p, 1e-30)) + tau * np.log(prior) for s, p in probs.items()}
+    t_fer = fit_temperature(shifted["valid"], valid_y)
+    out = {}
+    for s, p in probs.items():
+        fer = softmax(shifted[s] / t_fer)
+        out[s] = {"raw": ("nat", p), "+τ log π": ("FER+", fer), "+τ log π, ÷ π": ("bal", fer / prior)}
+    return out, t_fer
 
 
 def load_taiwanese(out: Path) -> dict[str, np.ndarray] | None:
@@ -98,14 +107,14 @@ def evaluate(runs: list[Path], ferplus: dict[str, dict[str, np.ndarray]], tw: di
         probs = {s: run_onnx(onnx, ferplus[s]["x"]) for s in ferplus}
         if tw is not None:
             probs["tw"] = score_onnx(onnx, tw["crops"])
-        for_split = {s: readings(p, prior, tau, info["temperature"]) for s, p in probs.items()}
+        for_split, t_fer = readings(probs, prior, tau, info["temperature"], ferplus["valid"]["y"])
         for name in for_split["valid"]:
             kind = for_split["valid"][name][0]
             pred = {s: r[name][1].argmax(1) for s, r in for_split.items()}
             hits = {s: pred[s] == ferplus[s]["y"] for s in ferplus}
             yt = ferplus["test"]["y"]
             row = {"run": run.name, "tau": tau, "mixup": info["args"].get("mixup", 0.0), "epoch": info["epoch"],
-                   "reading": name, "kind": kind,
+                   "temperature": info["temperature"], "t_fer": t_fer, "reading": name, "kind": kind,
                    "valid": float(hits["valid"].mean()), "test": float(hits["test"].mean()),
                    "test_recall": float(np.mean([hits["test"][yt == c].mean() for c in np.unique(yt)]))}
             if tw is not None:
@@ -125,7 +134,9 @@ def print_tables(rows: list[dict], n: dict[str, int]) -> None:
           + (tw_head if tw else ""))
     print("|---|---|---|---|---|" + ("---|---|---|" if tw else ""))
     for r in rows:
-        mark = {"FER+": " (FER+ prior)", "bal": " (balanced)"}.get(r["kind"], "")
+        mark = {"FER+": " (FER+ prior)", "bal": " (balanced)", "nat": " (natural, balanced)"}[r["kind"]]
+        if r["t_fer"]:
+            mark += f" T'={r['t_fer']:.3f}" if r["kind"] == "FER+" else ""
         line = (f"| {r['run']} | {r['reading']}{mark} | {r['valid']:.4f} | {r['test']:.4f} | {r['test_recall']:.3f} |")
         if tw:
             line += f" {r['tw_top']:.3f} / {r['tw_f1']:.3f} | {r['tw_intended']:.3f} | {r['tw_neutral']:.3f} |"
@@ -136,7 +147,7 @@ def print_tables(rows: list[dict], n: dict[str, int]) -> None:
         note += f"; taiwanese_dev ≈ {se(0.55, n['tw']):.3f} at 0.55"
     print(f"\n({note})\n")
     base = rows[0]["run"]
-    others = [r for r in rows if r["run"] != base and r["kind"]]
+    others = [r for r in rows if r["run"] != base]
     if not others:
         return
     splits = ["test"] + (["tw_top", "tw_intended"] if tw else [])
@@ -144,13 +155,16 @@ def print_tables(rows: list[dict], n: dict[str, int]) -> None:
     print("| run | reading | " + " | ".join({"test": "Δ FER+ Test", "tw_top": "Δ taiwanese_dev top vote",
                                                 "tw_intended": "Δ vs intended"}[s] for s in splits) + " |")
     print("|---|---|" + "---|" * len(splits))
-    ref = {r["kind"]: r["_hits"] for r in rows if r["run"] == base and r["kind"]}
+    ref = {r["kind"]: r["_hits"] for r in rows if r["run"] == base}
+    ref.setdefault("nat", ref.get("bal"))  # a logit-adjusted run's natural reading against the plain 'bal'
+    if set(ref) - {"FER+", "bal", "nat"}:
+        raise ValueError("the reference run must be a plain run")
     for r in others:
         cells = []
         for s in splits:
             m, e = paired_diff(r["_hits"][s], ref[r["kind"]][s])
             cells.append(f"{m:+.4f} ± {e:.4f}")
-        print(f"| {r['run']} | {r['kind']} | " + " | ".join(cells) + " |")
+        print(f"| {r['run']} | {r['reading']} ({r['kind']}) | " + " | ".join(cells) + " |")
 
 
 def main(argv: list[str] | None = None) -> int:
