@@ -121,13 +121,14 @@ def evaluate(runs: list[Path], ferplus: dict[str, dict[str, np.ndarray]], tw: di
                 hits["tw_top"], hits["tw_intended"] = pred["tw"] == tw["top"], pred["tw"] == tw["intended"]
                 row.update(tw_top=float(hits["tw_top"].mean()), tw_intended=float(hits["tw_intended"].mean()),
                            tw_f1=macro_f1(tw["top"], pred["tw"], [FERPLUS_CLASSES.index(c) for c in TW_CLASSES]),
-                           tw_neutral=float((pred["tw"] == 0).mean()))
+                           tw_neutral=float((pred["tw"] == 0).mean()),
+                           tw_answers=np.bincount(pred["tw"], minlength=len(FERPLUS_CLASSES)).tolist())
             row["_hits"] = hits
             rows.append(row)
     return rows
 
 
-def print_tables(rows: list[dict], n: dict[str, int]) -> None:
+def print_tables(rows: list[dict], n: dict) -> None:
     tw = "tw_top" in rows[0]
     tw_head = f" taiwanese_dev top vote: acc / macro-F1 (n={n.get('tw')}) | vs intended | read as neutral |"
     print(f"| run | reading | FER+ Valid (n={n['valid']}) | FER+ Test (n={n['test']}) | FER+ Test mean class recall |"
@@ -146,6 +147,13 @@ def print_tables(rows: list[dict], n: dict[str, int]) -> None:
     if tw:
         note += f"; taiwanese_dev ≈ {se(0.55, n['tw']):.3f} at 0.55"
     print(f"\n({note})\n")
+    if tw:
+        print("taiwanese_dev answers per class (" + ", ".join(FERPLUS_CLASSES) + "); top vote: "
+              + " ".join(str(c) for c in n["tw_top"]) + "\n")
+        print("| run | reading | answers |\n|---|---|---|")
+        for r in rows:
+            print(f"| {r['run']} | {r['reading']} | {' '.join(str(c) for c in r['tw_answers'])} |")
+        print()
     base = rows[0]["run"]
     others = [r for r in rows if r["run"] != base]
     if not others:
@@ -185,7 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     ferplus = {s: load_split(s, args.cache) for s in ("valid", "test")}
     tw = None if args.no_taiwanese else load_taiwanese(args.out)
     rows = evaluate(runs, ferplus, tw, ferplus_prior())
-    n = {s: len(ferplus[s]["y"]) for s in ferplus} | ({"tw": len(tw["top"])} if tw is not None else {})
+    n = {s: len(ferplus[s]["y"]) for s in ferplus}
+    if tw is not None:
+        n.update(tw=len(tw["top"]), tw_top=np.bincount(tw["top"], minlength=len(FERPLUS_CLASSES)).tolist())
     print_tables(rows, n)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
