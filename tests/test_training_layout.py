@@ -12,7 +12,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 TORCH_FREE = sorted(f"training.{p.stem}" for p in (REPO / "training").glob("evaluate_*.py")) + [
     "training.fit_expression_prior", "training.expression_data", "training.occlusion_data", "training.common",
-    "training.fuse_expression", "training.fuse_au", "app.manifest"]
+    "training.fuse_expression", "training.fuse_au", "training.ablation_transfer", "app.manifest"]
 
 
 @pytest.mark.parametrize("module", TORCH_FREE)
@@ -28,7 +28,8 @@ def test_no_import_cycle_between_expression_trainer_and_exporter():
     the shared data/inference helpers from training.expression_data / expression_model, not the trainer."""
     import ast
 
-    for name in ("export_expression", "ablation_expression", "evaluate_expression", "fit_expression_prior"):
+    for name in ("export_expression", "ablation_expression", "ablation_transfer", "evaluate_expression",
+                 "fit_expression_prior"):
         tree = ast.parse((REPO / "training" / f"{name}.py").read_text())
         imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
         assert "training.train_expression" not in imported, name

@@ -25,33 +25,43 @@ from training.common import log, run_cli
 from training.data import FERPLUS_CLASSES, RUNS_DIR, TW_TO_FERPLUS, data_root, taiwanese_rows
 
 
-def taiwanese_crops(root: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Aligned crops of every taiwanese_dev photo by the service's own face stage, and observers' top vote."""
+def taiwanese_crops(root: Path, intended: bool = False) -> tuple[np.ndarray, ...]:
+    """Aligned crops of every taiwanese_dev photo by the service's own face stage, and observers' top vote
+    (FER+ class indices); with ``intended``, also the expression each performer was asked to show."""
     from app.analyzer import Analyzer, FaceOptions
     from app.settings import Settings
 
     analyzer = Analyzer(Settings())
     options = FaceOptions(side_face_filter=False, occlusion_filter=False, max_faces=1)
-    crops, truth = [], []
+    crops, truth, asked = [], [], []
     for row in taiwanese_rows(root):
         faces = analyzer.run(cv2.imread(str(row.path)), options).faces
         if faces and not faces[0].filtered:
             crops.append(faces[0].aligned.image)
             truth.append(FERPLUS_CLASSES.index(TW_TO_FERPLUS[row.top_vote]))
+            asked.append(FERPLUS_CLASSES.index(TW_TO_FERPLUS[row.intended]))
+    if intended:
+        return np.stack(crops), np.array(truth), np.array(asked)
     return np.stack(crops), np.array(truth)
 
 
-def score_onnx(onnx_path: Path, crops: np.ndarray) -> np.ndarray:
+def run_onnx(onnx_path: Path, x: np.ndarray) -> np.ndarray:
+    """The ONNX file's probabilities for network inputs ``x`` (N, 1, 48, 48), one thread."""
     import onnxruntime as ort
-
-    from app.model_zoo.expression import preprocess
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    x = np.stack([preprocess(c) for c in crops])[:, None].astype(np.float32)
+    x = x.astype(np.float32)
     return np.concatenate([session.run(None, {name: x[i:i + 256]})[0] for i in range(0, len(x), 256)])
+
+
+def score_onnx(onnx_path: Path, crops: np.ndarray) -> np.ndarray:
+    """The ONNX file's probabilities for aligned crops, with the service's preprocessing."""
+    from app.model_zoo.expression import preprocess
+
+    return run_onnx(onnx_path, np.stack([preprocess(c) for c in crops])[:, None])
 
 
 def run_arm(fraction: float, screening: bool, args: argparse.Namespace) -> Path:

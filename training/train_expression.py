@@ -7,6 +7,26 @@ Ablation arms, same network, data order and budget:
     python -m training.train_expression --loss triplet --screening --name screened
     python -m training.train_expression --loss quadruplet --screening --name quad   # optional variant
 
+Two levers against the FER+ class prior, each an option on top of any arm (default off; both keep the
+metric loss):
+
+    python -m training.train_expression --logit-adjust 1.0   # CE on logits + tau * log(prior): raw logits balanced
+    python -m training.train_expression --mixup 0.2          # mix pairs of faces and their target distributions
+
+``--logit-adjust TAU`` (Menon et al. 2021, "Long-tail learning via logit adjustment"): the cross-entropy
+reads ``logits + TAU * log(prior)``, prior = class frequencies of the training majority labels (FER+ Train's,
+the same numbers as ``training.fit_expression_prior.ferplus_prior``). The network then need not learn the
+prior itself, so its raw logits (and the exported ONNX scores) are the class-balanced ones; adding
+``TAU * log(prior)`` back gives the FER+-prior reading, which is what selects the checkpoint on FER+ Valid
+(the same criterion as every other arm).
+
+``--mixup ALPHA`` (Zhang et al. 2018): after augmentation each batch is blended with a shuffled copy of
+itself, x = lam * x + (1 - lam) * x[partner], and the CE targets (vote distributions, or one-hot majority
+labels) with the same lam, lam ~ Beta(ALPHA, ALPHA) once per batch and folded to lam >= 0.5 so that every
+mixed face is dominated by its own image. The triplet loss and its screening then use the faces' own
+majority labels (the dominant label of each mixed face): there is no second, un-mixed forward pass. lam and
+the partners come from their own generator, so batch order and augmentation match the arm without mixup.
+
 Export a trained run (temperature on Valid, prototypes on Train, ONNX + manifest entry):
 
     python -m training.export_expression runs/expression/screened --install
@@ -102,6 +122,39 @@ def augment_domain(x: torch.Tensor, gen: torch.Generator, p: float = 0.5) -> tor
     return torch.lerp(x, r(b, 1, 1, 1).expand_as(x), cut)
 
 
+# ------------------------------------------------------------------------ levers against the class prior
+def class_log_prior(y: np.ndarray, nc: int = NC) -> torch.Tensor:
+    """log of the class frequencies of the training majority labels ``y``; a class with no face counts as
+    half a face, so the log stays finite (the smoke data may miss a class; FER+ Train misses none)."""
+    counts = np.maximum(np.bincount(y, minlength=nc).astype(np.float64), 0.5)
+    return torch.from_numpy(np.log(counts / counts.sum())).float()
+
+
+def adjusted_logits(logits: torch.Tensor, log_prior: torch.Tensor | None, tau: float) -> torch.Tensor:
+    """What the training CE reads under logit adjustment: ``logits + tau * log_prior`` (``logits`` as they
+    are for tau = 0). Minimising CE on these makes softmax(logits + tau log prior) fit the training labels,
+    so softmax(logits) itself is the prior-free (for tau = 1, class-balanced) score."""
+    if not tau:
+        return logits
+    if log_prior is None:
+        raise ValueError("logit adjustment needs the class prior")
+    return logits + tau * log_prior
+
+
+def mixup(x: torch.Tensor, target: torch.Tensor, alpha: float, rng: np.random.Generator
+          ) -> tuple[torch.Tensor, torch.Tensor, float, torch.Tensor]:
+    """(mixed x, mixed targets, lam, partner): ``x`` (B, ...) and ``target`` (B, NC) distributions blended with
+    ``x[partner]``, ``target[partner]`` by the same lam ~ Beta(alpha, alpha) folded to lam >= 0.5 (each row
+    stays dominated by its own face, whose majority label the metric loss keeps). alpha <= 0: unchanged."""
+    b = x.shape[0]
+    if alpha <= 0:
+        return x, target, 1.0, torch.arange(b)
+    lam = float(rng.beta(alpha, alpha))
+    lam = max(lam, 1.0 - lam)
+    partner = torch.from_numpy(rng.permutation(b))
+    return lam * x + (1 - lam) * x[partner], lam * target + (1 - lam) * target[partner], lam, partner
+
+
 # --------------------------------------------------------------------------------------------- loss
 def metric_loss(emb: torch.Tensor, y: torch.Tensor, *, s: float, d: int, margin: float, screening: bool,
                 alpha_p: float, alpha_n: float, mu_sigma: str = "batch", quadruplet: bool = False
@@ -175,6 +228,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--metric-weight", type=float, default=1.0)
     p.add_argument("--targets", choices=["soft", "majority"], default="soft",
                    help="CE targets: the 8-class vote distribution or the majority label")
+    p.add_argument("--logit-adjust", type=float, default=0.0, metavar="TAU",
+                   help="logit adjustment: the training CE reads logits + TAU * log(FER+ Train class prior), so the "
+                        "raw logits come out class-balanced (0 = off; Menon et al. 2021)")
+    p.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
+                   help="mixup of faces and CE targets, lam ~ Beta(ALPHA, ALPHA) folded to >= 0.5, one per batch; "
+                        "the metric loss keeps each face's own (dominant) majority label (0 = off)")
     p.add_argument("--ckplus", action="store_true",
                    help="add CK+ dev faces of 4 in 5 subjects to training (the other subjects are held out and "
                         "reported); one-hot targets")
@@ -271,13 +330,15 @@ def build_model(cfg: argparse.Namespace, steps: int) -> tuple[ExpressionNet, tor
 
 
 # --------------------------------------------------------------------------------------------- loop
-def batch_loss(net: ExpressionNet, xb: torch.Tensor, yb: torch.Tensor, soft: torch.Tensor,
-               cfg: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
-    """(loss, CE term, stats): CE on soft or majority targets, plus the metric loss unless ``--loss ce``
-    (then the screening stats are still computed, for the log)."""
+def batch_loss(net: ExpressionNet, xb: torch.Tensor, yb: torch.Tensor, target: torch.Tensor,
+               cfg: argparse.Namespace, log_prior: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    """(loss, CE term, stats): CE against the target distributions ``target`` (vote distributions or one-hot
+    majority labels, mixed under ``--mixup``) on the logits, shifted by ``--logit-adjust`` tau * ``log_prior``;
+    plus the metric loss on the majority labels ``yb`` unless ``--loss ce`` (then the screening stats are
+    still computed, for the log)."""
     logits, emb = net(xb)
-    soft_ce = -(soft * F.log_softmax(logits, 1)).sum(1).mean() if cfg.targets == "soft" else None
-    ce = soft_ce if soft_ce is not None else F.cross_entropy(logits, yb)
+    ce = -(target * F.log_softmax(adjusted_logits(logits, log_prior, cfg.logit_adjust), 1)).sum(1).mean()
     metric_args = {"s": cfg.s, "d": cfg.d, "margin": cfg.margin, "alpha_p": cfg.alpha_p, "alpha_n": cfg.alpha_n,
                    "mu_sigma": cfg.mu_sigma}
     if cfg.loss == "ce":
@@ -290,12 +351,13 @@ def batch_loss(net: ExpressionNet, xb: torch.Tensor, yb: torch.Tensor, soft: tor
 
 
 def train_epoch(net: ExpressionNet, opt: torch.optim.Optimizer, sched: Any, train: dict[str, np.ndarray],
-                cfg: argparse.Namespace, steps: int, gen: torch.Generator, order_rng: np.random.Generator
+                cfg: argparse.Namespace, steps: int, gen: torch.Generator, order_rng: np.random.Generator,
+                mix_rng: np.random.Generator | None = None, log_prior: torch.Tensor | None = None
                 ) -> dict[str, float]:
     """One pass over ``steps`` batches in a fresh random order; returns the mean of each logged stat."""
     net.train()
     x_all, y_all = torch.from_numpy(train["x"]), torch.from_numpy(train["y"]).long()
-    soft_all = torch.from_numpy(train["soft"])
+    target_all = torch.from_numpy(train["soft"]) if cfg.targets == "soft" else F.one_hot(y_all, NC).float()
     perm = torch.from_numpy(order_rng.permutation(len(train["y"])))
     sums: dict[str, float] = {}
     for step in range(steps):
@@ -303,7 +365,12 @@ def train_epoch(net: ExpressionNet, opt: torch.optim.Optimizer, sched: Any, trai
         xb = augment(x_all[idx], gen)
         if cfg.domain_aug:
             xb = augment_domain(xb, gen)
-        loss, ce, stats = batch_loss(net, xb, y_all[idx], soft_all[idx], cfg)
+        target = target_all[idx]
+        if cfg.mixup > 0:
+            xb, target, lam, _ = mixup(xb, target, cfg.mixup, mix_rng)
+        loss, ce, stats = batch_loss(net, xb, y_all[idx], target, cfg, log_prior)
+        if cfg.mixup > 0:
+            stats["mixup_lam"] = lam
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -315,11 +382,14 @@ def train_epoch(net: ExpressionNet, opt: torch.optim.Optimizer, sched: Any, trai
 
 
 # ------------------------------------------------------------------------------------------- select
-def validate(net: ExpressionNet, data: dict[str, dict[str, np.ndarray]]) -> dict[str, float]:
-    """FER+ Valid accuracy (selects the checkpoint) and, when present, held-out CK+ (reported only)."""
-    scores = {"valid_acc": accuracy(infer(net, data["valid"]["x"])[0], data["valid"]["y"])}
+def validate(net: ExpressionNet, data: dict[str, dict[str, np.ndarray]], shift: np.ndarray | float = 0.0
+             ) -> dict[str, float]:
+    """FER+ Valid accuracy (selects the checkpoint) and, when present, held-out CK+ (reported only), of the
+    logits + ``shift`` (``--logit-adjust``: tau * log prior, the FER+-prior reading, as in every other arm)."""
+    scores = {"valid_acc": accuracy(infer(net, data["valid"]["x"])[0] + shift, data["valid"]["y"])}
     if "ckplus_heldout" in data:
-        scores["ckplus_heldout_acc"] = accuracy(infer(net, data["ckplus_heldout"]["x"])[0], data["ckplus_heldout"]["y"])
+        scores["ckplus_heldout_acc"] = accuracy(infer(net, data["ckplus_heldout"]["x"])[0] + shift,
+                                                data["ckplus_heldout"]["y"])
     return scores
 
 
@@ -348,14 +418,19 @@ def train(args: argparse.Namespace) -> Path:
     log.info(json.dumps(counts))
     steps = steps_per_epoch(len(train_split["y"]), cfg)
     net, opt, sched = build_model(cfg, steps)
+    log_prior = class_log_prior(train_split["y"])  # used by --logit-adjust only
+    shift = cfg.logit_adjust * log_prior.numpy()  # raw logits -> FER+-prior reading (0 without the option)
+    if cfg.logit_adjust:
+        log.info(f"logit adjustment tau={cfg.logit_adjust}, prior {np.round(np.exp(log_prior.numpy()), 4).tolist()}")
 
     gen = torch.Generator().manual_seed(cfg.seed)  # augmentation
     order_rng = np.random.default_rng(cfg.seed)  # batch order
+    mix_rng = np.random.default_rng([cfg.seed, 1])  # mixup lam and partners, apart from the two above
     best, history = -1.0, []
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.time()
-        stats = train_epoch(net, opt, sched, train_split, cfg, steps, gen, order_rng)
-        scores = validate(net, data)
+        stats = train_epoch(net, opt, sched, train_split, cfg, steps, gen, order_rng, mix_rng, log_prior)
+        scores = validate(net, data, shift)
         stats.update({k: v for k, v in scores.items() if k != "valid_acc"})
         rec = {"epoch": epoch, "valid_acc": scores["valid_acc"], "sec": time.time() - t0,
                **{k: round(v, 5) for k, v in stats.items()}}
@@ -368,7 +443,9 @@ def train(args: argparse.Namespace) -> Path:
     best_epoch = load_best(net, cfg)
     t_logits, _ = infer(net, data["test"]["x"])
     summary = {"name": cfg.name, "loss": cfg.loss, "screening": cfg.screening and cfg.loss != "ce",
-               "best_epoch": best_epoch, "valid_acc": best, "test_acc": accuracy(t_logits, data["test"]["y"]),
+               "best_epoch": best_epoch, "valid_acc": best, "test_acc": accuracy(t_logits + shift, data["test"]["y"]),
+               "logit_adjust": cfg.logit_adjust, "mixup": cfg.mixup,
+               "train_prior": np.round(np.exp(log_prior.numpy()), 6).tolist(),
                "counts": counts, "history": history, "macs": count_macs(net, INPUT_SIZE)}
     (cfg.out / "metrics.json").write_text(json.dumps(summary, indent=2))
     log.info(json.dumps({k: summary[k] for k in ("name", "best_epoch", "valid_acc", "test_acc")}))
