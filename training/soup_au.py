@@ -1,7 +1,8 @@
 """A weight soup of AU detector runs: one network whose weights are the mean of several runs' weights.
 
     python -m training.soup_au runs/au_pnp runs/au_pnpl --out runs/au_soup
-    python -m training.evaluate_au --cv-dir runs/au_soup/cv --models-dir runs/au_soup/models --neutral-valid --write-manifest
+    python -m training.evaluate_au --cv-dir runs/au_soup/cv --models-dir runs/au_soup/models --neutral-valid \
+        --write-manifest
 
 Model soups (Wortsman et al., ICML 2022): networks fine-tuned from the same pretrained weights tend to stay in
 one basin of the loss, so the mean of their weights is a single model, of the same size and speed, that is
@@ -125,8 +126,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("runs", type=Path, nargs="+", help="run folders of train_au (cv/ and models/)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--models-dir", type=Path, default=None,
-                        help="where the final soup goes (default: OUT/models, a fresh copy of the repo's models folder; "
-                             "give `models` to install it)")
+                        help="where the final soup goes (default: OUT/models, a fresh copy of the repo's models "
+                             "folder; give `models` to install it)")
     parser.add_argument("--cv-only", action="store_true", help="only the fold soups (no final models needed)")
     args = parser.parse_args(argv)
     if len(args.runs) < 2:

@@ -422,7 +422,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="share of the faces shown clean that are first made crisp (CLAHE + strong unsharp mask), "
                              "so that sharp detail is no occluder cue (0: off)")
     parser.add_argument("--sharpen-faces", type=float, default=0.0,
-                        help="share of all faces made crisp before any occluder is drawn (clean or covered alike; 0: off)")
+                        help="share of all faces made crisp before any occluder is drawn (clean or covered alike; "
+                             "0: off)")
     parser.add_argument("--degrade", type=float, default=0.0,
                         help="share of training composites (face + occluders) taken down to 36-56 px and back")
     parser.add_argument("--ckplus-repeat", type=int, default=4,
