@@ -2,6 +2,7 @@
 
     python -m training.ablation_transfer base_e10 la10_e10 mix02_e10      # run folders under runs/transfer
     python -m training.ablation_transfer runs/noise/noise10_screened      # or any run folder
+    python -m training.ablation_transfer base_e10 base_e10_s1 --ensemble   # + their output ensemble
 
 Each run must be trained (``training.train_expression``) and exported (``python -m training.export_expression
 RUN``: mirror averaging, temperature on FER+ Valid); its ONNX file is read on
@@ -97,9 +98,10 @@ def run_dir(name: str, out: Path) -> Path:
 
 
 def evaluate(runs: list[Path], ferplus: dict[str, dict[str, np.ndarray]], tw: dict[str, np.ndarray] | None,
-             prior: np.ndarray) -> list[dict]:
-    """One row per (run, reading), with the hit vectors kept for the paired differences."""
-    rows = []
+             prior: np.ndarray, ensemble: bool = False) -> list[dict]:
+    """One row per (run, reading), with the hit vectors kept for the paired differences; with ``ensemble``
+    also the output ensemble of the plain runs (geometric mean of their probabilities)."""
+    rows, plain = [], []
     for run in runs:
         info = json.loads((run / "export.json").read_text())
         tau = float(info["args"].get("logit_adjust", 0.0) or 0.0)
@@ -107,24 +109,38 @@ def evaluate(runs: list[Path], ferplus: dict[str, dict[str, np.ndarray]], tw: di
         probs = {s: run_onnx(onnx, ferplus[s]["x"]) for s in ferplus}
         if tw is not None:
             probs["tw"] = score_onnx(onnx, tw["crops"])
-        for_split, t_fer = readings(probs, prior, tau, info["temperature"], ferplus["valid"]["y"])
-        for name in for_split["valid"]:
-            kind = for_split["valid"][name][0]
-            pred = {s: r[name][1].argmax(1) for s, r in for_split.items()}
-            hits = {s: pred[s] == ferplus[s]["y"] for s in ferplus}
-            yt = ferplus["test"]["y"]
-            row = {"run": run.name, "tau": tau, "mixup": info["args"].get("mixup", 0.0), "epoch": info["epoch"],
-                   "temperature": info["temperature"], "t_fer": t_fer, "reading": name, "kind": kind,
-                   "valid": float(hits["valid"].mean()), "test": float(hits["test"].mean()),
-                   "test_recall": float(np.mean([hits["test"][yt == c].mean() for c in np.unique(yt)]))}
-            if tw is not None:
-                hits["tw_top"], hits["tw_intended"] = pred["tw"] == tw["top"], pred["tw"] == tw["intended"]
-                row.update(tw_top=float(hits["tw_top"].mean()), tw_intended=float(hits["tw_intended"].mean()),
-                           tw_f1=macro_f1(tw["top"], pred["tw"], [FERPLUS_CLASSES.index(c) for c in TW_CLASSES]),
-                           tw_neutral=float((pred["tw"] == 0).mean()),
-                           tw_answers=np.bincount(pred["tw"], minlength=len(FERPLUS_CLASSES)).tolist())
-            row["_hits"] = hits
-            rows.append(row)
+        rows += reading_rows(run.name, probs, info, tau, ferplus, tw, prior)
+        if not tau:
+            plain.append(probs)
+    if ensemble and len(plain) > 1:  # geometric mean of the plain runs' probabilities, renormalised
+        probs = {s: softmax(np.mean([np.log(np.maximum(p[s], 1e-30)) for p in plain], axis=0)) for s in plain[0]}
+        info = {"args": {}, "epoch": None, "temperature": 1.0}
+        rows += reading_rows(f"ensemble of {len(plain)}", probs, info, 0.0, ferplus, tw, prior)
+    return rows
+
+
+def reading_rows(run: str, probs: dict[str, np.ndarray], info: dict, tau: float, ferplus: dict,
+                 tw: dict[str, np.ndarray] | None, prior: np.ndarray) -> list[dict]:
+    """The rows of one run's (or ensemble's) readings."""
+    rows = []
+    for_split, t_fer = readings(probs, prior, tau, info["temperature"], ferplus["valid"]["y"])
+    for name in for_split["valid"]:
+        kind = for_split["valid"][name][0]
+        pred = {s: r[name][1].argmax(1) for s, r in for_split.items()}
+        hits = {s: pred[s] == ferplus[s]["y"] for s in ferplus}
+        yt = ferplus["test"]["y"]
+        row = {"run": run, "tau": tau, "mixup": info["args"].get("mixup", 0.0), "epoch": info["epoch"],
+               "temperature": info["temperature"], "t_fer": t_fer, "reading": name, "kind": kind,
+               "valid": float(hits["valid"].mean()), "test": float(hits["test"].mean()),
+               "test_recall": float(np.mean([hits["test"][yt == c].mean() for c in np.unique(yt)]))}
+        if tw is not None:
+            hits["tw_top"], hits["tw_intended"] = pred["tw"] == tw["top"], pred["tw"] == tw["intended"]
+            row.update(tw_top=float(hits["tw_top"].mean()), tw_intended=float(hits["tw_intended"].mean()),
+                       tw_f1=macro_f1(tw["top"], pred["tw"], [FERPLUS_CLASSES.index(c) for c in TW_CLASSES]),
+                       tw_neutral=float((pred["tw"] == 0).mean()),
+                       tw_answers=np.bincount(pred["tw"], minlength=len(FERPLUS_CLASSES)).tolist())
+        row["_hits"] = hits
+        rows.append(row)
     return rows
 
 
@@ -182,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=RUNS_DIR / "cache", help="FER+ aligned-crop cache")
     parser.add_argument("--no-taiwanese", action="store_true", help="FER+ only")
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--ensemble", action="store_true",
+                        help="also read the output ensemble of the plain runs (geometric mean of probabilities)")
     args = parser.parse_args(argv)
     from training.expression_data import load_split
     from training.fit_expression_prior import ferplus_prior
@@ -192,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"not exported: {missing}; run `python -m training.export_expression RUN` first")
     ferplus = {s: load_split(s, args.cache) for s in ("valid", "test")}
     tw = None if args.no_taiwanese else load_taiwanese(args.out)
-    rows = evaluate(runs, ferplus, tw, ferplus_prior())
+    rows = evaluate(runs, ferplus, tw, ferplus_prior(), args.ensemble)
     n = {s: len(ferplus[s]["y"]) for s in ferplus}
     if tw is not None:
         n.update(tw=len(tw["top"]), tw_top=np.bincount(tw["top"], minlength=len(FERPLUS_CLASSES)).tolist())

@@ -93,8 +93,10 @@ def out_of_fold_scores(cv_dir: Path | list[Path], crops: np.ndarray) -> tuple[np
             fold_of[i] = meta["fold"]
         if "torch_scores" in meta:  # a weight soup (training/soup_au.py) has no torch model to compare with
             worst = max(worst, float(np.abs(scores[meta["test_index"]] - np.asarray(meta["torch_scores"])).max()))
-    print(f"{len(metas)} folds; max |onnx+numpy decode - torch| over out-of-fold AU scores: {worst:.1e}"
-          + (" (weight soup: members checked at export)" if "soup_of" in meta0 else ""))
+    if "soup_of" in meta0:
+        print(f"{len(metas)} fold soups (no torch twin to compare with; each member was checked at export)")
+    else:
+        print(f"{len(metas)} folds; max |onnx+numpy decode - torch| over out-of-fold AU scores: {worst:.1e}")
     return scores, fold_of, meta0
 
 
