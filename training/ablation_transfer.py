@@ -36,19 +36,10 @@ import numpy as np
 
 from training.common import log, run_cli, softmax
 from training.data import FERPLUS_CLASSES, RUNS_DIR, data_root
+from training.evaluate_transfer import TW_CLASSES, macro_f1
 from training.noise_experiment import run_onnx, score_onnx, taiwanese_crops
 
 OUT = RUNS_DIR / "transfer"
-TW_CLASSES = [c for c in FERPLUS_CLASSES if c != "contempt"]
-
-
-def macro_f1(truth: np.ndarray, pred: np.ndarray, classes: list[int]) -> float:
-    f1 = []
-    for c in classes:
-        tp, fp = ((truth == c) & (pred == c)).sum(), ((truth != c) & (pred == c)).sum()
-        fn = ((truth == c) & (pred != c)).sum()
-        f1.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
-    return float(np.mean(f1))
 
 
 def se(p: float, n: int) -> float:

@@ -31,6 +31,7 @@ import numpy as np
 from app.analyzer import Analyzer, FaceOptions
 from training.data import CKPLUS_TO_FERPLUS, RUNS_DIR, TW_TO_FERPLUS, data_root, ferplus_rows, taiwanese_rows
 from training.evaluate_au import out_of_fold_scores
+from training.evaluate_transfer import macro_f1
 from training.fuse_au import logit
 from training.fuse_expression import CLASSES, CROP, PHOTO, fit_softmax, standardise
 
@@ -75,12 +76,7 @@ def two_stage(w: np.ndarray, x: np.ndarray, served: np.ndarray) -> np.ndarray:
 
 def accuracy_f1(y: np.ndarray, predicted: np.ndarray, classes: list[int]) -> tuple[float, float]:
     keep = np.isin(y, classes)
-    f1s = []
-    for c in classes:
-        tp = np.sum((predicted == c) & (y == c) & keep)
-        denom = np.sum((predicted == c) & keep) + np.sum((y == c) & keep)
-        f1s.append(2 * tp / denom if denom else 0.0)
-    return float((predicted[keep] == y[keep]).mean()), float(np.mean(f1s))
+    return float((predicted[keep] == y[keep]).mean()), macro_f1(y[keep], predicted[keep], classes)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -21,7 +21,7 @@ Off by default:
   taken to 36-56 px and back, so that sharpness is no occluder cue (fewer false flags on sharp photos, but
   real hands are missed: models/OCCLUSION.md, variants B-E);
 * ``--sharpen-clean`` / ``--sharpen-faces``: crisp faces (CLAHE + strong unsharp mask) shown clean, or drawn on
-  whether covered or not (fewer false flags on sharp photos, but a real hand is missed: rows H, H2, H3).
+  whether covered or not (fewer false flags on sharp photos, but real hands are missed: rows H*).
 
 2.0.0 = this default run (10 epochs) + a fine-tuning step (``--init``), commands in models/OCCLUSION.md.
 
