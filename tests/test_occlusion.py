@@ -257,3 +257,60 @@ def test_crisp_clean_faces_gain_detail_and_stay_clean(astronaut_face):
                             sharpen_clean_p=1.0)
     x, labels, weights = data[0]
     assert float(labels.sum()) == 0 and float(weights.min()) == 1
+
+
+def test_sharpen_all_makes_covered_composites_crisp_and_keeps_their_labels(astronaut_face):
+    """``--sharpen-all``: the finished composite is made crisp whatever its labels, so covered faces are as often
+    crisp as clean ones (sharpness carries no label); an occluded draw keeps its labels."""
+    from training.train_occlusion import OccludedTrainSet
+
+    aligned, marks = astronaut_face
+    grey = cv2.cvtColor(aligned.image, cv2.COLOR_BGR2GRAY)
+    soft = cv2.resize(cv2.resize(grey, (48, 48), interpolation=cv2.INTER_AREA), (112, 112))
+    marks = np.asarray(marks, np.float32)[None]
+    plain = OccludedTrainSet(soft[None], marks, seed=3, clean_fraction=0.0)
+    crisp_all = OccludedTrainSet(soft[None], marks, seed=3, clean_fraction=0.0, sharpen_all_p=1.0)
+    (x0, y0, _), (x1, y1, _) = plain[0], crisp_all[0]
+    assert float(y1.sum()) > 0 and np.array_equal(y0.numpy(), y1.numpy())  # same draw, same labels
+    lap = [cv2.Laplacian(x.numpy()[0].astype(np.float64), cv2.CV_64F).var() for x in (x0, x1)]
+    assert lap[1] > 1.5 * lap[0]
+
+
+def test_video_labels_and_metrics():
+    """The hand-labelled frame ranges of the Pexels clip: no overlaps, frame 200 is a covered mouth; the metric code
+    counts recall on covered frames and false flags on visible ones."""
+    from training.evaluate_occlusion_video import SEGMENTS, frame_labels, score_variant
+
+    spans = sorted((a, b) for a, b, _ in SEGMENTS)
+    assert all(b0 < a1 for (_, b0), (a1, _) in zip(spans, spans[1:]))
+    labels = frame_labels(472)
+    assert labels[200, REGIONS.index("mouth")] == 1 and np.isnan(labels[60]).all()
+
+    class MouthAlways:
+        thresholds = dict.fromkeys(REGIONS, 0.5)
+
+        def predict(self, aligned):
+            return {r: 0.9 if r == "mouth" else 0.1 for r in REGIONS}
+
+    crops = [object()] * 472
+    crops[80] = None  # a frame without a face is left out, not counted as a miss
+    r = score_variant(MouthAlways(), crops, labels)
+    assert r["faces_found"] == 471 and r["regions"]["mouth"]["recall"] == 1.0
+    assert r["regions"]["mouth"]["false_flags"] == 1.0 and r["clean_any_flagged"] == 1.0
+    assert r["regions"]["eyes"]["false_flags"] == 0.0 and r["regions"]["eyes"]["recall"] is None
+
+
+def test_real_hands_in_the_pexels_clip_frame_by_frame(analyzer):
+    """The whole WolfgangLanger_Pexels.mp4 clip, hand-labelled frame ranges (training.evaluate_occlusion_video): the
+    served model finds the hand over nose and mouth on most covered frames and leaves the clean frames (crying,
+    laughing with bared teeth) alone. Bounds sit under the served 2.0.0's measured numbers (mouth 0.65, nose 1.0,
+    clean frames flagged 0.3 %), so a regression on real hands fails here."""
+    from tests.helpers import SAMPLES, requires_data
+    from training.evaluate_occlusion_video import score_variant, video_crops
+
+    path = requires_data(SAMPLES / "WolfgangLanger_Pexels.mp4")
+    crops, labels = video_crops(path, analyzer)
+    r = score_variant(analyzer.models.occlusion, crops, labels)
+    assert r["faces_found"] >= 460
+    assert r["regions"]["mouth"]["recall"] >= 0.5 and r["regions"]["nose"]["recall"] >= 0.9, r
+    assert r["clean_any_flagged"] <= 0.02, r

@@ -23,6 +23,8 @@ Real occlusions through the service path (``app.analyzer.Analyzer``), from ../sh
 when absent): the hand across the forehead and brows in ``Image_with_alpha.png`` must flag ``brows``; the hand
 over the mouth in frame 200 of ``WolfgangLanger_Pexels.mp4`` must flag ``mouth``.
 The per-class false-occlusion rate on taiwanese_dev (validation only) is ``python -m training.evaluate_transfer``.
+Every frame of that clip against hand-labelled frame ranges (real hands over mouth and nose, clean crying and
+laughing frames): ``python -m training.evaluate_occlusion_video``.
 """
 from __future__ import annotations
 

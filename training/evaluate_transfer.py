@@ -31,6 +31,7 @@ from app.filters import filter_reasons
 from app.settings import Settings
 from training.data import TW_TO_FERPLUS, data_root, ferplus_rows, taiwanese_rows
 from training.evaluate_au import prototype_aus
+from training.occlusion_data import MOUTH_OPEN, mouth_open_ratio
 
 TW_CLASSES = list(TW_TO_FERPLUS.values())
 
@@ -76,6 +77,7 @@ def analyse_taiwanese(analyzer: Analyzer, root: Path, limit: int = 0, prior: str
             face = analysis.faces[0]
             record["reasons"] = default_filter_reasons(analyzer, face)
             record["occluded_regions"] = [r for r, hit in face.occlusion.regions.items() if hit]
+            record["mouth_open"] = float(mouth_open_ratio(face.landmarks[None, :, :2])[0])
             if not face.filtered:  # only an unusable mesh (low_landmark_confidence) stops the heads here
                 expression = face.outputs["expression"]
                 record.update(label=expression.label, confidence=expression.confidence,
@@ -102,6 +104,11 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
         "occluded_rate_by_intended": {c: float(np.mean(v)) for c, v in sorted(occluded_by_class.items())},
         "occluded_regions": dict(Counter(region for r in found if "occluded" in r["reasons"]
                                          for region in r["occluded_regions"])),
+        # mouth flags by how open the mesh sees the mouth (inner-lip gap / mouth width): closed < 0.05 (pressed,
+        # pouting lips), open >= MOUTH_OPEN (the training's wide-open hard negatives)
+        "mouth_flags_by_opening": dict(Counter(
+            "closed" if r["mouth_open"] < 0.05 else "open" if r["mouth_open"] >= MOUTH_OPEN else "ajar"
+            for r in found if "mouth" in r["occluded_regions"] and "mouth_open" in r)),
     }
     # Expression, against observers' top vote and the intended expression.
     predicted = [r["label"] for r in scored]
@@ -179,7 +186,8 @@ def print_report(report: dict[str, Any]) -> None:
     print(f"  pre-filters (service defaults): any {f['any_rate']:.3f}; "
           + ", ".join(f"{k} {v:.3f}" for k, v in f["by_reason_rate"].items()))
     by_class = ", ".join(f"{k} {v:.3f}" for k, v in f["occluded_rate_by_intended"].items())
-    print(f"  occluded by intended class: {by_class}; regions {f['occluded_regions']}")
+    print(f"  occluded by intended class: {by_class}; regions {f['occluded_regions']}; mouth flags by mesh mouth "
+          f"opening {f['mouth_flags_by_opening']}")
     for target in ("top_vote", "intended"):
         e = tw[f"expression_vs_{target}"]
         print(f"  expression vs {target}: accuracy {e['accuracy']:.3f}, macro-F1 {e['macro_f1']:.3f}; recall "

@@ -1,16 +1,17 @@
-"""Experiment: does fusing the expression network's scores with MediaPipe's 52 blendshapes transfer better?
+"""Experiment: does fusing the expression network's scores with MediaPipe's 52 blendshapes (and / or the AU
+detector's logits) transfer better?
 
     python -m training.fuse_expression                 # FER+ Valid (fit), FER+ Test, CK+, taiwanese_dev
     python -m training.fuse_expression --limit 500     # quicker
 
-Every face goes through the service's own path (``Analyzer.run``, heads expression + blendshapes; FER+ and CK+
-as face crops, taiwanese_dev photos with detection). Features: the log of the network's scores under its
-own (FER+) prior, and the blendshapes. A multinomial logistic regression (numpy, L2, class-balanced weights:
-a uniform prior like the served default) is fitted on FER+ **Valid** only (the network was trained on FER+
-Train, so its Train scores are over-confident) and compared, on FER+ Test (majority vote), CK+ (its 7
-labelled classes; never trained on) and taiwanese_dev (observers' top vote; read only, nothing fitted),
-with the served default (``prior=balanced``) and with a blendshapes-only regression. Prints numbers only;
-nothing here changes the served model. No torch.
+Every face goes through the service's own path (``Analyzer.run``, heads expression + blendshapes + AU; FER+ and
+CK+ as face crops, taiwanese_dev photos with detection). Features: the log of the network's scores under its own
+(FER+) prior, the blendshapes and the served AU detector's logits. A multinomial logistic regression (numpy, L2,
+class-balanced weights: a uniform prior like the served default) is fitted on FER+ **Valid** only (the network was
+trained on FER+ Train, so its Train scores are over-confident) and compared, on FER+ Test (majority vote), CK+ (its
+7 labelled classes; never trained on) and taiwanese_dev (observers' top vote; read only, nothing fitted), with the
+served default (``prior=balanced``), a blendshapes-only regression and the variants with AU logits. Prints numbers
+only; nothing here changes the served model. No torch.
 """
 from __future__ import annotations
 
@@ -30,19 +31,23 @@ from training.data import (
 )
 
 CLASSES = FERPLUS_CLASSES
+N_SHAPES = 52
 CROP = FaceOptions(side_face_filter=False, occlusion_filter=False, face_crop=True, expression_prior="ferplus")
 PHOTO = FaceOptions(side_face_filter=False, occlusion_filter=False, max_faces=1, expression_prior="ferplus")
 
 
 def features(analyzer: Analyzer, image: np.ndarray, options: FaceOptions) -> tuple[np.ndarray, np.ndarray] | None:
-    """(log FER+-prior scores (8), blendshapes (52)) of the image's face, or None (no usable face)."""
-    faces = analyzer.run(image, options, heads={"expression", "blendshapes"}).faces
+    """(log FER+-prior scores (8), blendshapes (52) and the AU detector's logits (one per AU) side by side) of the
+    image's face, or None (no usable face)."""
+    faces = analyzer.run(image, options, heads={"expression", "blendshapes", "au"}).faces
     if not faces or faces[0].filtered:
         return None
     face = faces[0]
     scores = np.array([face.outputs["expression"].scores[c] for c in CLASSES])
     shapes = face.outputs["blendshapes"]
-    return np.log(np.clip(scores, 1e-6, 1.0)), np.array([shapes[k] for k in sorted(shapes)])
+    aus = np.clip([a.probability for a in face.outputs["au"]], 1e-4, 1 - 1e-4)
+    return np.log(np.clip(scores, 1e-6, 1.0)), np.concatenate([[shapes[k] for k in sorted(shapes)],
+                                                                np.log(aus / (1 - aus))])
 
 
 def collect(analyzer: Analyzer, labelled: list, options: FaceOptions, limit: int):
@@ -119,23 +124,29 @@ def main(argv: list[str] | None = None) -> None:
     arrays = {k: (np.array([a for a, _, _ in v]), np.array([b for _, b, _ in v]), np.array([c for _, _, c in v]))
               for k, v in sets.items()}
     recognizer = analyzer.models.expression
-    fit_scores, fit_shapes, fit_y = arrays["FER+ Valid"]
-    w_fused = fit_softmax(*standardise(np.hstack([fit_scores, fit_shapes]))[:1], fit_y)
-    w_shapes = fit_softmax(*standardise(fit_shapes)[:1], fit_y)
-    print(f"fitted on FER+ Valid: {len(fit_y)} faces; features: 8 log-scores + 52 blendshapes")
-    for name, (scores, shapes, y) in arrays.items():
+    fit_scores, fit_extra, fit_y = arrays["FER+ Valid"]
+    variants = {  # name -> columns of (log-scores | blendshapes | AU logits)
+        "fused (scores + blendshapes)": np.r_[0:8 + N_SHAPES],
+        "blendshapes only": np.r_[8:8 + N_SHAPES],
+        "scores + AU logits": np.r_[0:8, 8 + N_SHAPES:8 + fit_extra.shape[1]],
+        "scores + blendshapes + AU logits": np.r_[0:8 + fit_extra.shape[1]],
+    }
+    fit_x = np.hstack([fit_scores, fit_extra])
+    weights = {name: fit_softmax(standardise(fit_x[:, cols])[0], fit_y) for name, cols in variants.items()}
+    print(f"fitted on FER+ Valid: {len(fit_y)} faces; features: 8 log-scores, 52 blendshapes, "
+          f"{fit_extra.shape[1] - N_SHAPES} AU logits (the served AU detector)")
+    for name, (scores, extra, y) in arrays.items():
         if name == "FER+ Valid":
             continue
-        fused_x = standardise(np.hstack([fit_scores, fit_shapes]), np.hstack([scores, shapes]))[1]
-        shapes_x = standardise(fit_shapes, shapes)[1]
+        x = np.hstack([scores, extra])
         served = recognizer.reweight(np.exp(scores), "balanced").argmax(1)  # the served default's label
         classes = {"taiwanese_dev": [CLASSES.index(c) for c in TW_TO_FERPLUS.values()],
                    "CK+ peaks": [CLASSES.index(c) for c in CLASSES if c != "neutral"]}.get(name)
         print(f"{name} ({len(y)} faces)")
         print("  " + report("served, prior=balanced", y, served, classes))
-        print("  " + report("fused (scores + blendshapes)", y, predict(w_fused, fused_x), classes))
-        print("  " + report("blendshapes only", y, predict(w_shapes, shapes_x), classes))
-
+        for variant, cols in variants.items():
+            print("  " + report(variant, y, predict(weights[variant], standardise(fit_x[:, cols], x[:, cols])[1]),
+                                classes))
 
 if __name__ == "__main__":
     main()

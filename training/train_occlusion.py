@@ -20,8 +20,9 @@ Off by default:
 * ``--band-limit 48``, a fixed in-graph low-pass (resize to 48x48 and back), and ``--degrade``, composites
   taken to 36-56 px and back, so that sharpness is no occluder cue (fewer false flags on sharp photos, but
   real hands are missed: models/OCCLUSION.md, variants B-E);
-* ``--sharpen-clean`` / ``--sharpen-faces``: crisp faces (CLAHE + strong unsharp mask) shown clean, or drawn on
-  whether covered or not (fewer false flags on sharp photos, but real hands are missed: rows H*).
+* ``--sharpen-clean`` / ``--sharpen-faces`` / ``--sharpen-all``: crisp faces (CLAHE + strong unsharp mask) shown
+  clean, drawn on whether covered or not, or crisp finished composites whatever their labels (fewer false flags on
+  sharp photos, but real hands are missed: rows H*, S*).
 
 2.0.0 = this default run (10 epochs) + a fine-tuning step (``--init``), commands in models/OCCLUSION.md.
 
@@ -209,9 +210,9 @@ class OccludedTrainSet(torch.utils.data.Dataset):
     def __init__(self, crops: np.ndarray, landmarks: np.ndarray, seed: int, clean_fraction: float | np.ndarray = 0.5,
                  families: tuple[str, ...] = TRAIN_FAMILIES, weights: tuple[float, ...] = TRAIN_WEIGHTS,
                  degrade_p: float = 0.0, fixed_labels: np.ndarray | None = None, sharpen_clean_p: float = 0.0,
-                 sharpen_faces_p: float = 0.0) -> None:
+                 sharpen_faces_p: float = 0.0, sharpen_all_p: float = 0.0) -> None:
         self.crops, self.landmarks, self.seed, self.degrade_p = crops, landmarks, seed, degrade_p
-        self.sharpen_clean_p, self.sharpen_faces_p = sharpen_clean_p, sharpen_faces_p
+        self.sharpen_clean_p, self.sharpen_faces_p, self.sharpen_all_p = sharpen_clean_p, sharpen_faces_p, sharpen_all_p
         self.fixed = fixed_labels  # (N, 4): NaN = ordinary face; else shown as is with these labels (-1: ignored)
         self.clean_fraction = np.broadcast_to(np.asarray(clean_fraction, np.float32), (len(crops),))
         self.families, self.weights = families, weights
@@ -246,6 +247,8 @@ class OccludedTrainSet(torch.utils.data.Dataset):
             except (ValueError, cv2.error) as exc:  # degenerate landmarks: keep the face clean
                 log.warning(f"occluder failed on train face {i}: {exc}")
                 image, labels, weights = crop, np.zeros(len(REGIONS), np.float32), np.ones(len(REGIONS), np.float32)
+        if self.sharpen_all_p and rng.random() < self.sharpen_all_p:
+            image = crisp(image, rng)  # the finished composite, whatever its labels: crisp skin of face and hand alike
         if self.degrade_p and rng.random() < self.degrade_p:
             image = degrade(image, rng)
         x = to_input(photometric(image, rng))[None]
@@ -424,6 +427,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sharpen-faces", type=float, default=0.0,
                         help="share of all faces made crisp before any occluder is drawn (clean or covered alike; "
                              "0: off)")
+    parser.add_argument("--sharpen-all", type=float, default=0.0,
+                        help="share of finished composites (face and occluders, clean or covered alike) made crisp; "
+                             "0: off")
     parser.add_argument("--degrade", type=float, default=0.0,
                         help="share of training composites (face + occluders) taken down to 36-56 px and back")
     parser.add_argument("--ckplus-repeat", type=int, default=4,
@@ -684,7 +690,8 @@ def fit(net: OcclusionNet, data: OcclusionData, valid_sets: tuple[np.ndarray, np
     valid_clean, valid_occ, valid_y = valid_sets
     pool = data.pool
     dataset = OccludedTrainSet(pool["crops"], pool["landmarks"], cfg.seed, pool["clean_p"], families,
-                               train_weights, cfg.degrade, pool.get("fixed"), cfg.sharpen_clean, cfg.sharpen_faces)
+                               train_weights, cfg.degrade, pool.get("fixed"), cfg.sharpen_clean, cfg.sharpen_faces,
+                               cfg.sharpen_all)
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch, shuffle=True, num_workers=cfg.workers,
                                          drop_last=True, persistent_workers=False,
                                          generator=torch.Generator().manual_seed(cfg.seed))
