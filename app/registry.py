@@ -8,7 +8,7 @@ from app.model_zoo.blazeface import BlazeFaceFullRange, BlazeFaceShortRange
 from app.model_zoo.expression import ExpressionRecognizer
 from app.model_zoo.face_landmarker import FaceBlendshapes, FaceLandmarker
 from app.model_zoo.face_mesh import FaceMesh
-from app.model_zoo.occlusion import OcclusionClassifier
+from app.model_zoo.occlusion import OCCLUSION_MODELS, OcclusionClassifier
 from app.settings import Settings
 
 
@@ -20,7 +20,7 @@ class ModelRegistry:
         self.mesh = FaceMesh(models_dir, threads)  # landmarks v1 (settings.landmark_model = "v1")
         self.landmarker = FaceLandmarker(models_dir, threads)  # landmarks v2: 478 points with irises
         self.blendshapes = FaceBlendshapes(models_dir, threads)
-        self.occlusion = OcclusionClassifier(models_dir, threads)
+        self.occlusion = OcclusionClassifier(models_dir, threads, OCCLUSION_MODELS[settings.occlusion_model])
         self.expression = ExpressionRecognizer(models_dir, threads)
         self.au = AuDetector(models_dir, threads)
         # only with settings.au_model = "fused" (its manifest entry is written by training.fuse_au --export)

@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     # Pre-filters.
     side_face_max_yaw: float = Field(30.0, gt=0.0, le=90.0, description="degrees")
     side_face_max_pitch: float = Field(25.0, gt=0.0, le=90.0, description="degrees")
+    occlusion_model: Literal["single", "ensemble"] = Field(
+        "single", description="the occlusion pre-filter's network: single (default), or the mean of four seeds "
+        "(about half the false flags on sharp studio photos, ~0.4 ms more a face): models/OCCLUSION.md"
+    )
     occlusion_threshold: float | None = Field(
         None, ge=0.0, le=1.0, description="overrides the per-region thresholds in the manifest"
     )

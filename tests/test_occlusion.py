@@ -314,3 +314,89 @@ def test_real_hands_in_the_pexels_clip_frame_by_frame(analyzer):
     assert r["faces_found"] >= 460
     assert r["regions"]["mouth"]["recall"] >= 0.5 and r["regions"]["nose"]["recall"] >= 0.9, r
     assert r["clean_any_flagged"] <= 0.02, r
+
+
+def test_output_ensemble_graph_is_the_mean_of_its_members(tmp_path):
+    """training.ensemble_occlusion: one ONNX file whose probabilities are the mean of its members' (a member with a
+    shifted final bias, so the two differ); a member with other input/output names is refused."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from training.common import TrainingError
+    from training.ensemble_occlusion import check, mean_graph
+
+    first = onnx.load(MODELS / "occlusion.onnx")
+    second = onnx.load(MODELS / "occlusion.onnx")
+    bias = second.graph.initializer[-1]
+    bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) + 1.0, bias.name))
+    paths = [tmp_path / "a.onnx", tmp_path / "b.onnx"]
+    for model, path in zip((first, second), paths):
+        onnx.save(model, path)
+    onnx.save(mean_graph([first, second]), tmp_path / "mean.onnx")
+    x = np.random.default_rng(1).uniform(0, 255, (3, 1, 64, 64)).astype(np.float32)
+    outs = [ort.InferenceSession(str(p)).run(None, {"input": x})[0] for p in paths]
+    assert np.abs(outs[0] - outs[1]).max() > 1e-3
+    assert check(tmp_path / "mean.onnx", paths) < 1e-6
+    second.graph.output[0].name = "scores"
+    with pytest.raises(TrainingError):
+        mean_graph([first, second])
+
+
+def test_distillation_targets_are_the_teachers_probabilities():
+    """``--teacher``: with distill 1.0 the loss is the BCE against the teacher's probabilities, ambiguous regions
+    (weight 0) included; with distill 0 and no ambiguous region it is the plain labelled loss."""
+    import torch
+    import torch.nn.functional as F
+
+    from training.train_occlusion import OcclusionNet, train_epoch
+
+    torch.manual_seed(0)
+    net = OcclusionNet(4)
+    x = torch.rand(6, 1, 64, 64) * 255
+    y = torch.randint(0, 2, (6, 4)).float()
+    w = torch.ones(6, 4)
+    w[0, 1] = 0
+
+    class Teacher:
+        def run(self, _, feeds):
+            return [np.full((len(feeds["input"]), 4), 0.25, np.float32)]
+
+    class Still:  # no parameter update: the returned loss is the first (and only) batch's
+        def zero_grad(self):
+            pass
+
+        def step(self):
+            pass
+
+    net.train()  # as train_epoch runs it: batch statistics, dropout (same seed before each forward, same mask)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        logits = net(x)
+    expected_soft = F.binary_cross_entropy_with_logits(logits, torch.full_like(y, 0.25)).item()
+    torch.manual_seed(1)
+    got = train_epoch(net, [(x, y, w)], Still(), Still(), steps=1, teacher=Teacher(), distill=1.0)
+    assert abs(got - expected_soft) < 1e-4
+    w_all = torch.ones(6, 4)
+    expected_hard = F.binary_cross_entropy_with_logits(logits, y).item()
+    torch.manual_seed(1)
+    got = train_epoch(net, [(x, y, w_all)], Still(), Still(), steps=1, teacher=Teacher(), distill=0.0)
+    assert abs(got - expected_hard) < 1e-4
+
+
+def test_occlusion_model_setting_serves_the_seed_ensemble():
+    """``MICROFACS_OCCLUSION_MODEL=ensemble``: the registry loads the manifest entry ``occlusion_ensemble`` (its own
+    file, checksum and thresholds) in place of ``occlusion``; the hand across the forehead is still flagged `brows`
+    and its laughing mouth is not."""
+    from app.analyzer import Analyzer
+    from app.settings import Settings
+    from tests.helpers import SAMPLES, requires_data
+
+    settings = Settings(occlusion_model="ensemble")
+    analyzer = Analyzer(settings)
+    model = analyzer.models.occlusion
+    assert model.entry.name == "occlusion_ensemble" and model.path.name == "occlusion_ensemble.onnx"
+    assert set(model.thresholds) == set(REGIONS)
+    path = requires_data(SAMPLES / "Image_with_alpha.png")
+    flagged, scores = _largest_face_flags(analyzer, path.read_bytes())
+    assert "brows" in flagged and "mouth" not in flagged, scores

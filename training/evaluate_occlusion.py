@@ -11,6 +11,7 @@
     python -m training.evaluate_occlusion                 # prints the table, writes runs/occlusion/eval.json
     python -m training.evaluate_occlusion --write-manifest # also stores the numbers in models/manifest.json
     python -m training.evaluate_occlusion --real            # only the real-occlusion checks (shared samples)
+    python -m training.evaluate_occlusion --bench-against D # per-face cost of models/ and D's model, interleaved
     python -m training.evaluate_occlusion --models-dir D --derive-thresholds --screen-models-dir V1
         # first re-derive D's manifest thresholds through the serving class (e.g. for a new ``preprocess``)
 
@@ -283,6 +284,24 @@ def evaluate(model: OcclusionClassifier, limit: int = 0) -> tuple[dict, list]:
     return results, rows
 
 
+def bench(models_dirs: list[Path], runs: int = 400) -> dict[str, dict[str, float]]:
+    """Per-face cost of ``OcclusionClassifier.predict`` (preprocessing + ONNX, one thread) for each models folder,
+    the folders interleaved run by run on one FER+ Test crop; milliseconds, median and 10th percentile."""
+    import time
+
+    crop = load("ferplus_test")[0][0]
+    aligned = AlignedFace(image=cv2.cvtColor(crop, cv2.COLOR_GRAY2BGR), matrix=np.eye(2, 3))
+    models = [OcclusionClassifier(d) for d in models_dirs]
+    times: list[list[float]] = [[] for _ in models]
+    for _ in range(runs):
+        for model, bucket in zip(models, times):
+            start = time.perf_counter()
+            model.predict(aligned)
+            bucket.append(1e3 * (time.perf_counter() - start))
+    return {str(d): {"p50_ms": round(float(np.median(t)), 3), "p10_ms": round(float(np.percentile(t, 10)), 3)}
+            for d, t in zip(models_dirs, times)}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models-dir", type=Path, default=REPO_ROOT / "models")
@@ -293,16 +312,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--derive-thresholds", action="store_true",
                         help="first store the trainer's thresholds for this model (and preprocess) in the manifest")
     parser.add_argument("--screen-models-dir", type=Path, help="with --derive-thresholds: the previous model's folder")
+    parser.add_argument("--entry", default="occlusion",
+                        help="the manifest entry to evaluate: occlusion or occlusion_ensemble")
+    parser.add_argument("--bench-against", type=Path, nargs="*",
+                        help="only time predict() per face for --models-dir and these folders, interleaved")
     args = parser.parse_args(argv)
+    if args.bench_against is not None:
+        for folder, t in bench([args.models_dir, *args.bench_against]).items():
+            print(f"{folder}: {t['p50_ms']:.3f} ms per face (p50), p10 {t['p10_ms']:.3f} (400 runs, one thread)")
+        return
 
-    model = OcclusionClassifier(args.models_dir)
+    model = OcclusionClassifier(args.models_dir, name=args.entry)
     if args.derive_thresholds:
         if args.screen_models_dir is None:
             raise TrainingError("--derive-thresholds needs --screen-models-dir (the previous occlusion model)")
         thresholds = derive_thresholds(model, args.screen_models_dir)
-        update_entry(args.models_dir, "occlusion", {"thresholds": thresholds})
+        update_entry(args.models_dir, args.entry, {"thresholds": thresholds})
         print(f"thresholds {thresholds} stored in {args.models_dir / 'manifest.json'}")
-        model = OcclusionClassifier(args.models_dir)
+        model = OcclusionClassifier(args.models_dir, name=args.entry)
     if args.real:
         print_real_checks(real_occlusion_checks(model=model))
         return
@@ -314,7 +341,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}")
     if args.write_manifest and not args.limit:
-        update_entry(args.models_dir, "occlusion", metrics={k: results[k] for k in MANIFEST_KEYS})
+        update_entry(args.models_dir, args.entry, metrics={k: results[k] for k in MANIFEST_KEYS})
         print(f"metrics stored in {args.models_dir / 'manifest.json'}")
 
 

@@ -122,6 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models-dir", type=Path, nargs="+", default=[REPO_ROOT / "models"],
                         help="one or more models folders (each with occlusion.onnx and its manifest entry)")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument("--entry", default="occlusion", help="manifest entry: occlusion or occlusion_ensemble")
     parser.add_argument("--write-manifest", action="store_true",
                         help="store the numbers as metrics.real_video in the (single) models folder's manifest")
     args = parser.parse_args(argv)
@@ -133,14 +134,14 @@ def main(argv: list[str] | None = None) -> None:
     crops, labels = video_crops(path)
     results = {}
     for models_dir in args.models_dir:
-        results[str(models_dir)] = score_variant(OcclusionClassifier(models_dir), crops, labels)
+        results[str(models_dir)] = score_variant(OcclusionClassifier(models_dir, name=args.entry), crops, labels)
         print_variant(str(models_dir), results[str(models_dir)])
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2) + "\n")
         print(f"wrote {args.out}")
     if args.write_manifest:
-        update_entry(args.models_dir[0], "occlusion", metrics={"real_video": results[str(args.models_dir[0])]})
+        update_entry(args.models_dir[0], args.entry, metrics={"real_video": results[str(args.models_dir[0])]})
         print(f"metrics.real_video stored in {args.models_dir[0] / 'manifest.json'}")
 
 

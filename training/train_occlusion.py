@@ -20,6 +20,8 @@ Off by default:
 * ``--band-limit 48``, a fixed in-graph low-pass (resize to 48x48 and back), and ``--degrade``, composites
   taken to 36-56 px and back, so that sharpness is no occluder cue (fewer false flags on sharp photos, but
   real hands are missed: models/OCCLUSION.md, variants B-E);
+* ``--teacher ENSEMBLE.onnx --distill A``: targets A x the teacher's probabilities + (1 - A) x the labels (one
+  network trained to answer like a seed ensemble, models/OCCLUSION.md);
 * ``--sharpen-clean`` / ``--sharpen-faces`` / ``--sharpen-all``: crisp faces (CLAHE + strong unsharp mask) shown
   clean, drawn on whether covered or not, or crisp finished composites whatever their labels (fewer false flags on
   sharp photos, but real hands are missed: rows H*, S*).
@@ -430,6 +432,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sharpen-all", type=float, default=0.0,
                         help="share of finished composites (face and occluders, clean or covered alike) made crisp; "
                              "0: off")
+    parser.add_argument("--teacher", type=Path, default=None,
+                        help="an occlusion ONNX file (e.g. training.ensemble_occlusion's) to distil into this network")
+    parser.add_argument("--distill", type=float, default=0.7,
+                        help="with --teacher: weight of the teacher's probabilities in the targets (rest: labels)")
     parser.add_argument("--degrade", type=float, default=0.0,
                         help="share of training composites (face + occluders) taken down to 36-56 px and back")
     parser.add_argument("--ckplus-repeat", type=int, default=4,
@@ -667,13 +673,20 @@ def build_model(cfg: argparse.Namespace) -> OcclusionNet:
 
 
 # ------------------------------------------------------------------------------------------------- loop
-def train_epoch(net: nn.Module, loader, optim, sched, steps: int) -> float:
-    """``steps`` batches of weighted BCE (ambiguous regions weigh 0); returns the mean loss per face."""
+def train_epoch(net: nn.Module, loader, optim, sched, steps: int, teacher=None, distill: float = 0.0) -> float:
+    """``steps`` batches of weighted BCE (ambiguous regions weigh 0); returns the mean loss per face. With a
+    ``teacher`` (an onnxruntime session of an occlusion ONNX file, e.g. a seed ensemble) the targets become
+    ``distill`` x the teacher's probabilities + (1 - ``distill``) x the labels, and the ambiguous regions learn
+    the teacher's probability (knowledge distillation: one network that answers like the ensemble)."""
     net.train()
     total, n = 0.0, 0
     for step, (x, y, w) in enumerate(loader):
         if step >= steps:
             break
+        if teacher is not None:
+            soft = torch.from_numpy(teacher.run(None, {"input": x.numpy()})[0])
+            y = torch.where(w > 0, distill * soft + (1 - distill) * y, soft)
+            w = torch.ones_like(w)
         loss = (F.binary_cross_entropy_with_logits(net(x), y, reduction="none") * w).sum() / w.sum().clamp(min=1)
         optim.zero_grad()
         loss.backward()
@@ -701,9 +714,17 @@ def fit(net: OcclusionNet, data: OcclusionData, valid_sets: tuple[np.ndarray, np
                                                 pct_start=0.15)
 
     best, best_state = -1.0, {k: v.clone() for k, v in net.state_dict().items()}
+    teacher = None
+    if cfg.teacher is not None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = cfg.threads
+        teacher = ort.InferenceSession(str(cfg.teacher), options, providers=["CPUExecutionProvider"])
+        log.info(f"distilling {cfg.teacher} (targets {cfg.distill} x teacher + {1 - cfg.distill:g} x labels)")
     for epoch in range(cfg.epochs):
         dataset.epoch = epoch
-        loss = train_epoch(net, loader, optim, sched, steps)
+        loss = train_epoch(net, loader, optim, sched, steps, teacher, cfg.distill)
         scores = valid_scores(net, valid_clean, valid_occ, data.ck_heldout)
         thresholds = thresholds_for(scores.clean, scores.ckplus, data.valid_keep, data.valid_major,
                                    cfg.max_false_occlusion, cfg.min_threshold)

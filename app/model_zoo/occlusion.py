@@ -56,10 +56,16 @@ class Preprocess:
         return np.stack([x, x[:, ::-1]] if self.mirror else [x])[:, None]
 
 
+# settings.occlusion_model -> manifest entry: one network (the default), or the mean of four seeds of one recipe
+# (fewer false flags on sharp photos, ~0.4 ms more a face: models/OCCLUSION.md, row ED)
+OCCLUSION_MODELS = {"single": "occlusion", "ensemble": "occlusion_ensemble"}
+
+
 class OcclusionClassifier(OnnxModel):
     manifest_name = "occlusion"
 
-    def __init__(self, models_dir: Path, threads: int = 1) -> None:
+    def __init__(self, models_dir: Path, threads: int = 1, name: str = "occlusion") -> None:
+        self.manifest_name = name  # which manifest entry: "occlusion" or "occlusion_ensemble" (same contract)
         super().__init__(models_dir, threads)
         self.size = int(self.input_shape[2])
         classes = tuple(self.entry.extra.get("classes", REGIONS))

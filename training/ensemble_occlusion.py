@@ -1,0 +1,109 @@
+"""Output ensemble of occlusion networks as one ONNX file: every member reads the same 64x64 input, the file
+returns the mean of their per-region probabilities. Seeds of one recipe disagree on real photos (models/OCCLUSION.md,
+rows H0 and H0 seed 7); averaging them asks whether that disagreement is noise a mean removes.
+
+    python -m training.ensemble_occlusion runs/occ_h0 runs/occ_h0s7 --out runs/occ_e_h0
+    python -m training.evaluate_occlusion --models-dir runs/occ_e_h0/models --derive-thresholds --screen-models-dir V1
+
+Each member folder holds a trainer run (``occlusion.onnx`` + ``manifest_entry.json``). The result is written to
+OUT/occlusion.onnx with a manifest entry (the first member's descriptions; version, sha256, size and architecture
+its own; the members listed with their checksums; none of a member's metrics) and installed into a copy of
+``models/`` at OUT/models, or into ``--models-dir``. Thresholds: re-derive them with the trainer's rule through the
+serving class (the second command); until then the first member's stand. Metrics: ``evaluate_occlusion
+--write-manifest`` and ``evaluate_occlusion_video --write-manifest``. Nothing here trains.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import compose, helper
+
+from app.manifest import replace_entry, sha256_of
+from training.common import TrainingError, run_cli
+from training.data import REPO_ROOT
+
+INPUT, OUTPUT = "input", "probabilities"
+
+
+def mean_graph(members: list[onnx.ModelProto]) -> onnx.ModelProto:
+    """One model: the members' nodes side by side on the shared ``input``, then Mean of their ``probabilities``."""
+    nodes, inits, outs = [], [], []
+    for k, model in enumerate(members):
+        if [i.name for i in model.graph.input] != [INPUT] or [o.name for o in model.graph.output] != [OUTPUT]:
+            raise TrainingError(f"member {k}: expected one input {INPUT!r} and one output {OUTPUT!r}")
+        prefixed = compose.add_prefix(model, prefix=f"m{k}_")
+        renamed = {f"m{k}_{INPUT}": INPUT}
+        for node in prefixed.graph.node:
+            node.input[:] = [renamed.get(name, name) for name in node.input]
+            nodes.append(node)
+        inits.extend(prefixed.graph.initializer)
+        outs.append(f"m{k}_{OUTPUT}")
+    nodes.append(helper.make_node("Mean", outs, [OUTPUT], name="ensemble_mean"))
+    first = members[0].graph
+    graph = helper.make_graph(nodes, "occlusion_ensemble", [first.input[0]], [first.output[0]], inits)
+    model = helper.make_model(graph, opset_imports=members[0].opset_import, ir_version=members[0].ir_version)
+    onnx.checker.check_model(model)
+    return model
+
+
+def check(model_path: Path, member_paths: list[Path]) -> float:
+    """max |ensemble - mean of the members| on random inputs, through onnxruntime."""
+    import onnxruntime as ort
+
+    x = np.random.default_rng(0).uniform(0, 255, (8, 1, 64, 64)).astype(np.float32)
+    run = lambda p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {INPUT: x})[0]  # noqa: E731
+    expected = np.mean([run(p) for p in member_paths], axis=0)
+    return float(np.abs(run(model_path) - expected).max())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("members", type=Path, nargs="+", help="trainer run folders")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--version", default="2.1.0", help="the manifest entry's version")
+    parser.add_argument("--name", default="occlusion",
+                        help="manifest entry (and file NAME.onnx) to install as: occlusion, or occlusion_ensemble "
+                             "(served with MICROFACS_OCCLUSION_MODEL=ensemble)")
+    parser.add_argument("--models-dir", type=Path,
+                        help="install into this models folder (e.g. models); default: a scratch copy at OUT/models")
+    args = parser.parse_args(argv)
+    if len(args.members) < 2:
+        raise TrainingError("an ensemble needs at least two members")
+    paths = [m / "occlusion.onnx" for m in args.members]
+    entries = [json.loads((m / "manifest_entry.json").read_text()) for m in args.members]
+    args.out.mkdir(parents=True, exist_ok=True)
+    out_path = args.out / "occlusion.onnx"
+    onnx.save(mean_graph([onnx.load(p) for p in paths]), out_path)
+    diff = check(out_path, paths)
+    if diff > 1e-5:
+        raise TrainingError(f"ensemble differs from the members' mean by {diff:.2e}")
+    archs = sorted({str(e.get("architecture", "?")) for e in entries})
+    entry = {k: v for k, v in entries[0].items() if k not in ("metrics", "produced_by", "updated_by")}
+    entry.update(
+        version=args.version, file=f"{args.name}.onnx", sha256=sha256_of(out_path), bytes=out_path.stat().st_size,
+        architecture=f"output ensemble (mean of the per-region probabilities) of {len(paths)} networks, each: "
+                     + " | ".join(archs),
+        members=[{"run": str(m), "sha256": sha256_of(p), "valid": e.get("metrics", {}).get("ferplus_valid")}
+                 for m, p, e in zip(args.members, paths, entries)],
+        export_check=f"max |ensemble - mean of members| = {diff:.1e} (random inputs, onnxruntime)",
+        metrics={"command": "python -m training.ensemble_occlusion "
+                            + " ".join(sys.argv[1:] if argv is None else argv)},
+    )
+    (args.out / "manifest_entry.json").write_text(json.dumps(entry, indent=2) + "\n")
+    models = args.models_dir or args.out / "models"
+    if args.models_dir is None:  # a scratch copy of models/ to evaluate the ensemble in
+        shutil.rmtree(models, ignore_errors=True)
+        shutil.copytree(REPO_ROOT / "models", models)
+    shutil.copy(out_path, models / f"{args.name}.onnx")
+    replace_entry(models, args.name, entry)
+    print(f"wrote {out_path} ({len(paths)} members, max diff {diff:.1e}) and installed it into {models}; "
+          f"thresholds are the first member's until evaluate_occlusion --derive-thresholds")
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))
