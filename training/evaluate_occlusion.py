@@ -12,6 +12,7 @@
     python -m training.evaluate_occlusion --write-manifest # also stores the numbers in models/manifest.json
     python -m training.evaluate_occlusion --real            # only the real-occlusion checks (shared samples)
     python -m training.evaluate_occlusion --bench-against D # per-face cost of models/ and D's model, interleaved
+    python -m training.evaluate_occlusion --entry occlusion_ensemble   # the optional seed ensemble (2.1.0)
     python -m training.evaluate_occlusion --models-dir D --derive-thresholds --screen-models-dir V1
         # first re-derive D's manifest thresholds through the serving class (e.g. for a new ``preprocess``)
 
@@ -315,7 +316,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--entry", default="occlusion",
                         help="the manifest entry to evaluate: occlusion or occlusion_ensemble")
     parser.add_argument("--bench-against", type=Path, nargs="*",
-                        help="only time predict() per face for --models-dir and these folders, interleaved")
+                        help="only time predict() per face of the `occlusion` entry of --models-dir and of these "
+                             "folders, interleaved")
     args = parser.parse_args(argv)
     if args.bench_against is not None:
         for folder, t in bench([args.models_dir, *args.bench_against]).items():
