@@ -105,5 +105,6 @@ def main(argv: list[str] | None = None) -> None:
     print(f"wrote {out_path} ({len(paths)} members, max diff {diff:.1e}) and installed it into {models}; "
           f"thresholds are the first member's until evaluate_occlusion --derive-thresholds")
 
+
 if __name__ == "__main__":
     raise SystemExit(run_cli(main))
