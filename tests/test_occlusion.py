@@ -169,10 +169,11 @@ def test_training_smoke_run_exports_a_loadable_model(tmp_path, face_cache):
 # ------------------------------------------------------------------ real occlusions and hard negatives (v2)
 def _largest_face_flags(analyzer, image) -> tuple[list[str], dict[str, float]]:
     from app.analyzer import FaceOptions
+    from training.evaluate_occlusion import largest_face
 
     analysis = analyzer.run(image, FaceOptions(side_face_filter=False, occlusion_filter=False))
     assert analysis.faces, "no face found"
-    face = max(analysis.faces, key=lambda f: float(np.prod(f.box[2:] - f.box[:2])))
+    face = largest_face(analysis.faces)
     return [r for r, hit in face.occlusion.regions.items() if hit], face.occlusion.scores
 
 

@@ -27,6 +27,7 @@ from onnx import compose, helper
 from app.manifest import replace_entry, sha256_of
 from training.common import TrainingError, run_cli
 from training.data import REPO_ROOT
+from training.noise_experiment import run_onnx
 
 INPUT, OUTPUT = "input", "probabilities"
 
@@ -54,12 +55,9 @@ def mean_graph(members: list[onnx.ModelProto]) -> onnx.ModelProto:
 
 def check(model_path: Path, member_paths: list[Path]) -> float:
     """max |ensemble - mean of the members| on random inputs, through onnxruntime."""
-    import onnxruntime as ort
-
     x = np.random.default_rng(0).uniform(0, 255, (8, 1, 64, 64)).astype(np.float32)
-    run = lambda p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {INPUT: x})[0]  # noqa: E731
-    expected = np.mean([run(p) for p in member_paths], axis=0)
-    return float(np.abs(run(model_path) - expected).max())
+    expected = np.mean([run_onnx(p, x) for p in member_paths], axis=0)
+    return float(np.abs(run_onnx(model_path, x) - expected).max())
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -110,6 +110,11 @@ def derive_thresholds(model: OcclusionClassifier, screen_models_dir: Path) -> di
 
 
 # ------------------------------------------------------------------------------------------ real occlusions
+def largest_face(faces):
+    """The face with the largest box of an analysis (the real-occlusion samples have one person in front)."""
+    return max(faces, key=lambda f: float(np.prod(f.box[2:] - f.box[:2])))
+
+
 def real_occlusion_checks(analyzer=None, samples: Path | None = None,
                           model: OcclusionClassifier | None = None) -> list[dict]:
     """Real occlusions through the service's own path (decode -> detect -> mesh -> align -> occlusion). One
@@ -137,7 +142,7 @@ def real_occlusion_checks(analyzer=None, samples: Path | None = None,
                 if not ok:
                     raise TrainingError(f"cannot read frame {frame} of {path}")
                 analysis = analyzer.run(image, options)
-            face = max(analysis.faces, key=lambda f: float(np.prod(f.box[2:] - f.box[:2])))
+            face = largest_face(analysis.faces)
             verdict = face.occlusion
             if model is not None:
                 verdict = OcclusionVerdict(scores=model.predict(face.aligned), thresholds=model.thresholds)

@@ -28,6 +28,7 @@ from app.manifest import update_entry
 from app.model_zoo.occlusion import OcclusionClassifier
 from training.common import TrainingError, run_cli
 from training.data import REPO_ROOT, data_root
+from training.evaluate_occlusion import largest_face
 from training.occluders import REGIONS
 
 VIDEO = "WolfgangLanger_Pexels.mp4"
@@ -66,8 +67,7 @@ def video_crops(path: Path, analyzer=None) -> tuple[list, np.ndarray]:
             if not faces:
                 crops.append(None)
                 continue
-            face = max(faces, key=lambda f: float(np.prod(f.box[2:] - f.box[:2])))
-            crops.append(face.aligned)
+            crops.append(largest_face(faces).aligned)
     return crops, frame_labels(len(crops))
 
 
