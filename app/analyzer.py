@@ -13,6 +13,9 @@ head outputs in image pixels) for callers that need more than the JSON. Every st
     result = analyzer.analyze("photo.jpg", heads={"au", "expression"}, max_faces=5)
     for face in result.faces:
         print(face.box, face.filtered, face.expression and face.expression.label)
+
+    # relative to the same person's neutral face (app/reference.py): a photo, several, or a stored Reference
+    result = analyzer.analyze("smile.jpg", reference="neutral.jpg")
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +40,9 @@ from app.filters import OcclusionVerdict, filter_reasons
 from app.heads import Head, build_heads
 from app.landmarks import LandmarkStage
 from app.model_zoo.blazeface import Detection
-from app.model_zoo.expression import PRIORS
+from app.model_zoo.expression import PRIORS, ExpressionResult
 from app.pose import PITCH_OFFSET_DEG, PITCH_OFFSET_DEG_V2, HeadPose, head_pose
+from app.reference import Reference, ReferenceError, log_probs, not_neutral, reference_expression
 from app.registry import ModelRegistry
 from app.schemas import AnalysisResponse
 from app.settings import Settings
@@ -56,6 +60,8 @@ class FaceOptions:
     min_face_size: int = 20
     face_crop: bool = False
     expression_prior: str = "balanced"  # the expression head's class prior: "balanced" or "ferplus"
+    # the person's neutral face: the AU and expression heads read each face relative to it (app/reference.py)
+    reference: Reference | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -105,6 +111,8 @@ class ImageAnalysis:
     faces: list[FaceAnalysis]
     heads: tuple[str, ...]  # the heads that were asked for (each unfiltered face has their outputs)
     timings: Timings
+    reference: Reference | None = None  # the reference the heads read the faces against, if any
+    reference_reading: ExpressionResult | None = None  # the reference's own absolute reading (call's prior)
 
     @property
     def width(self) -> int:
@@ -186,6 +194,7 @@ class Analyzer:
         landmarks: bool = False,
         channel_order: str = "bgr",
         prior: str | None = None,
+        reference: ImageSource | Sequence[ImageSource] | Reference | None = None,
     ) -> AnalysisResponse[Any]:
         """Analyse one image with the options of the HTTP endpoints; returns the endpoint's typed response
         (``heads`` decides which: none = /detect-faces, {"au"} = /detect-au, {"expression"} =
@@ -193,17 +202,84 @@ class Analyzer:
         fields, as ``?blendshapes=true`` / ``?gaze=true`` do). A path or bytes are decoded under the same limits as an
         upload; a numpy array is taken as uint8 BGR (``channel_order="rgb"`` otherwise), grey or 4-channel.
         ``prior``: the expression scores' class prior, "balanced" or "ferplus" (default: the setting).
+        ``reference``: a neutral photo of the same person (or several, or a ``Reference`` from ``reference()``):
+        the AU and expression readings are then relative to it (app/reference.py), the absolute ones kept.
         Bad input raises ``app.errors.ApiError`` (``.status``, ``.code``, ``.message``), as the API would."""
         options = self.options(side_face_filter, occlusion_filter, max_faces, min_face_size, face_crop, prior)
+        if reference is not None and not isinstance(reference, Reference):
+            single = isinstance(reference, (str, Path, bytes, np.ndarray))
+            photos: list[ImageSource] = [reference] if single else list(reference)  # type: ignore[list-item, arg-type]
+            reference = self.reference(photos, side_face_filter=side_face_filter, occlusion_filter=occlusion_filter,
+                                       channel_order=channel_order)
+        if reference is not None:
+            options = self.with_reference(options, reference)
+        analysis = self.run(self._source(source, channel_order), options, heads)
+        return respond.analysis_response(uuid.uuid4().hex, analysis, include_landmarks=landmarks)
+
+    def reference(
+        self,
+        sources: Sequence[ImageSource],
+        *,
+        side_face_filter: bool = True,
+        occlusion_filter: bool = True,
+        channel_order: str = "bgr",
+    ) -> Reference:
+        """A person's neutral face from one or more photos of them (``app.reference``): in each photo its
+        largest face, read by the expression network and the AU head; model outputs only, no pixels. A photo
+        with no usable face is a 422 (``reference_no_face``, ``reference_filtered``); more than one face, or a
+        face the network reads as clearly not neutral, adds a warning."""
+        if not sources:
+            raise ApiError(422, "missing_reference", "a reference needs at least one photo")
+        options = FaceOptions(side_face_filter, occlusion_filter, max_faces=self.settings.max_faces_limit,
+                              min_face_size=self.settings.default_min_face_size)
+        logs, aus, warnings = [], [], []
+        for n, source in enumerate(sources, 1):
+            name = "the reference photo" if len(sources) == 1 else f"reference photo {n} of {len(sources)}"
+            analysis = self.run(self._source(source, channel_order), options)
+            if not analysis.faces:
+                raise ApiError(422, "reference_no_face", f"no face found in {name}")
+            face = analysis.faces[0]  # the largest
+            if face.filtered:
+                raise ApiError(422, "reference_filtered", f"the largest face in {name} cannot be read "
+                               f"({', '.join(face.filter_reasons)}): use a frontal, unoccluded neutral photo")
+            if len(analysis.faces) > 1:
+                warnings.append(f"reference_faces: {len(analysis.faces)} faces in {name}; the largest was used")
+            probs, _ = self.models.expression.read(face.aligned)
+            logs.append(log_probs(probs))
+            if "au" in self.heads:
+                self._run_irises(analysis.image, [face], ("au",), analysis.timings)
+                aus.append(self.heads["au"].probability(face)[0])  # type: ignore[attr-defined]
+        if not_neutral(self.models.expression, np.array(logs)):
+            warnings.append("reference_not_neutral: the reference does not read as neutral; the readings are "
+                            "relative to the expression it shows")
+        return Reference.average(np.array(logs), np.array(aus), self.reference_models(), warnings)
+
+    def reference_models(self) -> dict[str, str]:
+        """The versions a reference depends on: the expression network and whatever gives the AU probabilities."""
+        models = {"expression": self.models.expression.version, "au_detector": self.models.au.version}
+        if self.settings.au_model == "fused" and self.models.au_fusion is not None:
+            models["au_fusion"] = self.models.au_fusion.version
+        return models
+
+    def with_reference(self, options: FaceOptions, reference: Reference) -> FaceOptions:
+        """``options`` that read every face relative to ``reference``; a reference these models cannot use
+        (made by other model versions) is a 409."""
+        try:
+            reference.check(self.reference_models())
+        except ReferenceError as exc:
+            raise ApiError(409, "reference_stale", str(exc)) from exc
+        return replace(options, reference=reference)
+
+    def _source(self, source: ImageSource, channel_order: str = "bgr") -> bytes | np.ndarray:
+        """A path or bytes -> bytes (decoded by ``run`` under the upload limits); an array -> BGR uint8."""
         if isinstance(source, (str, Path)):
             try:
-                source = Path(source).read_bytes()
+                return Path(source).read_bytes()
             except OSError as exc:
                 raise ApiError(400, "invalid_image", f"cannot read {exc.filename}: {exc.strerror or exc}") from exc
-        elif isinstance(source, np.ndarray):
-            source = as_bgr(source, channel_order)
-        analysis = self.run(source, options, heads)
-        return respond.analysis_response(uuid.uuid4().hex, analysis, include_landmarks=landmarks)
+        if isinstance(source, np.ndarray):
+            return as_bgr(source, channel_order)
+        return source
 
     def options(
         self,
@@ -264,7 +340,7 @@ class Analyzer:
         timings = timings if timings is not None else Timings()
         faces = [self._face_stage(image, None, options, timings, previous) for previous in previous_landmarks]
         self._run_heads(image, faces, chosen, options, timings)
-        return ImageAnalysis(image=image, faces=faces, heads=chosen, timings=timings)
+        return self._analysis(image, faces, chosen, timings, options)
 
     def run_from_detections(
         self,
@@ -280,7 +356,15 @@ class Analyzer:
         timings = timings if timings is not None else Timings()
         faces = [self._face_stage(image, detection, options, timings) for detection in detections]
         self._run_heads(image, faces, chosen, options, timings, detections)
-        return ImageAnalysis(image=image, faces=faces, heads=chosen, timings=timings)
+        return self._analysis(image, faces, chosen, timings, options)
+
+    def _analysis(self, image: np.ndarray, faces: list[FaceAnalysis], chosen: tuple[str, ...], timings: Timings,
+                  options: FaceOptions) -> ImageAnalysis:
+        reading = None
+        if options.reference is not None:
+            reading = reference_expression(self.models.expression, options.reference, options.expression_prior)
+        return ImageAnalysis(image=image, faces=faces, heads=chosen, timings=timings, reference=options.reference,
+                             reference_reading=reading)
 
     def _chosen_heads(self, heads: Collection[str]) -> tuple[str, ...]:
         unknown = sorted(set(heads) - set(self.heads))
@@ -296,6 +380,18 @@ class Analyzer:
         stage ran the 468-point mesh: on the face's detection region (as the v2 face stage would), or on the
         mesh's own region for faces tracked without a detection."""
         analysed = [face for face in faces if not face.filtered]
+        self._run_irises(image, faces, chosen, timings, detections)
+        for name in chosen if analysed else ():
+            head = self.heads[name]
+            with timings.stage(head.field):
+                for face in analysed:
+                    face.outputs[name] = head.get(face, options)
+
+    def _run_irises(
+        self, image: np.ndarray, faces: list[FaceAnalysis], chosen: Sequence[str], timings: Timings,
+        detections: Sequence[Detection | None] | None = None,
+    ) -> None:
+        """Landmarks v2 for the unfiltered faces when one of the ``chosen`` heads reads the irises."""
         if any(getattr(self.heads[name], "needs_irises", False) for name in chosen):
             regions = detections if detections is not None else [None] * len(faces)
             for face, detection in zip(faces, regions):
@@ -309,11 +405,6 @@ class Analyzer:
                     else:
                         mesh = self.landmarks_v2.from_landmarks(image, face.landmarks)
                     face.landmarks_v2 = mesh.landmarks
-        for name in chosen if analysed else ():
-            head = self.heads[name]
-            with timings.stage(head.field):
-                for face in analysed:
-                    face.outputs[name] = head.get(face, options)
 
     def _face_stage(
         self,

@@ -22,6 +22,7 @@ from app.model_zoo.au_fusion import AuFusion
 from app.model_zoo.base import ModelError
 from app.model_zoo.expression import ExpressionRecognizer, ExpressionResult
 from app.model_zoo.face_landmarker import FaceBlendshapes
+from app.reference import relative_au_probability, relative_expression, relative_units
 from app.registry import ModelRegistry
 from app.settings import Settings
 
@@ -55,13 +56,20 @@ class AuHead:
     def needs_irises(self) -> bool:  # the fusion reads the blendshapes, which read landmarks v2
         return self.fusion is not None
 
-    def get(self, face: FaceAnalysis, options: FaceOptions) -> list[ActionUnit]:
+    def probability(self, face: FaceAnalysis) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per AU the probability (the detector's, or the fusion's), its best box (aligned-crop pixels) and the
+        threshold it is decided against."""
         probability, boxes = self.model.scores(face.aligned)
         if self.fusion is None or self.blendshapes is None:
-            units = self.model.units(probability, boxes, self.model.thresholds)
-        else:
-            shapes = face.outputs.get("blendshapes") or self.blendshapes.predict(irises_required(face))
-            units = self.model.units(self.fusion.fuse(probability, shapes), boxes, self.fusion.thresholds)
+            return probability, boxes, self.model.thresholds
+        shapes = face.outputs.get("blendshapes") or self.blendshapes.predict(irises_required(face))
+        return self.fusion.fuse(probability, shapes), boxes, self.fusion.thresholds
+
+    def get(self, face: FaceAnalysis, options: FaceOptions) -> list[ActionUnit]:
+        probability, boxes, thresholds = self.probability(face)
+        units = self.model.units(probability, boxes, thresholds)
+        if options.reference is not None:  # relative to the person's neutral face (app/reference.py)
+            units = relative_units(units, relative_au_probability(probability, options.reference), thresholds)
         units = [u if u.box is None else replace(u, box=face.aligned.box_to_image(u.box)) for u in units]
         if "blendshapes" in face.outputs:  # the call asked for blendshapes too: each AU's activation from them
             activation = activations(face.outputs["blendshapes"])
@@ -72,13 +80,16 @@ class AuHead:
 @dataclass(frozen=True)
 class ExpressionHead:
     """The expression a face appears to show (CN110532880): calibrated scores under the call's class prior,
-    label, ``uncertain``."""
+    label, ``uncertain``; with a reference, relative to the person's neutral face (app/reference.py)."""
 
     model: ExpressionRecognizer
     field: str = "expression"
 
     def get(self, face: FaceAnalysis, options: FaceOptions) -> ExpressionResult:
-        return self.model.predict(face.aligned, options.expression_prior)
+        probs, distance = self.model.read(face.aligned)
+        if options.reference is not None:
+            return relative_expression(self.model, probs, distance, options.reference, options.expression_prior)
+        return self.model.result(probs, distance, options.expression_prior)
 
 
 def irises_required(face: FaceAnalysis) -> np.ndarray:

@@ -16,9 +16,10 @@ from app.logs import configure_logging
 from app.metrics import AccessMiddleware, Metrics
 from app.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from app.model_zoo.base import load_manifest
+from app.persons import PersonStore
 from app.registry import ModelRegistry
 from app.render_http import RENDER_RESPONSES, RenderMiddleware, render_option
-from app.routes import faces, health, metrics, video
+from app.routes import faces, health, metrics, persons, video
 from app.routes.demo import install_demo
 from app.schemas import ErrorResponse
 from app.security import ProtectedPathsMiddleware, SecurityHeadersMiddleware, configured_keys, require_api_key
@@ -68,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.ready = False
     admission = Admission(settings.max_in_flight, settings.queue_limit, settings.request_timeout_s)
     app.state.admission = admission
+    app.state.persons = PersonStore(settings.persons_dir, settings.persons_ttl_s, settings.max_persons)
     app.state.metrics = Metrics(admission, app.state.manifest)
     install_error_handlers(app)
     app.include_router(health.router)
@@ -77,15 +79,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             router, dependencies=[Depends(require_api_key), Depends(render_option)], responses=RENDER_RESPONSES
         )
     app.include_router(video.router, dependencies=[Depends(require_api_key)])  # no ?render for videos
+    app.include_router(persons.router, dependencies=[Depends(require_api_key)])
     install_demo(app)
     app.add_middleware(RenderMiddleware)
     app.add_middleware(
         BodyLimitMiddleware,
         max_upload_bytes=settings.max_upload_bytes,
-        path_limits={"/analyze-video": settings.max_video_upload_bytes},
+        # an image endpoint's body may carry a `reference` photo beside the image; /persons several photos
+        path_limits={"/analyze-video": settings.max_video_upload_bytes,
+                     "/persons": settings.max_reference_photos * settings.max_upload_bytes,
+                     **{getattr(r, 'path', ''): 2 * settings.max_upload_bytes for r in faces.router.routes}},
         body_timeout_s=settings.body_timeout_s,
     )
     shed_paths = {getattr(route, "path", "") for r in [*ANALYSIS_ROUTERS, video.router] for route in r.routes}
+    shed_paths.add("/persons")  # POST: enrolment reads photos
     app.add_middleware(AdmissionMiddleware, admission=admission, paths=shed_paths)  # before the body is read
     if settings.cors_origins:
         app.add_middleware(

@@ -15,6 +15,7 @@ import numpy as np
 from app.gaze import Gaze
 from app.model_zoo.au_detector import ActionUnit
 from app.model_zoo.expression import ExpressionResult
+from app.reference import Reference
 from app.schemas import (
     ActionUnitOut,
     AnalysisResponse,
@@ -29,6 +30,7 @@ from app.schemas import (
     Occlusion,
     Pose,
     RecognizeExpressionResponse,
+    ReferenceOut,
 )
 
 if TYPE_CHECKING:
@@ -58,17 +60,29 @@ def action_units_out(units: list[ActionUnit]) -> list[ActionUnitOut]:
                         "box": None if u.box is None else box_out(u.box)}
         if u.activation is not None:  # only with the blendshapes: otherwise the field is left out
             fields["activation"] = unit_interval(u.activation)
+        if u.absolute_probability is not None:  # only with a reference
+            fields["absolute_probability"] = unit_interval(u.absolute_probability)
+            fields["absolute_present"] = bool(u.absolute_present)
         out.append(ActionUnitOut(**fields))
     return out
 
 
 def expression_out(result: ExpressionResult) -> ExpressionOut:
-    return ExpressionOut(
+    fields: dict[str, Any] = dict(
         label=result.label,
         confidence=unit_interval(result.confidence),
         scores={k: unit_interval(v) for k, v in result.scores.items()},
         uncertain=result.uncertain,
     )
+    if result.reference:  # only with a reference: otherwise the fields are left out
+        fields["reference"] = True
+        fields["absolute"] = expression_out(result.absolute) if result.absolute is not None else None
+    return ExpressionOut(**fields)
+
+
+def reference_out(reference: Reference, reading: ExpressionResult) -> ReferenceOut:
+    return ReferenceOut(source="person" if reference.person_id else "upload", person_id=reference.person_id,
+                        faces=reference.faces, expression=expression_out(reading), warnings=list(reference.warnings))
 
 
 def blendshapes_out(scores: dict[str, float]) -> dict[str, float]:
@@ -119,9 +133,12 @@ def face_out(face_id: int, face: FaceAnalysis, heads: tuple[str, ...], include_l
 
 def analysis_response(request_id: str, analysis: ImageAnalysis, include_landmarks: bool) -> AnalysisResponse[Any]:
     model = RESPONSE_MODELS[frozenset(analysis.heads) & TYPED_HEADS]
-    return model(
+    fields: dict[str, Any] = dict(
         request_id=request_id,
         image=ImageInfo(width=analysis.width, height=analysis.height),
         faces=[face_out(i, face, analysis.heads, include_landmarks) for i, face in enumerate(analysis.faces)],
         timings_ms=analysis.timings.rounded(),
     )
+    if analysis.reference is not None and analysis.reference_reading is not None:
+        fields["reference"] = reference_out(analysis.reference, analysis.reference_reading)
+    return model(**fields)

@@ -82,16 +82,37 @@ class ImageInfo(BaseModel):
     height: int
 
 
+class ReferenceOut(BaseModel):
+    """The neutral face a call's readings are relative to (app/reference.py)."""
+
+    source: str = Field(description="upload (the multipart `reference` photo) or person (?person=<id>)")
+    person_id: str | None = Field(None, description="the enrolled person, with ?person=")
+    faces: int = Field(description="how many faces (photos) the reference was made from")
+    expression: ExpressionOut = Field(
+        description="the reference's own (absolute) reading: a neutral reference should read as neutral"
+    )
+    warnings: list[str] = Field(
+        description="reference_faces (several faces in a reference photo: the largest was used), "
+        "reference_not_neutral (the reference reads clearly as another expression: readings are relative to it)"
+    )
+
+
 FaceT = TypeVar("FaceT", bound=Face)
 
 
-class AnalysisResponse(BaseModel, Generic[FaceT]):
+class AnalysisResponse(OptIn, Generic[FaceT]):
     """What every analysis endpoint returns; the face type says which per-face results it carries."""
+
+    opt_in = ("reference",)
 
     request_id: str
     image: ImageInfo
     faces: list[FaceT]
     timings_ms: dict[str, float] = Field(description="milliseconds per stage, summed over the faces")
+    reference: ReferenceOut | None = Field(
+        None, description="only when the call gave a reference (multipart `reference` or ?person=): the "
+        "person's neutral face every face was read against"
+    )
 
     def to_dataframe(self, frame: int = 1, timestamp: float = 0.0, source: str = "") -> Any:
         """One row per face (a frame without a face: one ``success=0`` row) with the OpenFace-style
@@ -110,11 +131,12 @@ class DetectFacesResponse(AnalysisResponse[Face]):
 
 
 class ActionUnitOut(OptIn):
-    opt_in = ("activation",)
+    opt_in = ("activation", "absolute_probability", "absolute_present")
 
     au: str = Field(description="FACS code, e.g. AU12")
     name: str = Field(description="FACS name, e.g. Lip Corner Puller")
-    probability: float = Field(ge=0.0, le=1.0, description="the AU detector's score for this AU on this face")
+    probability: float = Field(ge=0.0, le=1.0, description="the AU detector's score for this AU on this face; with a "
+                               "reference, the probability that the AU is active beyond the person's neutral face")
     present: bool = Field(description="probability >= the AU's threshold (chosen on subject-wise cross-validation)")
     box: Box | None = Field(None, description="the AU's region in original image pixels; null when absent")
     activation: float | None = Field(
@@ -122,6 +144,10 @@ class ActionUnitOut(OptIn):
         "mean of those MediaPipe coefficients (0..1), a continuous measure of the AU's movement; NOT a FACS "
         "intensity (app/activation.py)"
     )
+    absolute_probability: float | None = Field(
+        None, ge=0.0, le=1.0, description="with a reference only: the detector's own score, without the reference"
+    )
+    absolute_present: bool | None = Field(None, description="with a reference only: presence without the reference")
 
 
 class FaceWithActionUnits(Face):
@@ -134,7 +160,9 @@ class DetectActionUnitsResponse(AnalysisResponse[FaceWithActionUnits]):
     pass
 
 
-class ExpressionOut(BaseModel):
+class ExpressionOut(OptIn):
+    opt_in = ("reference", "absolute")
+
     label: str = Field(description="the expression the face appears to show (FER+ class with the highest score)")
     confidence: float = Field(ge=0.0, le=1.0, description="the label's calibrated probability")
     scores: dict[str, float] = Field(
@@ -145,6 +173,11 @@ class ExpressionOut(BaseModel):
         description="the face is unlike the faces the model learnt from (its embedding is far from every "
         "expression prototype); treat the label with caution"
     )
+    reference: bool | None = Field(
+        None, description="with a reference only (true): label, scores and confidence are relative to the person's "
+        "neutral face: what changed from it (models/EXPRESSION.md)"
+    )
+    absolute: ExpressionOut | None = Field(None, description="with a reference only: the reading without it")
 
 
 class FaceWithExpression(Face):
@@ -161,6 +194,18 @@ class FaceWithAll(FaceWithActionUnits, FaceWithExpression):
 
 class AnalyzeResponse(AnalysisResponse[FaceWithAll]):
     pass
+
+
+class PersonOut(BaseModel):
+    """An enrolled person (POST /persons): only model outputs of their neutral photos are kept, never the photos."""
+
+    person_id: str = Field(description="use as ?person= on the image endpoints; unguessable, scoped to the API key")
+    faces: int = Field(description="how many photos the reference was made from")
+    created_at: str = Field(description="ISO 8601, UTC")
+    expires_at: str = Field(description="ISO 8601, UTC: the person is deleted then (MICROFACS_PERSONS_TTL_S)")
+    models: dict[str, str] = Field(description="the model versions the reference was made with")
+    expression: ExpressionOut = Field(description="how the reference itself reads (absolute)")
+    warnings: list[str] = Field(description="as in an analysis response's `reference.warnings`")
 
 
 class ErrorDetail(BaseModel):
@@ -212,6 +257,9 @@ class Limits(BaseModel):
     max_video_side: int | None = None
     max_video_pixels: int | None = None
     video_formats: list[str] | None = None
+    # person-relative reading (POST /persons, multipart `reference`)
+    max_reference_photos: int | None = None
+    persons_ttl_s: float | None = Field(None, description="an enrolled person is deleted this long after enrolment")
 
 
 class Defaults(BaseModel):

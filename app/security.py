@@ -62,6 +62,14 @@ async def require_api_key(
         raise ApiError(401, "unauthorized", UNAUTHORIZED, headers=CHALLENGE)
 
 
+def presented_key(request: Request) -> str | None:
+    """The API key a request sent when the server has keys (``require_api_key`` has checked it), else None:
+    what scopes a tenant's enrolled persons (app/persons.py)."""
+    if not configured_keys(request.app.state.settings):
+        return None
+    return key_from_headers({k.lower(): v for k, v in request.headers.raw})
+
+
 class ProtectedPathsMiddleware:
     """With ``MICROFACS_PUBLIC_DOCS=false`` and a key set: the docs, the demo (page and its scripts) and
     /version need the key too. Installed only then."""

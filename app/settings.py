@@ -99,6 +99,22 @@ class Settings(BaseSettings):
         30.0, gt=0.0, description="a request body that stalls this long between two reads is cut off (408)"
     )
 
+    # --- Person-relative reading (app/reference.py) and enrolled persons (app/persons.py) ---------------------
+    persons_dir: Path | None = Field(
+        None, description="where enrolled persons are kept (one JSON file each: model outputs, no photos); unset: "
+        "in the worker's memory (lost on restart, not shared between workers)"
+    )
+    persons_ttl_s: float = Field(
+        30 * 24 * 3600.0, gt=0.0, description="an enrolled person is deleted this long after enrolment (seconds)"
+    )
+    max_persons: int = Field(10_000, ge=1, description="enrolled persons kept at most (all API keys together)")
+    max_reference_photos: int = Field(5, ge=1, le=50, description="neutral photos one POST /persons may send")
+    baseline_fraction: float = Field(
+        0.3, gt=0.0, le=1.0, description="automatic baselines (CLI --baseline auto, video tracks): a person's "
+        "reference is this most neutral-looking share of their faces"
+    )
+    # --- end of person-relative settings ----------------------------------------------------------------------
+
     # --- Video analysis (POST /analyze-video, app/video/) -----------------------------------------------
     # Limits, published in GET /version and checked from the container's header before decoding (and
     # again while decoding, since headers can lie).

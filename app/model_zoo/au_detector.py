@@ -25,6 +25,10 @@ class ActionUnit:
     box: np.ndarray | None  # x0, y0, x1, y1 of the best box (None when absent): aligned-crop pixels from
     # AuDetector.predict, image pixels from the analyzer's AU head (app/heads.py)
     activation: float | None = None  # from the blendshapes, when the call computed them (app/activation.py)
+    # With a reference (app/reference.py): probability and present are relative to the person's neutral face,
+    # and the detector's own reading of this face is kept here.
+    absolute_probability: float | None = None
+    absolute_present: bool | None = None
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:

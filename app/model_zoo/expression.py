@@ -38,6 +38,10 @@ class ExpressionResult:
     confidence: float  # its calibrated probability
     scores: dict[str, float] = field(hash=False)  # all classes, summing to 1
     uncertain: bool  # the embedding is farther from every class prototype than the manifest threshold
+    # With a reference (app/reference.py): the reading relative to the person's neutral face, and the face's
+    # absolute reading kept here.
+    reference: bool = False
+    absolute: ExpressionResult | None = field(default=None, hash=False)
 
 
 class ExpressionRecognizer(OnnxModel):
@@ -66,6 +70,16 @@ class ExpressionRecognizer(OnnxModel):
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError("expression manifest entry lacks priors.ferplus (per class) / priors.balanced_exponent"
                              " (python -m training.fit_expression_prior)") from exc
+        # The relative reading's anchor (app/reference.py): mean log-probabilities of FER+ Valid neutral faces;
+        # None in a manifest written before it (python -m training.fit_reference --write-manifest): then a call
+        # with a reference is refused.
+        anchor = extra.get("relative", {}).get("neutral_anchor")
+        self.neutral_anchor: np.ndarray | None = None
+        if anchor is not None:
+            try:
+                self.neutral_anchor = np.array([float(anchor[c]) for c in self.classes], np.float64)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ModelError("expression manifest entry: relative.neutral_anchor needs a number per class") from exc
 
     def reweight(self, probs: np.ndarray, prior: str) -> np.ndarray:
         """(N, C) probabilities under FER+'s class prior -> under ``prior`` ("ferplus" or "balanced")."""
@@ -97,9 +111,15 @@ class ExpressionRecognizer(OnnxModel):
             uncertain=bool(distance > self.threshold),
         )
 
-    def predict(self, aligned, prior: str = "ferplus") -> ExpressionResult:
-        """``aligned``: app.align.AlignedFace (BGR crop) or a grey/BGR crop array."""
+    def read(self, aligned) -> tuple[np.ndarray, float]:
+        """The network's probabilities (C,) under FER+'s prior and the distance to the nearest prototype.
+        ``aligned``: app.align.AlignedFace (BGR crop) or a grey/BGR crop array."""
         image = getattr(aligned, "image", aligned)
         probs, emb = self.predict_batch(np.asarray(image)[None])
         _, dist = self.nearest_prototype(emb)
-        return self.result(probs[0], float(dist[0]), prior)
+        return probs[0], float(dist[0])
+
+    def predict(self, aligned, prior: str = "ferplus") -> ExpressionResult:
+        """``aligned``: app.align.AlignedFace (BGR crop) or a grey/BGR crop array."""
+        probs, distance = self.read(aligned)
+        return self.result(probs, distance, prior)

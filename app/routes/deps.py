@@ -11,12 +11,15 @@ from typing import Any, Literal
 
 from fastapi import Depends, Query, Request, Response
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.analyzer import Analyzer, FaceOptions
 from app.errors import ApiError, request_id_of
+from app.persons import PersonStore, key_scope
+from app.reference import Reference
 from app.render_http import render_option
 from app.respond import analysis_response
-from app.security import require_api_key
+from app.security import presented_key, require_api_key
 from app.settings import Settings
 
 __all__ = ["AnalysisRequest", "analysis_request", "analyzer_of", "require_api_key", "settings_of"]
@@ -33,29 +36,78 @@ async def analyzer_of(request: Request) -> Analyzer:
     return analyzer
 
 
-def multipart_body(description: str) -> dict[str, Any]:
-    """The OpenAPI declaration (``openapi_extra``) of the multipart ``file`` field that ``read_upload`` reads:
-    routes read it themselves, after their query parameters and the API key are checked."""
-    file = {"type": "string", "contentMediaType": "application/octet-stream", "description": description}
-    schema = {"type": "object", "properties": {"file": file}, "required": ["file"]}
+def multipart_body(description: str, reference: bool = False, many: bool = False) -> dict[str, Any]:
+    """The OpenAPI declaration (``openapi_extra``) of the multipart ``file`` field (and the optional ``reference``)
+    that ``read_upload`` reads: routes read them themselves, after their query parameters and the API key are
+    checked. ``many``: ``file`` may repeat."""
+    file: dict[str, Any] = {"type": "string", "contentMediaType": "application/octet-stream",
+                            "description": description}
+    if many:
+        file = {"type": "array", "items": file, "description": description}
+    properties: dict[str, Any] = {"file": file}
+    if reference:
+        properties["reference"] = {
+            "type": "string", "contentMediaType": "application/octet-stream",
+            "description": "optional: a neutral photo of the same person (its largest face is used); each face is "
+            "then read relative to it (models/EXPRESSION.md). Not with ?person=",
+        }
+    schema = {"type": "object", "properties": properties, "required": ["file"]}
     overloaded = {"description": "overloaded: retry after the Retry-After header's seconds",
                   "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
     return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}},
             "responses": {"503": overloaded}}
 
 
-IMAGE_BODY = multipart_body("the image: JPEG, PNG, WebP or BMP")
+IMAGE_BODY = multipart_body("the image: JPEG, PNG, WebP or BMP", reference=True)
 
 
 async def read_upload(request: Request) -> UploadFile:
     """The multipart field ``file`` (spooled by Starlette: memory up to 1 MiB, then a temporary file); the
     caller closes the form (``request.close()``). The body-size middleware bounds what is read."""
-    form = await request.form(max_files=1, max_fields=32)
-    file = form.get("file")
-    if not isinstance(file, UploadFile):
+    files = await read_files(request, {"file": 1})
+    return files["file"][0]
+
+
+async def read_files(request: Request, fields: dict[str, int], required: str = "file") -> dict[str, list[UploadFile]]:
+    """The multipart file fields named in ``fields`` (name -> how many at most), ``required`` present; any other
+    file field, or more than allowed, is a 422. The caller closes the form (``request.close()``)."""
+    allowed = sum(fields.values())
+    try:
+        form = await request.form(max_files=allowed, max_fields=32)
+    except StarletteHTTPException as exc:  # Starlette's multipart limits: too many files or fields
+        if "files" not in str(exc.detail):
+            raise
+        limits = ", ".join(f"{n} in {name!r}" for name, n in fields.items())
+        raise ApiError(422, "invalid_request", f"too many files: at most {limits}") from None
+    out: dict[str, list[UploadFile]] = {name: [] for name in fields}
+    problem = None
+    for name, value in form.multi_items():
+        if not isinstance(value, UploadFile):
+            continue
+        if name not in fields:
+            problem = f"unexpected file field {name!r}; expected {', '.join(repr(f) for f in fields)}"
+        elif len(out[name]) >= fields[name]:
+            problem = f"at most {fields[name]} file(s) in field {name!r}"
+        else:
+            out[name].append(value)
+    if problem is None and not out[required]:
+        problem = f"upload the image as multipart form field {required!r}"
+        code = "missing_file"
+    else:
+        code = "invalid_request"
+    if problem is not None:
         await form.close()
-        raise ApiError(422, "missing_file", "upload the image as multipart form field 'file'")
-    return file
+        raise ApiError(422, code, problem)
+    return out
+
+
+async def person_store(request: Request) -> PersonStore:
+    return request.app.state.persons
+
+
+def scope_of(request: Request) -> str:
+    """The tenant of this request's persons: its API key's hash when the server has keys, else public."""
+    return key_scope(presented_key(request))
 
 
 async def face_options(
@@ -88,6 +140,8 @@ class AnalysisRequest:
     options: FaceOptions
     include_landmarks: bool
     extra_heads: tuple[str, ...] = ()  # opt-in heads any endpoint adds: blendshapes, gaze
+    reference_data: bytes | None = None  # the multipart `reference` photo, read in the pool like the image
+    reference: Reference | None = None  # an enrolled person's (?person=)
 
     async def run(self, heads: Collection[str] = ()) -> Response:
         """The analysis in the app's pool (``app.admission``: a slot, or 503 past the deadline), serialised
@@ -95,7 +149,14 @@ class AnalysisRequest:
         return await self.request.app.state.admission.run(self.request, self._run, heads)
 
     def _run(self, heads: Collection[str]) -> Response:
-        analysis = self.analyzer.run(self.data, self.options, {*heads, *self.extra_heads})
+        options = self.options
+        reference = self.reference
+        if self.reference_data is not None:
+            reference = self.analyzer.reference([self.reference_data], side_face_filter=options.side_face_filter,
+                                                occlusion_filter=options.occlusion_filter)
+        if reference is not None:
+            options = self.analyzer.with_reference(options, reference)
+        analysis = self.analyzer.run(self.data, options, {*heads, *self.extra_heads})
         self.request.state.image = analysis.image  # for ?render=true (app/render_http.py)
         self.request.state.faces = len(analysis.faces)  # for the access log
         self.request.app.state.metrics.observe_analysis(analysis.timings.ms, len(analysis.faces))
@@ -109,16 +170,28 @@ async def analysis_request(
     landmarks: bool = Query(False, description="include the 468 mesh points of each face"),
     blendshapes: bool = Query(False, description="add MediaPipe's 52 blendshape coefficients to each analysed face"),
     gaze: bool = Query(False, description="add the eye gaze (per eye and combined) to each analysed face"),
+    person: str | None = Query(
+        None, max_length=64, description="an enrolled person's id (POST /persons): read each face relative to "
+        "their neutral face, as with a multipart `reference` photo (not both)"
+    ),
     _render: bool = Depends(render_option),
     analyzer: Analyzer = Depends(analyzer_of),
     settings: Settings = Depends(settings_of),
+    persons: PersonStore = Depends(person_store),
 ) -> AnalysisRequest:
     """FastAPI calls this only when every query parameter above is valid (and after the router's API-key
-    check), so a bad request is refused before its body is read: the upload is read here, last."""
-    file = await read_upload(request)
+    check), so a bad request is refused before its body is read: the upload is read here, last. An unknown
+    ``person`` is refused before the body too."""
+    reference = persons.get(scope_of(request), person).reference if person is not None else None
+    files = await read_files(request, {"file": 1, "reference": 1})
     try:
-        data = await file.read(settings.max_upload_bytes + 1)
+        data = await files["file"][0].read(settings.max_upload_bytes + 1)
+        reference_data = None
+        if files["reference"]:
+            if reference is not None:
+                raise ApiError(422, "invalid_request", "give either a `reference` photo or ?person=, not both")
+            reference_data = await files["reference"][0].read(settings.max_upload_bytes + 1)
     finally:
         await request.close()
     extra = tuple(name for name, asked in (("blendshapes", blendshapes), ("gaze", gaze)) if asked)
-    return AnalysisRequest(request, analyzer, data, options, landmarks, extra)
+    return AnalysisRequest(request, analyzer, data, options, landmarks, extra, reference_data, reference)

@@ -58,6 +58,8 @@ async def version(request: Request) -> VersionResponse:
             max_video_side=settings.max_video_side,
             max_video_pixels=settings.max_video_pixels,
             video_formats=list(VIDEO_FORMATS),
+            max_reference_photos=settings.max_reference_photos,
+            persons_ttl_s=settings.persons_ttl_s,
         ),
         defaults=Defaults(max_faces=settings.default_max_faces, min_face_size=settings.default_min_face_size,
                           prior=settings.expression_prior, au_model=settings.au_model),

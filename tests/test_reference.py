@@ -1,0 +1,210 @@
+"""Person-relative reading (app/reference.py): a reference photo, enrolled persons, and their errors."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import cv2
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from app.errors import ApiError
+from app.main import create_app
+from app.persons import PersonStore, key_scope
+from app.reference import Reference, most_neutral, relative_au_probability
+from app.settings import Settings
+from tests.helpers import DATA, encode, requires_data
+
+
+def post(client, path, image, reference=None, params=None, headers=None):
+    files = [("file", ("face.jpg", encode(image), "image/jpeg"))]
+    if reference is not None:
+        files.append(("reference", ("ref.jpg", encode(reference), "image/jpeg")))
+    return client.post(path, files=files, params=params or {}, headers=headers or {})
+
+
+def two_faces(image: np.ndarray) -> np.ndarray:
+    """The image beside a smaller copy of itself: two faces, the first the larger."""
+    h, w = image.shape[:2]
+    small = cv2.resize(image, (w * 2 // 3, h * 2 // 3))
+    canvas = np.full((h, w + small.shape[1], 3), 255, np.uint8)
+    canvas[:, :w] = image
+    canvas[: small.shape[0], w:] = small
+    return canvas
+
+
+def taiwanese(performer: str, intended: str) -> list[np.ndarray]:
+    import csv
+
+    root = requires_data(DATA / "taiwanese_dev")
+    with (root / "labels.csv").open() as handle:
+        rows = [r for r in csv.DictReader(handle) if r["performer"] == performer and r["intended"] == intended]
+    return [cv2.imread(str(root / "images" / r["file"])) for r in rows]
+
+
+# -- the rule, in numbers --------------------------------------------------------------------------------------
+
+
+def test_a_face_read_against_itself_reads_neutral_with_no_au(analyzer, astronaut):
+    absolute = analyzer.analyze(astronaut)
+    relative = analyzer.analyze(astronaut, reference=astronaut)
+    face, rel = absolute.faces[0], relative.faces[0]
+    assert face.expression.label == "happiness"  # a broad smile, read absolutely
+    assert rel.expression.reference is True and rel.expression.label == "neutral"
+    assert rel.expression.absolute.label == "happiness"
+    assert rel.expression.absolute.scores == face.expression.scores  # the absolute reading is kept as it was
+    assert [u.au for u in face.action_units if u.present]  # the smile's AUs, absolutely
+    assert not [u.au for u in rel.action_units if u.present]  # nothing changed from the reference
+    assert all(u.probability == 0.0 for u in rel.action_units)
+    assert [u.absolute_present for u in rel.action_units] == [u.present for u in face.action_units]
+
+
+def test_a_smile_against_the_same_persons_neutral_face(analyzer):
+    neutral, happy = taiwanese("2", "neutral"), taiwanese("2", "happy")
+    result = analyzer.analyze(happy[0], reference=neutral[0])
+    face = result.faces[0]
+    assert face.expression.label == "happiness" and face.expression.reference
+    units = {u.au: u for u in face.action_units}
+    assert units["AU12"].present and units["AU12"].box is not None
+    assert units["AU12"].probability <= units["AU12"].absolute_probability
+    # another neutral photo of the same person: no AU lights up, and it reads neutral
+    rest = analyzer.analyze(neutral[1], reference=neutral[0]).faces[0]
+    assert not [u.au for u in rest.action_units if u.present]
+    assert rest.expression.label == "neutral"
+    # several reference photos make one reference (their mean)
+    several = analyzer.analyze(happy[0], reference=neutral[:3])
+    assert several.reference.faces == 3
+
+
+def test_noisy_or_relative_au_probability():
+    ref = Reference(np.zeros(8), np.array([0.0, 0.5, 0.9, 1.0]), 1)
+    rel = relative_au_probability(np.array([0.6, 0.75, 0.5, 1.0]), ref)
+    assert np.allclose(rel, [0.6, 0.5, 0.0, 0.0])  # (p - r) / (1 - r), never below 0; r = 1 leaves nothing
+
+
+def test_most_neutral_picks_the_top_share():
+    picked = most_neutral([0.1, 0.9, np.nan, 0.5, 0.8], fraction=0.5)
+    assert list(picked) == [1, 4]  # 2 of the 4 valid faces, most neutral first; NaN (no reading) never chosen
+    assert list(most_neutral([0.2], fraction=0.1)) == [0]
+    assert len(most_neutral([np.nan], fraction=0.5)) == 0
+
+
+# -- over HTTP -----------------------------------------------------------------------------------------------
+
+
+def test_reference_upload_changes_the_reading_and_is_marked(client, astronaut):
+    plain = post(client, "/analyze", astronaut)
+    assert plain.status_code == 200
+    assert "reference" not in plain.json() and "absolute" not in plain.json()["faces"][0]["expression"]
+    assert "absolute_probability" not in plain.json()["faces"][0]["action_units"][0]
+    r = post(client, "/analyze", astronaut, reference=astronaut)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    expression = body["faces"][0]["expression"]
+    assert expression["reference"] is True and expression["label"] == "neutral"
+    assert expression["absolute"]["label"] == plain.json()["faces"][0]["expression"]["label"]
+    assert body["reference"]["source"] == "upload" and body["reference"]["faces"] == 1
+    assert body["reference"]["expression"]["label"] == "happiness"
+    assert any(w.startswith("reference_not_neutral") for w in body["reference"]["warnings"])
+    for path in ("/recognize-expression", "/detect-au"):
+        assert post(client, path, astronaut, reference=astronaut).json()["reference"]["faces"] == 1
+
+
+def test_reference_errors_are_clear_4xx(client, astronaut, cameraman):
+    blank = np.full((200, 200, 3), 128, np.uint8)
+    r = post(client, "/analyze", astronaut, reference=blank)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "reference_no_face"
+    r = post(client, "/analyze", astronaut, reference=cameraman)  # a face seen in profile
+    assert r.status_code == 422 and r.json()["error"]["code"] == "reference_filtered"
+    r = post(client, "/analyze", astronaut, reference=two_faces(astronaut))
+    assert r.status_code == 200  # documented choice: the largest face is used, with a warning
+    assert any(w.startswith("reference_faces: 2 faces") for w in r.json()["reference"]["warnings"])
+    r = client.post("/analyze", files=[("file", ("a.jpg", encode(astronaut), "image/jpeg")),
+                                       ("photo", ("b.jpg", encode(astronaut), "image/jpeg"))])
+    assert r.status_code == 422 and "unexpected file field 'photo'" in r.json()["error"]["message"]
+    r = client.post("/analyze", files=[("reference", ("b.jpg", encode(astronaut), "image/jpeg"))])
+    assert r.status_code == 422 and r.json()["error"]["code"] == "missing_file"
+    r = post(client, "/analyze", astronaut, reference=astronaut, params={"person": "x" * 22})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "person_not_found"  # unknown, before the body
+
+
+def test_persons_lifecycle(tmp_path, astronaut):
+    settings = Settings(persons_dir=tmp_path / "persons", api_keys=["key-a", "key-b"])
+    a, b = {"X-API-Key": "key-a"}, {"X-API-Key": "key-b"}
+    with TestClient(create_app(settings)) as client:
+        files = [("file", (f"{i}.jpg", encode(astronaut), "image/jpeg")) for i in range(2)]
+        r = client.post("/persons", files=files, headers=a)
+        assert r.status_code == 201, r.text
+        person = r.json()
+        pid = person["person_id"]
+        assert r.headers["location"] == f"/persons/{pid}" and person["faces"] == 2
+        assert set(person["models"]) >= {"expression", "au_detector"}
+        # only model outputs are kept: no pixels, no landmarks, no key
+        record = json.loads((tmp_path / "persons" / f"{pid}.json").read_text())
+        assert set(record["reference"]) == {"expression_log_probs", "au_probability", "faces", "models", "warnings"}
+        assert "key-a" not in json.dumps(record) and record["scope"] == key_scope("key-a")
+        assert client.get(f"/persons/{pid}", headers=a).json()["person_id"] == pid
+        r = post(client, "/analyze", astronaut, params={"person": pid}, headers=a)
+        assert r.status_code == 200 and r.json()["reference"] == {**r.json()["reference"], "source": "person",
+                                                                   "person_id": pid, "faces": 2}
+        assert r.json()["faces"][0]["expression"]["label"] == "neutral"
+        # another key's person is not found, whatever the route
+        assert client.get(f"/persons/{pid}", headers=b).status_code == 404
+        assert post(client, "/analyze", astronaut, params={"person": pid}, headers=b).status_code == 404
+        assert client.delete(f"/persons/{pid}", headers=b).status_code == 404
+        # both a reference photo and a person: one of them, please
+        r = post(client, "/analyze", astronaut, reference=astronaut, params={"person": pid}, headers=a)
+        assert r.status_code == 422 and "not both" in r.json()["error"]["message"]
+        # no key: 401 before anything
+        assert client.get(f"/persons/{pid}").status_code == 401
+    with TestClient(create_app(settings)) as client:  # the file store outlives the process
+        assert client.get(f"/persons/{pid}", headers=a).status_code == 200
+        assert client.delete(f"/persons/{pid}", headers=a).status_code == 204
+        assert client.get(f"/persons/{pid}", headers=a).status_code == 404
+        assert not list((tmp_path / "persons").glob("*.json"))
+
+
+def test_persons_enrolment_errors(client, astronaut):
+    blank = np.full((200, 200, 3), 128, np.uint8)
+    r = client.post("/persons", files=[("file", ("a.jpg", encode(blank), "image/jpeg"))])
+    assert r.status_code == 422 and r.json()["error"]["code"] == "reference_no_face"
+    assert "reference photo" in r.json()["error"]["message"]
+    too_many = [("file", (f"{i}.jpg", encode(astronaut), "image/jpeg")) for i in range(6)]
+    r = client.post("/persons", files=too_many)
+    assert r.status_code == 422 and "at most 5 in 'file'" in r.json()["error"]["message"]
+    r = client.post("/persons", files=[])
+    assert r.status_code == 422
+    assert client.get("/persons/../../etc/passwd").status_code == 404
+    assert client.get("/persons/short").json()["error"]["code"] == "person_not_found"
+    assert client.get("/version").json()["limits"]["max_reference_photos"] == 5
+
+
+def test_person_store_expiry_and_limit():
+    now = [1000.0]
+    store = PersonStore(None, ttl_s=60, max_persons=2, clock=lambda: now[0])
+    ref = Reference(np.zeros(8), np.zeros(17), 1)
+    first = store.create("s", ref)
+    store.create("s", ref)
+    with pytest.raises(ApiError) as full:
+        store.create("s", ref)
+    assert full.value.status == 429
+    now[0] += 61
+    with pytest.raises(ApiError):
+        store.get("s", first.person_id)  # expired
+    assert store.create("s", ref).person_id  # the expired ones made room
+
+
+def test_a_reference_from_other_model_versions_is_refused(analyzer, astronaut):
+    reference = analyzer.reference([astronaut])
+    stale = replace(reference, models={**reference.models, "expression": "an-older-version"})
+    with pytest.raises(ApiError) as error:
+        analyzer.analyze(astronaut, reference=stale)
+    assert error.value.status == 409 and error.value.code == "reference_stale"
+
+
+def test_analyzer_reference_keeps_no_pixels(analyzer, astronaut):
+    reference = analyzer.reference([astronaut, astronaut])
+    assert reference.faces == 2
+    assert reference.expression_log_probs.shape == (len(analyzer.models.expression.classes),)
+    assert reference.au_probability.shape == (len(analyzer.models.au.classes),)
