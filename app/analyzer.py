@@ -37,12 +37,19 @@ from app.decode import DecodeMemory, ImageLimits, decode_image
 from app.detect import FaceDetector
 from app.errors import ApiError
 from app.filters import OcclusionVerdict, filter_reasons
-from app.heads import Head, build_heads
+from app.heads import AuHead, Head, build_heads
 from app.landmarks import LandmarkStage
 from app.model_zoo.blazeface import Detection
 from app.model_zoo.expression import PRIORS, ExpressionResult
 from app.pose import PITCH_OFFSET_DEG, PITCH_OFFSET_DEG_V2, HeadPose, head_pose
-from app.reference import Reference, ReferenceError, log_probs, not_neutral, reference_expression
+from app.reference import (
+    FaceReading,
+    Reference,
+    ReferenceError,
+    log_probs,
+    not_neutral,
+    reference_expression,
+)
 from app.registry import ModelRegistry
 from app.schemas import AnalysisResponse
 from app.settings import Settings
@@ -244,15 +251,21 @@ class Analyzer:
                                f"({', '.join(face.filter_reasons)}): use a frontal, unoccluded neutral photo")
             if len(analysis.faces) > 1:
                 warnings.append(f"reference_faces: {len(analysis.faces)} faces in {name}; the largest was used")
-            probs, _ = self.models.expression.read(face.aligned)
-            logs.append(log_probs(probs))
-            if "au" in self.heads:
-                self._run_irises(analysis.image, [face], ("au",), analysis.timings)
-                aus.append(self.heads["au"].probability(face)[0])  # type: ignore[attr-defined]
+            reading = self.face_reading(analysis.image, face)
+            logs.append(reading.log_probs)
+            aus.append(reading.au_probability)
         if not_neutral(self.models.expression, np.array(logs)):
             warnings.append("reference_not_neutral: the reference does not read as neutral; the readings are "
                             "relative to the expression it shows")
         return Reference.average(np.array(logs), np.array(aus), self.reference_models(), warnings)
+
+    def face_reading(self, image: np.ndarray, face: FaceAnalysis) -> FaceReading:
+        """What a reference keeps of one face (its expression log-probabilities under FER+'s prior, each AU's
+        probability as the AU head gives it): for ``reference`` and automatic baselines (``app.reference``)."""
+        probs, _ = self.models.expression.read(face.aligned)
+        self._run_irises(image, [face], ("au",), Timings())
+        au: AuHead = self.heads["au"]  # type: ignore[assignment]
+        return FaceReading(log_probs(probs), au.probability(face)[0])
 
     def reference_models(self) -> dict[str, str]:
         """The versions a reference depends on: the expression network and whatever gives the AU probabilities."""
@@ -306,10 +319,13 @@ class Analyzer:
     # -- the pipeline ---------------------------------------------------------------------------------------
 
     def run(
-        self, image: bytes | np.ndarray, options: FaceOptions = FaceOptions(), heads: Collection[str] = ()
+        self, image: bytes | np.ndarray, options: FaceOptions = FaceOptions(), heads: Collection[str] = (),
+        face_references: Sequence[Reference | None] | None = None,
     ) -> ImageAnalysis:
         """decode (bytes) -> detect -> landmarks -> pose -> align -> occlusion -> filters -> heads.
-        ``image``: encoded bytes (decoded under the settings' limits) or a BGR uint8 array."""
+        ``image``: encoded bytes (decoded under the settings' limits) or a BGR uint8 array.
+        ``face_references``: one reference (or None) per face, in the order the faces are found (largest first),
+        for batches whose faces belong to different people (automatic baselines); else ``options.reference``."""
         self._chosen_heads(heads)  # unknown heads fail before any decoding
         timings = Timings()
         if isinstance(image, (bytes, bytearray, memoryview)):
@@ -322,7 +338,7 @@ class Analyzer:
                 detections = list(self.detector.detect(
                     image, self.settings.detection_threshold, options.min_face_size, options.max_faces
                 ))
-        return self.run_from_detections(image, detections, options, heads, timings)
+        return self.run_from_detections(image, detections, options, heads, timings, face_references)
 
     def run_from_landmarks(
         self,
@@ -349,13 +365,14 @@ class Analyzer:
         options: FaceOptions = FaceOptions(),
         heads: Collection[str] = (),
         timings: Timings | None = None,
+        face_references: Sequence[Reference | None] | None = None,
     ) -> ImageAnalysis:
         """``run`` for detections the caller already has (``self.detector.detect``; ``None`` = the whole
         image is one face), e.g. a video tracker that keeps only the detections no track explains."""
         chosen = self._chosen_heads(heads)
         timings = timings if timings is not None else Timings()
         faces = [self._face_stage(image, detection, options, timings) for detection in detections]
-        self._run_heads(image, faces, chosen, options, timings, detections)
+        self._run_heads(image, faces, chosen, options, timings, detections, face_references)
         return self._analysis(image, faces, chosen, timings, options)
 
     def _analysis(self, image: np.ndarray, faces: list[FaceAnalysis], chosen: tuple[str, ...], timings: Timings,
@@ -375,17 +392,22 @@ class Analyzer:
     def _run_heads(
         self, image: np.ndarray, faces: list[FaceAnalysis], chosen: tuple[str, ...], options: FaceOptions,
         timings: Timings, detections: Sequence[Detection | None] | None = None,
+        face_references: Sequence[Reference | None] | None = None,
     ) -> None:
-        """The chosen heads on the unfiltered faces. Heads that read the irises get landmarks v2 when the face
-        stage ran the 468-point mesh: on the face's detection region (as the v2 face stage would), or on the
-        mesh's own region for faces tracked without a detection."""
+        """The chosen heads on the unfiltered faces (each with its own reference when ``face_references``). Heads
+        that read the irises get landmarks v2 when the face stage ran the 468-point mesh: on the face's detection
+        region (as the v2 face stage would), or on the mesh's own region for faces tracked without a detection."""
         analysed = [face for face in faces if not face.filtered]
         self._run_irises(image, faces, chosen, timings, detections)
+        per_face = {id(face): options for face in faces}
+        if face_references is not None:
+            for face, reference in zip(faces, face_references):
+                per_face[id(face)] = options if reference is None else self.with_reference(options, reference)
         for name in chosen if analysed else ():
             head = self.heads[name]
             with timings.stage(head.field):
                 for face in analysed:
-                    face.outputs[name] = head.get(face, options)
+                    face.outputs[name] = head.get(face, per_face[id(face)])
 
     def _run_irises(
         self, image: np.ndarray, faces: list[FaceAnalysis], chosen: Sequence[str], timings: Timings,

@@ -44,6 +44,19 @@ LOG_FLOOR = 1e-12  # probabilities are floored before the log (the ONNX softmax 
 NEUTRAL = "neutral"
 
 
+@dataclass(frozen=True)
+class FaceReading:
+    """What a reference keeps of one face (``Analyzer.face_reading``)."""
+
+    log_probs: np.ndarray  # (C,) the expression network's log-probabilities, FER+ prior
+    au_probability: np.ndarray  # (A,) each AU's probability, as the AU head gives it
+
+    @property
+    def neutral_score(self) -> float:
+        """The network's own probability that the face is neutral (FER+ prior; class 0 is neutral)."""
+        return float(np.exp(self.log_probs[0]))
+
+
 class ReferenceError(ValueError):
     """A reference that cannot be used with these models (other classes or model versions)."""
 
@@ -158,6 +171,19 @@ def not_neutral(model: ExpressionRecognizer, log_probs_of_faces: np.ndarray) -> 
                     else np.asarray(log_probs_of_faces, np.float64))
     best = int(np.argmax(probs))
     return model.classes[best] != NEUTRAL and probs[best] >= NOT_NEUTRAL_CONFIDENCE
+
+
+def automatic_references(readings: Sequence[FaceReading], groups: Sequence[Any], fraction: float,
+                         models: Mapping[str, str]) -> dict[Any, Reference]:
+    """Automatic baselines: per group (a person), a reference from its most neutral-looking ``fraction`` of faces."""
+    out = {}
+    for group in dict.fromkeys(groups):
+        members = [r for r, g in zip(readings, groups) if g == group]
+        chosen = most_neutral([r.neutral_score for r in members], fraction)
+        out[group] = Reference.average(np.array([members[i].log_probs for i in chosen]),
+                                       np.array([members[i].au_probability for i in chosen]), models,
+                                       [f"automatic: the {len(chosen)} most neutral-looking of {len(members)} faces"])
+    return out
 
 
 def most_neutral(neutral_scores: Sequence[float], fraction: float, minimum: int = 1) -> np.ndarray:

@@ -5,6 +5,8 @@
     microfacs clip.mp4 --every 5 --format csv            # a video, every 5th frame
     microfacs photos/ --url http://localhost:8000        # against a server (the microfacs-client SDK)
     microfacs clip.mp4 --render overlays/                # also write annotated PNGs
+    microfacs smiles/ --reference neutral.jpg            # relative to the person's neutral face
+    microfacs session/ --baseline auto --persons who.csv # each person's most neutral faces as their reference
 
 Without ``--url`` the CLI runs the service's own ``app.analyzer.Analyzer`` in this process (frames go to
 it as arrays, never re-encoded; the JSON is what the server would answer); with ``--url`` it calls that
@@ -85,6 +87,55 @@ class LocalBackend:
         self.endpoints = ["analyze" if endpoint == "auto" else endpoint.replace("-", "_")]
         self.heads = HEADS_OF[self.endpoints[0]] | {h for h in ("blendshapes", "gaze") if getattr(args, h, False)}
         self.options = self.analyzer.options(**options)
+        if getattr(args, "reference", None):  # one person's neutral photo(s): every face is read against them
+            reference = self.analyzer.reference(args.reference, side_face_filter=self.options.side_face_filter,
+                                                occlusion_filter=self.options.occlusion_filter)
+            for warning in reference.warnings:
+                print(f"microfacs: reference: {warning}", file=sys.stderr)
+            self.options = self.analyzer.with_reference(self.options, reference)
+        self.face_references: dict[str, list] = {}  # --baseline auto: source -> one reference per face
+
+    def prepare_baselines(self, stills: list[Path], persons: dict[str, str] | None) -> int:
+        """--baseline auto, first pass: each face's reading, grouped by person (``persons``: file -> person, the
+        largest face of each file; else identity clustering), then each person's most neutral-looking faces as
+        their reference (``app.reference.automatic_references``). Returns how many people were found."""
+        from app.reference import automatic_references
+
+        keys, readings, groups, embeddings = [], [], [], []
+        for item in sources.iter_items(stills, 1, None):
+            if item.error:
+                continue
+            analysis = self.analyzer.run(item.data if item.image is None else item.image, self.options)
+            for index, face in enumerate(analysis.faces):
+                if face.filtered:
+                    continue
+                if persons is not None:
+                    person = persons.get(Path(item.source).name) or persons.get(item.source)
+                    if person is None or index > 0:
+                        continue
+                    groups.append(person)
+                else:
+                    embeddings.append(self.identity().embed(analysis.image, face))
+                keys.append((item.source, index))
+                readings.append(self.analyzer.face_reading(analysis.image, face))
+        if persons is None and embeddings:
+            from app.identity import same_person_groups
+
+            groups = list(same_person_groups(np.array(embeddings)))
+        references = automatic_references(readings, groups, self.analyzer.settings.baseline_fraction,
+                                          self.analyzer.reference_models())
+        for (source, index), group in zip(keys, groups):
+            faces = self.face_references.setdefault(source, [])
+            faces.extend([None] * (index + 1 - len(faces)))
+            faces[index] = references[group]
+        return len(references)
+
+    def identity(self) -> Any:
+        if not hasattr(self, "_identity"):
+            from app.identity import load_identity_model
+
+            self._identity = load_identity_model(self.analyzer.settings)
+        return self._identity
 
     def analyse(self, item: sources.Item) -> tuple[dict | None, dict | None, np.ndarray | None]:
         """-> (result, error, decoded image)."""
@@ -97,7 +148,7 @@ class LocalBackend:
             return None, {"status": 0, "code": "invalid_input", "message": item.error}, None
         try:
             source = item.image if item.image is not None else item.data
-            analysis = self.analyzer.run(source, self.options, self.heads)
+            analysis = self.analyzer.run(source, self.options, self.heads, self.face_references.get(item.source))
         except ApiError as exc:
             return None, {"status": exc.status, "code": exc.code, "message": exc.message}, None
         response = analysis_response(uuid.uuid4().hex, analysis, include_landmarks=False)
@@ -112,7 +163,13 @@ class RemoteBackend:
 
         self.client = stack.enter_context(Client(args.url, api_key=args.api_key, timeout=args.timeout))
         self.endpoints = choose_endpoints(self.client, endpoint)
-        self.options = options
+        self.options = dict(options)
+        if getattr(args, "person", None):
+            self.options["person"] = args.person
+        elif getattr(args, "reference", None):  # enrolled for this run, forgotten at its end
+            person = self.client.create_person(args.reference)
+            stack.callback(self.client.delete_person, person.person_id)
+            self.options["person"] = person.person_id
 
     def analyse(self, item: sources.Item) -> tuple[dict | None, dict | None, np.ndarray | None]:
         from microfacs_client import MicroFACSError
@@ -268,6 +325,17 @@ def analyse_video(runner: Any, path: Path, args: argparse.Namespace, render_dir:
     return runner.analyse(path)
 
 
+def read_persons(path: Path) -> dict[str, str]:
+    """--persons: file -> person, from a CSV with columns ``file`` and ``person``."""
+    import csv
+
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames or not {"file", "person"} <= set(reader.fieldnames):
+            raise ValueError(f"{path} needs the columns file,person")
+        return {row["file"]: row["person"] for row in reader if row["file"] and row["person"]}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="microfacs",
@@ -299,6 +367,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--blendshapes", action="store_true",
                         help="add the 52 blendshapes (bs_<name> columns; in-process)")
     parser.add_argument("--gaze", action="store_true", help="add the eye gaze (gaze_angle_x/y columns; in-process)")
+    parser.add_argument("--reference", nargs="+", metavar="PHOTO",
+                        help="neutral photo(s) of the one person in the inputs: AUs and expression are read relative "
+                             "to them (with --url: enrolled for the run, then deleted)")
+    parser.add_argument("--person", help="with --url: an enrolled person's id (POST /persons) as the reference")
+    parser.add_argument("--baseline", choices=["none", "auto"], default="none",
+                        help="auto (in-process, images): group the faces by person and read each face relative to "
+                             "its person's most neutral-looking faces (two passes over the images)")
+    parser.add_argument("--persons", metavar="CSV",
+                        help="with --baseline auto: a CSV with columns file,person (the largest face of each file "
+                             "is that person); without it, faces are grouped by identity clustering")
     parser.add_argument("--api-key", help="sent as X-API-Key (default: $MICROFACS_API_KEY)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request (--url)")
     parser.add_argument("--concurrency", type=int, default=2, help="requests in flight (--url; default 2)")
@@ -323,6 +401,19 @@ def main(argv: list[str] | None = None) -> int:
     if not paths:
         print("microfacs: no images or videos found", file=sys.stderr)
         return 2
+    if args.baseline == "auto" and (args.url or args.reference or args.person):
+        print("microfacs: --baseline auto runs in-process and replaces --reference/--person", file=sys.stderr)
+        return 2
+    if args.person and not args.url:
+        print("microfacs: --person names a server's enrolled person: give --url too (or --reference)", file=sys.stderr)
+        return 2
+    persons = None
+    if args.persons:
+        try:
+            persons = read_persons(Path(args.persons))
+        except (OSError, ValueError) as exc:
+            print(f"microfacs: --persons: {exc}", file=sys.stderr)
+            return 2
     render_dir = Path(args.render) if args.render else None
     if render_dir:
         render_dir.mkdir(parents=True, exist_ok=True)
@@ -350,6 +441,13 @@ def main(argv: list[str] | None = None) -> int:
         show = args.progress or (not args.no_progress and sys.stderr.isatty())
         videos = [p for p in paths if sources.is_video(p)]
         stills = [p for p in paths if not sources.is_video(p)]
+        if args.baseline == "auto":
+            try:
+                people = backend.prepare_baselines(stills, persons)
+            except ImportError as exc:
+                print(f"microfacs: --baseline auto without --persons needs the identity model: {exc}", file=sys.stderr)
+                return 1
+            print(f"microfacs: automatic baselines for {people} person(s)", file=sys.stderr)
         progress = Progress(len(stills) + len(videos), show)
         if videos:
             code = run_videos(videos, args, backend, options, writer, render_dir, progress)

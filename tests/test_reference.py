@@ -208,3 +208,60 @@ def test_analyzer_reference_keeps_no_pixels(analyzer, astronaut):
     assert reference.faces == 2
     assert reference.expression_log_probs.shape == (len(analyzer.models.expression.classes),)
     assert reference.au_probability.shape == (len(analyzer.models.au.classes),)
+
+
+# -- the SDK and the CLI -----------------------------------------------------------------------------------------
+
+
+def test_sdk_reference_and_persons(live_url, astronaut):
+    import asyncio
+
+    from microfacs_client import AsyncClient, Client, MicroFACSError
+
+    with Client(live_url, timeout=60) as sdk:
+        result = sdk.analyze(astronaut, reference=astronaut)
+        assert result.reference.source == "upload" and result.faces[0].expression.reference
+        assert result.faces[0].expression.label == "neutral"
+        assert result.faces[0].expression.absolute.label == "happiness"
+        assert result.faces[0].action_units[0].absolute_probability is not None
+        person = sdk.create_person([astronaut, astronaut])
+        assert person.faces == 2 and sdk.get_person(person.person_id).person_id == person.person_id
+        by_person = sdk.recognize_expression(astronaut, person=person.person_id)
+        assert by_person.reference.person_id == person.person_id
+        sdk.delete_person(person.person_id)
+        with pytest.raises(MicroFACSError) as error:
+            sdk.get_person(person.person_id)
+        assert error.value.status == 404 and error.value.code == "person_not_found"
+
+    async def go():
+        async with AsyncClient(live_url) as client:
+            return await client.detect_au(astronaut, reference=astronaut)
+
+    assert not [u for u in asyncio.run(go()).faces[0].action_units if u.present]
+
+
+def test_cli_reference_and_automatic_baseline(tmp_path, astronaut):
+    from microfacs_cli.main import main
+
+    folder = tmp_path / "session"
+    folder.mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        (folder / name).write_bytes(encode(astronaut))
+    reference = tmp_path / "neutral.jpg"
+    reference.write_bytes(encode(astronaut))
+    out = tmp_path / "out.jsonl"
+    assert main([str(folder), "--reference", str(reference), "-o", str(out), "--no-progress"]) == 0
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert all(line["faces"][0]["expression"]["reference"] for line in lines)
+    # --baseline auto with a person column: each person's most neutral faces are their reference
+    persons = tmp_path / "who.csv"
+    persons.write_text("file,person\na.jpg,p1\nb.jpg,p1\n")
+    out = tmp_path / "auto.jsonl"
+    assert main([str(folder), "--baseline", "auto", "--persons", str(persons), "-o", str(out), "--no-progress"]) == 0
+    faces = [json.loads(line)["faces"][0] for line in out.read_text().splitlines()]
+    assert [f["expression"]["label"] for f in faces] == ["neutral", "neutral"]  # the same face as its baseline
+    assert all(f["expression"]["absolute"]["label"] == "happiness" for f in faces)
+    # errors are said plainly, before any work
+    assert main([str(folder), "--baseline", "auto", "--url", "http://127.0.0.1:9"]) == 2
+    assert main([str(folder), "--person", "abc"]) == 2
+    assert main([str(folder), "--reference", str(tmp_path / "missing.jpg")]) == 1

@@ -6,6 +6,10 @@ to show. Depends only on httpx and pydantic.
         result = mf.detect_au("photo.jpg")
         for face in result.faces:
             print(face.box, [au.au for au in face.present_action_units()])
+        # relative to the same person's neutral face: a photo each call, or an enrolled person
+        smile = mf.analyze("smile.jpg", reference="neutral.jpg")
+        person = mf.create_person(["neutral1.jpg", "neutral2.jpg"])
+        smile = mf.analyze("smile.jpg", person=person.person_id)
 """
 from microfacs_client.client import AsyncClient, BatchItem, Client, RetryPolicy
 from microfacs_client.errors import MicroFACSError
@@ -21,9 +25,11 @@ from microfacs_client.models import (
     Face,
     ImageInfo,
     Occlusion,
+    Person,
     Pose,
     Readiness,
     RecognizeExpressionResult,
+    ReferenceInfo,
     Version,
     VideoEvent,
     VideoInfo,
@@ -36,6 +42,6 @@ __version__ = "0.1.0"
 __all__ = [
     "AsyncClient", "BatchItem", "Client", "RetryPolicy", "MicroFACSError", "encode_png", "EXPRESSION_LABELS",
     "ActionUnit", "AnalysisResult", "Box", "DetectActionUnitsResult", "DetectFacesResult", "Expression", "Face",
-    "ImageInfo", "Occlusion", "Pose", "Readiness", "RecognizeExpressionResult", "Version",
+    "ImageInfo", "Occlusion", "Person", "Pose", "Readiness", "RecognizeExpressionResult", "ReferenceInfo", "Version",
     "VideoEvent", "VideoInfo", "VideoResult", "VideoTrack",
 ]

@@ -14,7 +14,7 @@ import httpx
 
 from microfacs_client.errors import MicroFACSError
 from microfacs_client.images import ImageInput, describe, to_upload
-from microfacs_client.models import AnalysisResult, Readiness, Version, VideoResult
+from microfacs_client.models import AnalysisResult, Person, Readiness, Version, VideoResult
 
 DEFAULT_URL = "http://localhost:8000"
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
@@ -141,9 +141,18 @@ class _Base:
         if self.api_key:
             self.headers["X-API-Key"] = self.api_key
 
-    def _files(self, image: ImageInput) -> dict:
+    def _files(self, image: ImageInput, reference: Optional[ImageInput] = None) -> list:
         name, data = to_upload(image, self.channel_order)
-        return {"file": (name, data, "application/octet-stream")}
+        files = [("file", (name, data, "application/octet-stream"))]
+        if reference is not None:  # a neutral photo of the same person: readings relative to it
+            ref_name, ref_data = to_upload(reference, self.channel_order)
+            files.append(("reference", (ref_name, ref_data, "application/octet-stream")))
+        return files
+
+    def _photos(self, photos: Sequence[ImageInput]) -> list:
+        if isinstance(photos, (str, bytes)) or not isinstance(photos, Sequence):
+            photos = [photos]  # type: ignore[list-item]
+        return [("file", (*to_upload(p, self.channel_order), "application/octet-stream")) for p in photos]
 
     @staticmethod
     def _options(side_face_filter, occlusion_filter, max_faces, min_face_size, face_crop, landmarks, extra) -> dict:
@@ -195,11 +204,14 @@ class Client(_Base):
             self.retry.sleep(self.retry.delay(attempt, response))
             attempt += 1
 
-    def _analyse(self, endpoint: str, image: ImageInput, options: dict[str, str]) -> AnalysisResult:
-        response = self._request("POST", ENDPOINTS.get(endpoint, endpoint), files=self._files(image), params=options)
+    def _analyse(self, endpoint: str, image: ImageInput, options: dict[str, str],
+                 reference: Optional[ImageInput] = None) -> AnalysisResult:
+        response = self._request("POST", ENDPOINTS.get(endpoint, endpoint), files=self._files(image, reference),
+                                 params=options)
         return AnalysisResult.model_validate(response.json())
 
-    # The service's calls. Options left None take the server's defaults.
+    # The service's calls. Options left None take the server's defaults. ``reference``: a neutral photo of the
+    # same person (AUs and expression are then read relative to it); ``person="<id>"``: an enrolled person.
     def detect_faces(self, image: ImageInput, *, side_face_filter: Optional[bool] = None,
                      occlusion_filter: Optional[bool] = None, max_faces: Optional[int] = None,
                      min_face_size: Optional[int] = None, face_crop: Optional[bool] = None,
@@ -208,29 +220,32 @@ class Client(_Base):
         return self._analyse("detect_faces", image, self._options(
             side_face_filter, occlusion_filter, max_faces, min_face_size, face_crop, landmarks, extra))
 
-    def detect_au(self, image: ImageInput, *, side_face_filter: Optional[bool] = None,
+    def detect_au(self, image: ImageInput, *, reference: Optional[ImageInput] = None,
+                 side_face_filter: Optional[bool] = None,
                   occlusion_filter: Optional[bool] = None, max_faces: Optional[int] = None,
                   min_face_size: Optional[int] = None, face_crop: Optional[bool] = None,
                   landmarks: Optional[bool] = None, **extra: Any) -> AnalysisResult:
         """Faces plus ``action_units`` (probability, present, box) for each face that passes the pre-filters."""
         return self._analyse("detect_au", image, self._options(
-            side_face_filter, occlusion_filter, max_faces, min_face_size, face_crop, landmarks, extra))
+            side_face_filter, occlusion_filter, max_faces, min_face_size, face_crop, landmarks, extra), reference)
 
-    def recognize_expression(self, image: ImageInput, *, side_face_filter: Optional[bool] = None,
+    def recognize_expression(self, image: ImageInput, *, reference: Optional[ImageInput] = None,
+                 side_face_filter: Optional[bool] = None,
                              occlusion_filter: Optional[bool] = None, max_faces: Optional[int] = None,
                              min_face_size: Optional[int] = None, face_crop: Optional[bool] = None,
                              landmarks: Optional[bool] = None, **extra: Any) -> AnalysisResult:
         """Faces plus the ``expression`` each appears to show (8 classes, calibrated scores)."""
         return self._analyse("recognize_expression", image, self._options(
-            side_face_filter, occlusion_filter, max_faces, min_face_size, face_crop, landmarks, extra))
+            side_face_filter, occlusion_filter, max_faces, min_face_size, face_crop, landmarks, extra), reference)
 
-    def analyze(self, image: ImageInput, *, side_face_filter: Optional[bool] = None,
+    def analyze(self, image: ImageInput, *, reference: Optional[ImageInput] = None,
+                 side_face_filter: Optional[bool] = None,
                 occlusion_filter: Optional[bool] = None, max_faces: Optional[int] = None,
                 min_face_size: Optional[int] = None, face_crop: Optional[bool] = None,
                 landmarks: Optional[bool] = None, **extra: Any) -> AnalysisResult:
         """Faces with both ``action_units`` and ``expression`` (``POST /analyze``, on servers that have it)."""
         return self._analyse("analyze", image, self._options(
-            side_face_filter, occlusion_filter, max_faces, min_face_size, face_crop, landmarks, extra))
+            side_face_filter, occlusion_filter, max_faces, min_face_size, face_crop, landmarks, extra), reference)
 
     def analyze_video(self, video: Any, *, every: Optional[int] = None, max_faces: Optional[int] = None,
                       side_face_filter: Optional[bool] = None, occlusion_filter: Optional[bool] = None,
@@ -278,6 +293,18 @@ class Client(_Base):
 
         with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
             return list(pool.map(one, range(len(items))))
+
+    def create_person(self, photos: Sequence[ImageInput] | ImageInput, **options: Any) -> Person:
+        """``POST /persons``: enrol a person from one or more neutral photos; use ``person=<person_id>`` on the
+        analysis calls. The server keeps only model outputs, until ``expires_at``."""
+        response = self._request("POST", "/persons", files=self._photos(photos), params=_params(options))
+        return Person.model_validate(response.json())
+
+    def get_person(self, person_id: str) -> Person:
+        return Person.model_validate(self._request("GET", f"/persons/{person_id}").json())
+
+    def delete_person(self, person_id: str) -> None:
+        self._request("DELETE", f"/persons/{person_id}")
 
     def health(self) -> bool:
         try:
@@ -336,22 +363,37 @@ class AsyncClient(_Base):
             await self.retry.async_sleep(self.retry.delay(attempt, response))
             attempt += 1
 
-    async def _analyse(self, endpoint: str, image: ImageInput, options: dict[str, str]) -> AnalysisResult:
-        response = await self._request("POST", ENDPOINTS.get(endpoint, endpoint), files=self._files(image),
-                                       params=options)
+    async def _analyse(self, endpoint: str, image: ImageInput, options: dict[str, str],
+                       reference: Optional[ImageInput] = None) -> AnalysisResult:
+        response = await self._request("POST", ENDPOINTS.get(endpoint, endpoint),
+                                       files=self._files(image, reference), params=options)
         return AnalysisResult.model_validate(response.json())
 
     async def detect_faces(self, image: ImageInput, **options: Any) -> AnalysisResult:
         return await self._analyse("detect_faces", image, _params(options))
 
-    async def detect_au(self, image: ImageInput, **options: Any) -> AnalysisResult:
-        return await self._analyse("detect_au", image, _params(options))
+    async def detect_au(self, image: ImageInput, *, reference: Optional[ImageInput] = None,
+                        **options: Any) -> AnalysisResult:
+        return await self._analyse("detect_au", image, _params(options), reference)
 
-    async def recognize_expression(self, image: ImageInput, **options: Any) -> AnalysisResult:
-        return await self._analyse("recognize_expression", image, _params(options))
+    async def recognize_expression(self, image: ImageInput, *, reference: Optional[ImageInput] = None,
+                                   **options: Any) -> AnalysisResult:
+        return await self._analyse("recognize_expression", image, _params(options), reference)
 
-    async def analyze(self, image: ImageInput, **options: Any) -> AnalysisResult:
-        return await self._analyse("analyze", image, _params(options))
+    async def analyze(self, image: ImageInput, *, reference: Optional[ImageInput] = None,
+                      **options: Any) -> AnalysisResult:
+        return await self._analyse("analyze", image, _params(options), reference)
+
+    async def create_person(self, photos: Sequence[ImageInput] | ImageInput, **options: Any) -> Person:
+        """``POST /persons`` (see ``Client.create_person``)."""
+        response = await self._request("POST", "/persons", files=self._photos(photos), params=_params(options))
+        return Person.model_validate(response.json())
+
+    async def get_person(self, person_id: str) -> Person:
+        return Person.model_validate((await self._request("GET", f"/persons/{person_id}")).json())
+
+    async def delete_person(self, person_id: str) -> None:
+        await self._request("DELETE", f"/persons/{person_id}")
 
     async def analyze_video(self, video: Any, *, every: Optional[int] = None, max_faces: Optional[int] = None,
                             side_face_filter: Optional[bool] = None, occlusion_filter: Optional[bool] = None,

@@ -47,15 +47,23 @@ class ActionUnit(_Model):
     probability: float
     present: bool
     box: Optional[Box] = None
+    # with a reference (``reference=`` / ``person=``): ``probability``/``present`` are relative to the person's
+    # neutral face, and these are the detector's own reading
+    absolute_probability: Optional[float] = None
+    absolute_present: Optional[bool] = None
 
 
 class Expression(_Model):
-    """What the face *appears to show* (not a reading of anyone's feelings)."""
+    """What the face *appears to show* (not a reading of anyone's feelings). With a reference, ``reference`` is
+    true, the label and scores say what changed from the person's neutral face, and ``absolute`` is the reading
+    without it."""
 
     label: str
     confidence: float
     scores: dict[str, float] = Field(default_factory=dict)
     uncertain: bool = False
+    reference: Optional[bool] = None
+    absolute: Optional[Expression] = None
 
 
 class Face(_Model):
@@ -80,11 +88,34 @@ class ImageInfo(_Model):
     height: int
 
 
+class ReferenceInfo(_Model):
+    """The neutral face a call's readings are relative to."""
+
+    source: str  # "upload" or "person"
+    person_id: Optional[str] = None
+    faces: int
+    expression: Expression  # how the reference itself reads
+    warnings: list[str] = Field(default_factory=list)
+
+
 class AnalysisResult(_Model):
     request_id: str = ""
     image: ImageInfo
     faces: list[Face] = Field(default_factory=list)
     timings_ms: dict[str, float] = Field(default_factory=dict)
+    reference: Optional[ReferenceInfo] = None
+
+
+class Person(_Model):
+    """An enrolled person (``Client.create_person``): only model outputs of their neutral photos are kept."""
+
+    person_id: str
+    faces: int
+    created_at: str
+    expires_at: str
+    models: dict[str, str] = Field(default_factory=dict)
+    expression: Expression
+    warnings: list[str] = Field(default_factory=list)
 
 
 # One shape serves every analysis endpoint; these names read better at call sites.
