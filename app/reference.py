@@ -138,6 +138,20 @@ def relative_expression(model: ExpressionRecognizer, probs: np.ndarray, distance
                             uncertain=absolute.uncertain, reference=True, absolute=absolute)
 
 
+def track_reference(probs: Sequence[np.ndarray | None], aus: Sequence[np.ndarray | None], fraction: float,
+                    models: Mapping[str, str]) -> tuple[Reference, np.ndarray] | None:
+    """A video track's automatic reference: its most neutral-looking ``fraction`` of the frames that have both
+    readings (``most_neutral``); with the indices of those frames. None when no frame has both."""
+    usable = [i for i, (p, a) in enumerate(zip(probs, aus)) if p is not None and a is not None]
+    if not usable:
+        return None
+    chosen = [usable[i] for i in most_neutral([float(probs[i][0]) for i in usable], fraction)]  # type: ignore[index]
+    reference = Reference.average(np.array([log_probs(probs[i]) for i in chosen]),
+                                  np.array([aus[i] for i in chosen]), models,
+                                  [f"automatic: the {len(chosen)} most neutral-looking of {len(usable)} frames"])
+    return reference, np.array(chosen)
+
+
 def relative_au_probability(probability: np.ndarray, reference: Reference) -> np.ndarray:
     """Noisy-OR: the probability that each AU is active beyond what the person's resting face shows."""
     r = np.clip(np.asarray(reference.au_probability, np.float64), 0.0, 1.0)

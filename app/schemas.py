@@ -323,7 +323,18 @@ class VideoEvent(BaseModel):
     micro: bool = Field(description="the event lasts at most 0.5 s (MEGC convention)")
 
 
-class VideoTrack(BaseModel):
+class TrackBaseline(BaseModel):
+    """With ?baseline=auto: the frames a track's readings are relative to."""
+
+    frames: int = Field(description="how many of the track's frames make its reference (its most neutral-looking)")
+    first_frame: int
+    last_frame: int
+    expression: ExpressionOut = Field(description="how the reference itself reads (absolute)")
+
+
+class VideoTrack(OptIn):
+    opt_in = ("baseline",)
+
     track_id: int = Field(description="stable id of one person through the clip, 0-based, in order of confirmation")
     first_frame: int
     last_frame: int
@@ -331,6 +342,9 @@ class VideoTrack(BaseModel):
         description="one entry per analysed frame the face was seen in (empty with series=false)"
     )
     events: list[VideoEvent]
+    baseline: TrackBaseline | None = Field(
+        None, description="only with ?baseline=auto: the track's frames and AUs are relative to these frames"
+    )
 
 
 class VideoAnalysisResponse(BaseModel):

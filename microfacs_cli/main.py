@@ -267,7 +267,8 @@ def run_videos(videos: list[Path], args: argparse.Namespace, backend: Any, optio
     from microfacs_cli import video as video_out
 
     if isinstance(backend, LocalBackend):
-        runner: Any = video_out.LocalVideoBackend(backend.analyzer, options, args.every)
+        video_options = {**options, "baseline": args.baseline} if args.baseline != "none" else options
+        runner: Any = video_out.LocalVideoBackend(backend.analyzer, video_options, args.every)
     else:
         runner = video_out.RemoteVideoBackend(backend.client, options, args.every)
     plot_dir = Path(args.plot) if args.plot else None
@@ -372,8 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "to them (with --url: enrolled for the run, then deleted)")
     parser.add_argument("--person", help="with --url: an enrolled person's id (POST /persons) as the reference")
     parser.add_argument("--baseline", choices=["none", "auto"], default="none",
-                        help="auto (in-process, images): group the faces by person and read each face relative to "
-                             "its person's most neutral-looking faces (two passes over the images)")
+                        help="auto (in-process): images: group the faces by person and read each face relative to "
+                             "its person's most neutral-looking faces (two passes over the images); videos: each "
+                             "track relative to its own most neutral-looking frames")
     parser.add_argument("--persons", metavar="CSV",
                         help="with --baseline auto: a CSV with columns file,person (the largest face of each file "
                              "is that person); without it, faces are grouped by identity clustering")

@@ -265,3 +265,23 @@ def test_cli_reference_and_automatic_baseline(tmp_path, astronaut):
     assert main([str(folder), "--baseline", "auto", "--url", "http://127.0.0.1:9"]) == 2
     assert main([str(folder), "--person", "abc"]) == 2
     assert main([str(folder), "--reference", str(tmp_path / "missing.jpg")]) == 1
+
+
+def test_video_tracks_relative_to_their_own_resting_frames(client):
+    from app.video.analyze import VideoAnalyzer
+
+    clip = requires_data(DATA / "samples" / "single_face.mp4")
+    video = VideoAnalyzer(client.app.state.analyzer)
+    plain = video.analyze(clip, video.options(every=5, max_frames=30)).model_dump(exclude_unset=True)
+    relative = video.analyze(clip, video.options(every=5, max_frames=30, baseline="auto")).model_dump()
+    assert "baseline" not in plain["tracks"][0]
+    track = relative["tracks"][0]
+    assert track["baseline"]["frames"] >= 1 and track["baseline"]["expression"]["label"]
+    for before, after in zip(plain["tracks"][0]["frames"], track["frames"]):
+        if before["action_units"] is None:
+            continue
+        for au, p in after["action_units"].items():  # noisy-OR: never above the absolute probability
+            assert p <= before["action_units"][au] + 1e-6
+    r = client.post("/analyze-video", params={"baseline": "sometimes"},
+                    files={"file": ("c.mp4", clip.read_bytes(), "video/mp4")})
+    assert r.status_code == 422

@@ -42,6 +42,7 @@ class ExpressionResult:
     # absolute reading kept here.
     reference: bool = False
     absolute: ExpressionResult | None = field(default=None, hash=False)
+    probs: np.ndarray | None = field(default=None, hash=False, compare=False, repr=False)  # the network's, FER+ prior
 
 
 class ExpressionRecognizer(OnnxModel):
@@ -102,6 +103,7 @@ class ExpressionRecognizer(OnnxModel):
         return dist.argmin(1), dist.min(1)
 
     def result(self, probs: np.ndarray, distance: float, prior: str = "ferplus") -> ExpressionResult:
+        raw = np.asarray(probs)
         probs = self.reweight(probs, prior)
         best = int(np.argmax(probs))
         return ExpressionResult(
@@ -109,6 +111,7 @@ class ExpressionRecognizer(OnnxModel):
             confidence=float(probs[best]),
             scores={c: float(p) for c, p in zip(self.classes, probs)},
             uncertain=bool(distance > self.threshold),
+            probs=raw,
         )
 
     def read(self, aligned) -> tuple[np.ndarray, float]:

@@ -2,7 +2,7 @@
 work is ``app.video.analyze.VideoAnalyzer`` (the CLI and the tests run the same object)."""
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
@@ -34,13 +34,16 @@ async def analyze_video(
     ] = True,
     occlusion_filter: Annotated[bool, Query(description="mark frames with an occluded face region")] = True,
     series: Annotated[bool, Query(description="include each track's per-frame data (else tracks and events)")] = True,
+    baseline: Annotated[Literal["none", "auto"], Query(
+        description="auto: read each track relative to its own most neutral-looking frames (the photo endpoints' "
+        "reference rule, models/EXPRESSION.md); the track says which frames in `baseline`")] = "none",
 ) -> Response:
     """Decode the clip as a stream (limits in GET /version, checked from its header before decoding), track
     each face with a stable ``track_id`` (confirmed after a few consistent detections), and return per
     track its per-frame AU probabilities, expression, smoothed pose and box, and its events: departures of
     an AU or a non-neutral expression from the person's own baseline, with onset, apex, offset and
     ``micro`` (<= 0.5 s). Frame numbers are 0-based; seconds come from the video's timestamps."""
-    options = video.options(every, max_faces, side_face_filter, occlusion_filter, series)
+    options = video.options(every, max_faces, side_face_filter, occlusion_filter, series, baseline=baseline)
     file = await read_upload(request)  # only now, after the parameters (and the router's API key) are checked
 
     def analyse() -> Response:  # in the analysis pool, serialisation included (series can be large)

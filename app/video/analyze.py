@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO
 
@@ -28,10 +28,12 @@ import numpy as np
 
 from app.analyzer import Analyzer, FaceOptions, Timings
 from app.errors import ApiError
-from app.respond import box_out, unit_interval
+from app.reference import reference_expression, relative_au_probability, relative_expression, track_reference
+from app.respond import box_out, expression_out, unit_interval
 from app.schemas import (
     FrameExpression,
     Pose,
+    TrackBaseline,
     TrackFrame,
     VideoAnalysisResponse,
     VideoEvent,
@@ -54,6 +56,8 @@ class VideoOptions:
     series: bool = True
     heads: tuple[str, ...] = ("au", "expression")
     max_frames: int | None = None  # stop after this many analysed frames (the CLI's --max-frames)
+    # "auto": each track read relative to its own most neutral-looking frames, as photos are against a reference
+    baseline: str = "none"
 
 
 class VideoAnalyzer:
@@ -73,12 +77,16 @@ class VideoAnalyzer:
         min_face_size: int | None = None,
         heads: Collection[str] = ("au", "expression"),
         max_frames: int | None = None,
+        baseline: str = "none",
     ) -> VideoOptions:
         if not 1 <= every <= 1000:
             raise ApiError(422, "invalid_request", "every: between 1 and 1000")
+        if baseline not in ("none", "auto"):
+            raise ApiError(422, "invalid_request", "baseline: none or auto")
         face = self.analyzer.options(side_face_filter, occlusion_filter, max_faces, min_face_size)
         self.analyzer._chosen_heads(heads)  # unknown heads are a 422 before anything is decoded
-        return VideoOptions(face=face, every=every, series=series, heads=tuple(heads), max_frames=max_frames)
+        return VideoOptions(face=face, every=every, series=series, heads=tuple(heads), max_frames=max_frames,
+                            baseline=baseline)
 
     @property
     def limits(self) -> VideoLimits:
@@ -171,17 +179,46 @@ class VideoAnalyzer:
     def _track_out(self, track: Track, options: VideoOptions) -> VideoTrack:
         records = track.records
         assert track.track_id is not None
+        fields: dict = {}
+        if options.baseline == "auto":
+            records, fields["baseline"] = self.relative_records(records, options)
         return VideoTrack(
             track_id=track.track_id,
             first_frame=records[0].frame,
             last_frame=records[-1].frame,
             frames=[frame_out(r) for r in records] if options.series else [],
-            events=self.events(track),
+            events=self.events(records),
+            **fields,
         )
 
-    def events(self, track: Track) -> list[VideoEvent]:
+    def relative_records(self, records: list[FrameRecord], options: VideoOptions
+                         ) -> tuple[list[FrameRecord], TrackBaseline | None]:
+        """The track's frames read relative to its own most neutral-looking frames (``app.reference``: the same
+        rule as a photo against a reference photo); absolute frames when no frame has both readings."""
+        analyzer = self.analyzer
+        aus = [None if r.action_units is None else np.array(list(r.action_units.values())) for r in records]
+        found = track_reference([r.expression_probs for r in records], aus, self.settings.baseline_fraction,
+                                analyzer.reference_models())
+        if found is None:
+            return records, None
+        reference, chosen = found
+        model, prior = analyzer.models.expression, options.face.expression_prior
+        out = []
+        for r in records:
+            expression, units = r.expression, r.action_units
+            if r.expression_probs is not None:
+                e = relative_expression(model, r.expression_probs, 0.0, reference, prior)
+                expression = (e.label, e.confidence, e.scores)
+            if units is not None:
+                rel = relative_au_probability(np.array(list(units.values())), reference)
+                units = {au: float(p) for au, p in zip(units, rel)}
+            out.append(replace(r, expression=expression, action_units=units))
+        frames = [records[i].frame for i in chosen]
+        return out, TrackBaseline(frames=len(frames), first_frame=min(frames), last_frame=max(frames),
+                                  expression=expression_out(reference_expression(model, reference, prior)))
+
+    def events(self, records: list[FrameRecord]) -> list[VideoEvent]:
         """AU and expression events of one track, by onset."""
-        records = track.records
         signals: dict[tuple[str, str], np.ndarray] = {}
         au_names = next((list(r.action_units) for r in records if r.action_units), [])
         for name in au_names:

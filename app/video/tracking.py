@@ -49,6 +49,7 @@ class FrameRecord:
     filter_reasons: list[str]
     action_units: dict[str, float] | None
     expression: tuple[str, float, dict[str, float]] | None  # label, confidence, scores
+    expression_probs: np.ndarray | None = None  # the network's own probabilities (FER+ prior): for baselines
 
     @property
     def filtered(self) -> bool:
@@ -214,13 +215,14 @@ class Tracker:
         size = float(max(track.box[2] - track.box[0], track.box[3] - track.box[1], 1.0))
         smooth = track.landmark_filter(face.landmarks, t, scale=size)
         pose = track.pose_filter(np.array([face.pose.yaw, face.pose.pitch, face.pose.roll]), t)
-        aus = expression = None
+        aus = expression = probs = None
         if not face.filtered:
             if "au" in face.outputs:
                 aus = {u.au: float(u.probability) for u in face.outputs["au"]}
             if "expression" in face.outputs:
                 e = face.outputs["expression"]
                 expression = (e.label, float(e.confidence), {k: float(v) for k, v in e.scores.items()})
+                probs = e.probs
         record = FrameRecord(
             frame=frame,
             t=t,
@@ -230,6 +232,7 @@ class Tracker:
             filter_reasons=list(face.filter_reasons),
             action_units=aus,
             expression=expression,
+            expression_probs=probs,
         )
         if track.records and track.records[-1].frame == frame:  # recovered in the same frame: keep the latest
             track.records[-1] = record

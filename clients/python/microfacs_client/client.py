@@ -43,9 +43,10 @@ def _video_upload(video: Any) -> dict:
 
 
 def _video_options(every: Optional[int], max_faces: Optional[int], side_face_filter: Optional[bool],
-                   occlusion_filter: Optional[bool], series: Optional[bool]) -> dict[str, str]:
+                   occlusion_filter: Optional[bool], series: Optional[bool],
+                   baseline: Optional[str] = None) -> dict[str, str]:
     return _params(dict(every=every, max_faces=max_faces, side_face_filter=side_face_filter,
-                        occlusion_filter=occlusion_filter, series=series))
+                        occlusion_filter=occlusion_filter, series=series, baseline=baseline))
 
 
 @dataclass
@@ -249,15 +250,17 @@ class Client(_Base):
 
     def analyze_video(self, video: Any, *, every: Optional[int] = None, max_faces: Optional[int] = None,
                       side_face_filter: Optional[bool] = None, occlusion_filter: Optional[bool] = None,
-                      series: Optional[bool] = None, timeout: float = VIDEO_TIMEOUT) -> VideoResult:
+                      series: Optional[bool] = None, timeout: float = VIDEO_TIMEOUT,
+                      baseline: Optional[str] = None) -> VideoResult:
         """``POST /analyze-video``: face tracks (stable ``track_id``), per-frame AU probabilities and expression,
         and AU/expression events (onset, apex, offset, ``micro``). ``video``: a path, bytes or a binary file
-        (MP4, MOV, WebM, MKV, AVI). Not retried (an upload may be large): errors raise ``MicroFACSError``."""
+        (MP4, MOV, WebM, MKV, AVI). ``baseline="auto"``: each track read relative to its own most
+        neutral-looking frames. Not retried (an upload may be large): errors raise ``MicroFACSError``."""
         files = _video_upload(video)
         try:
             response = self._http.post("/analyze-video", files=files, headers=self.headers,
                                        params=_video_options(every, max_faces, side_face_filter, occlusion_filter,
-                                                             series), timeout=timeout)
+                                                             series, baseline), timeout=timeout)
         except httpx.HTTPError as exc:
             raise _transport_error(exc) from exc
         finally:
@@ -397,7 +400,8 @@ class AsyncClient(_Base):
 
     async def analyze_video(self, video: Any, *, every: Optional[int] = None, max_faces: Optional[int] = None,
                             side_face_filter: Optional[bool] = None, occlusion_filter: Optional[bool] = None,
-                            series: Optional[bool] = None, timeout: float = VIDEO_TIMEOUT) -> VideoResult:
+                            series: Optional[bool] = None, timeout: float = VIDEO_TIMEOUT,
+                            baseline: Optional[str] = None) -> VideoResult:
         """``POST /analyze-video`` (see ``Client.analyze_video``)."""
         if not isinstance(video, (bytes, bytearray, memoryview)) and not hasattr(video, "read"):
             with open(os.fspath(video), "rb") as fh:
@@ -408,7 +412,8 @@ class AsyncClient(_Base):
         try:
             response = await self._http.post("/analyze-video", files=files, headers=self.headers,
                                              params=_video_options(every, max_faces, side_face_filter,
-                                                                   occlusion_filter, series), timeout=timeout)
+                                                                   occlusion_filter, series, baseline),
+                                             timeout=timeout)
         except httpx.HTTPError as exc:
             raise _transport_error(exc) from exc
         if response.status_code >= 400:

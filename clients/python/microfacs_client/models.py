@@ -184,12 +184,22 @@ class VideoEvent(_Model):
     micro: bool
 
 
+class TrackBaseline(_Model):
+    """With ``baseline="auto"``: the frames a track's readings are relative to."""
+
+    frames: int
+    first_frame: int
+    last_frame: int
+    expression: Expression
+
+
 class VideoTrack(_Model):
     track_id: int
     first_frame: int
     last_frame: int
     frames: list[TrackFrame] = Field(default_factory=list)
     events: list[VideoEvent] = Field(default_factory=list)
+    baseline: Optional[TrackBaseline] = None
 
 
 class VideoResult(_Model):
