@@ -215,3 +215,21 @@ def test_docs_pages_work_under_their_content_security_policy(live_url, path, rea
         page.wait_for_selector(ready, timeout=30_000)
     own = [p for p in problems if "https://cdn." not in p]  # a blocked third-party load is the CSP doing its job
     assert not own, own
+
+
+def test_demo_reads_a_face_against_a_neutral_reference(live_url, astronaut, tmp_path):
+    image_path = tmp_path / "astronaut.png"
+    image_path.write_bytes(encode(astronaut, ".png"))
+    with demo_page(live_url) as (page, errors, requests):
+        page.set_input_files("#reference", str(image_path))
+        page.set_input_files("#file", str(image_path))
+        wait_until(page, "document.getElementById('status').dataset.state === 'done' && "
+                   "document.getElementById('json').textContent.includes('\"reference\"')")
+        body = page.evaluate("JSON.parse(document.getElementById('json').textContent)")
+        assert body["reference"]["source"] == "upload"
+        assert body["faces"][0]["expression"]["reference"] is True
+        assert "relative to the neutral reference" in page.inner_text("#faces")
+        page.click("#reference_clear")
+        wait_until(page, "document.getElementById('status').dataset.state === 'done' && "
+                   "!document.getElementById('json').textContent.includes('\"reference\"')")
+        assert not errors, errors

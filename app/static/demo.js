@@ -93,7 +93,8 @@ function draw(result) {
     label(ctx, head, b.x, b.y, colour, true, faceScale, placed, b.y, b.y + b.height);
     if (face.expression) {
       const e = face.expression;
-      label(ctx, `appears: ${e.label} ${e.confidence.toFixed(2)}${e.uncertain ? " (uncertain)" : ""}`,
+      const versus = e.reference ? " vs neutral" : "";
+      label(ctx, `appears${versus}: ${e.label} ${e.confidence.toFixed(2)}${e.uncertain ? " (uncertain)" : ""}`,
         b.x, b.y + b.height, colour, false, faceScale, placed, b.y, b.y + b.height);
     }
     // AU names go on the box only where the face is large enough to hold them; the list below has them all
@@ -110,7 +111,16 @@ function draw(result) {
     item.textContent = `face ${face.face_id}: yaw ${face.pose.yaw}°, pitch ${face.pose.pitch}°` +
       (face.filtered ? `, excluded (${face.filter_reasons.join(", ")})` : "") +
       (face.expression ? `, appears to show ${face.expression.label}` : "") +
+      (face.expression && face.expression.reference
+        ? ` relative to the neutral reference (on its own: ${face.expression.absolute.label})` : "") +
       (present.length ? `, AUs ${present.join(" ")}` : "");
+    list.appendChild(item);
+  }
+  if (result.reference) {
+    const item = document.createElement("li");
+    const ref = result.reference;
+    item.textContent = `reference (${ref.source}): reads on its own as ${ref.expression.label}` +
+      (ref.warnings.length ? `; ${ref.warnings.join("; ")}` : "");
     list.appendChild(item);
   }
   canvas.labelRects = placed;
@@ -200,6 +210,8 @@ async function analyseImage(file, token) {
   const params = new URLSearchParams(filterParams());
   const form = new FormData();
   form.append("file", file, file.name || "image");
+  const reference = $("reference").files[0];
+  if (reference) form.append("reference", reference, reference.name || "reference");
   const headers = authHeaders();
   const endpoint = $("endpoint").value;
   const paths = endpoint === BOTH ? ["/detect-au", "/recognize-expression"] : [endpoint];
@@ -262,6 +274,7 @@ function everyValue() {
 async function analyseVideo(file, token) {
   const every = everyValue();
   const params = new URLSearchParams({ every, ...filterParams() });
+  if ($("video_baseline").checked) params.set("baseline", "auto");
   const nth = every === 1 ? "every frame" : `every ${ordinal(every)} frame`;
   const started = performance.now();
   let uploaded = false;
@@ -584,6 +597,16 @@ function choose(file) {
 
 $("file").addEventListener("change", (e) => choose(e.target.files[0]));
 for (const id of ["side_face_filter", "occlusion_filter"]) $(id).addEventListener("change", analyse);
+$("reference").addEventListener("change", () => {
+  $("reference_clear").hidden = !$("reference").files.length;
+  if (currentFile && !isVideo(currentFile)) analyse();
+});
+$("reference_clear").addEventListener("click", () => {
+  $("reference").value = "";
+  $("reference_clear").hidden = true;
+  if (currentFile && !isVideo(currentFile)) analyse();
+});
+$("video_baseline").addEventListener("change", () => { if (currentFile && isVideo(currentFile)) analyse(); });
 // the endpoint applies to images, "every" to clips: re-run only when it concerns the current file
 $("endpoint").addEventListener("change", () => { if (currentFile && !isVideo(currentFile)) analyse(); });
 $("every").addEventListener("change", () => { if (currentFile && isVideo(currentFile)) analyse(); });
