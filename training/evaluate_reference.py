@@ -35,6 +35,7 @@ import cv2
 import numpy as np
 
 from app.analyzer import Analyzer, FaceOptions
+from app.manifest import update_entry
 from app.reference import Reference, log_probs, most_neutral, not_neutral, relative_au_probability
 from app.reference import relative_probabilities as served_rule
 from app.settings import Settings
@@ -283,6 +284,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--identity", action="store_true", help="also group photos by identity clustering")
     parser.add_argument("--ferplus-limit", type=int, default=0, help="FER+ Valid faces for the variants' statistics")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--write-manifest", action="store_true",
+                        help="store the served rule's taiwanese_dev numbers in the expression entry's metrics")
     args = parser.parse_args(argv)
     analyzer = Analyzer(Settings(models_dir=args.models_dir) if args.models_dir else Settings())
     out = read_taiwanese(analyzer)
@@ -293,6 +296,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2))
+    if args.write_manifest:
+        served = report["variants"]["S served (anchored neutral + change split)"]["one_reference"]
+        auto = report["automatic"]["performer, fraction 0.3"]
+        rnd = lambda d: {k: round(v, 4) for k, v in d.items()}  # noqa: E731
+        update_entry(analyzer.settings.models_dir, "expression", metrics={
+            "taiwanese_dev_no_reference": rnd(report["no_reference"]),
+            "taiwanese_dev_one_neutral_reference": rnd(served),
+            "taiwanese_dev_automatic_baseline_0.3": rnd(auto),
+            "taiwanese_dev_au_present_per_neutral_face_with_reference":
+                round(report["aus"]["one_neutral_reference"]["present_per_neutral_face"], 4)})
 
 
 if __name__ == "__main__":
