@@ -293,7 +293,7 @@ def write_manifest(path: Path, diff_random: float, diff_faces: float, n_faces: i
                       "0.82^2 / 2 = 0.3362 as a cosine distance; not fitted to any of our data",
         },
         "conversion_tools": conversion_tools(),
-        "model_card": "models/FACE_IDENTITY.md",
+        "model_card": "FACE_IDENTITY.md",
     }
     if "metrics" in old:
         entry["metrics"] = old["metrics"]
