@@ -123,6 +123,10 @@ def main() -> None:
               f"{r['adjusted_rand_index']:.3f}, purity {r['purity']:.3f}, inverse purity {r['inverse_purity']:.3f}, "
               f"{r['groups']} groups  |  median cosine distance same {r['cosine_distance_same_median']:.3f}, "
               f"different {r['cosine_distance_different_median']:.3f}")
+    groups = same_person_groups(embeddings["landmarks"])
+    members = [Counter(performers[np.array(groups) == g].tolist()) for g in range(max(groups) + 1)]
+    print("groups (landmark crop), photos per performer: "
+          + "; ".join(", ".join(f"{p}:{n}" for p, n in sorted(m.items(), key=lambda kv: int(kv[0]))) for m in members))
     print(f"descriptor: {ms:.1f} ms a face (crop + network, one thread, this machine)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"photos": len(performers), "without_face": missing, **results}, indent=2))
