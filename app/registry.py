@@ -1,11 +1,14 @@
 """Loads every ONNX model the service uses, once, and warms it up."""
 from __future__ import annotations
 
+import threading
+
 from app.model_zoo.au_detector import AuDetector
 from app.model_zoo.au_fusion import AuFusion
 from app.model_zoo.base import OnnxModel
 from app.model_zoo.blazeface import BlazeFaceFullRange, BlazeFaceShortRange
 from app.model_zoo.expression import ExpressionRecognizer
+from app.model_zoo.face_identity import FaceIdentity
 from app.model_zoo.face_landmarker import FaceBlendshapes, FaceLandmarker
 from app.model_zoo.face_mesh import FaceMesh
 from app.model_zoo.occlusion import OCCLUSION_MODELS, OcclusionClassifier
@@ -25,6 +28,18 @@ class ModelRegistry:
         self.au = AuDetector(models_dir, threads)
         # only with settings.au_model = "fused" (its manifest entry is written by training.fuse_au --export)
         self.au_fusion = AuFusion(models_dir, threads) if settings.au_model == "fused" else None
+        # the face identity model: not loaded here (only the automatic neutral baseline needs it); identity()
+        self._identity_args = (models_dir, threads)
+        self._identity: FaceIdentity | None = None
+        self._identity_lock = threading.Lock()
+
+    def identity(self) -> FaceIdentity:
+        """The face identity model (app/model_zoo/face_identity.py), loaded on the first call, then kept.
+        ModelError if its file is missing or does not match the manifest."""
+        with self._identity_lock:
+            if self._identity is None:
+                self._identity = FaceIdentity(*self._identity_args)
+            return self._identity
 
     def loaded(self) -> dict[str, OnnxModel]:
         return {m.entry.name: m for m in vars(self).values() if isinstance(m, OnnxModel)}
