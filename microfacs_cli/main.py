@@ -99,6 +99,7 @@ class LocalBackend:
         """--baseline auto, first pass: each face's reading, grouped by person (``persons``: file -> person, the
         largest face of each file; else identity clustering), then each person's most neutral-looking faces as
         their reference (``app.reference.automatic_references``). Returns how many people were found."""
+        from app.identity import same_person_groups
         from app.reference import automatic_references
 
         keys, readings, groups, embeddings = [], [], [], []
@@ -115,12 +116,10 @@ class LocalBackend:
                         continue
                     groups.append(person)
                 else:
-                    embeddings.append(self.identity().embed(analysis.image, face))
+                    embeddings.append(self.analyzer.models.identity().embed(analysis.image, face.landmarks))
                 keys.append((item.source, index))
                 readings.append(self.analyzer.face_reading(analysis.image, face))
         if persons is None and embeddings:
-            from app.identity import same_person_groups
-
             groups = list(same_person_groups(np.array(embeddings)))
         references = automatic_references(readings, groups, self.analyzer.settings.baseline_fraction,
                                           self.analyzer.reference_models())
@@ -129,13 +128,6 @@ class LocalBackend:
             faces.extend([None] * (index + 1 - len(faces)))
             faces[index] = references[group]
         return len(references)
-
-    def identity(self) -> Any:
-        if not hasattr(self, "_identity"):
-            from app.identity import load_identity_model
-
-            self._identity = load_identity_model(self.analyzer.settings)
-        return self._identity
 
     def analyse(self, item: sources.Item) -> tuple[dict | None, dict | None, np.ndarray | None]:
         """-> (result, error, decoded image)."""
@@ -444,9 +436,11 @@ def main(argv: list[str] | None = None) -> int:
         videos = [p for p in paths if sources.is_video(p)]
         stills = [p for p in paths if not sources.is_video(p)]
         if args.baseline == "auto":
+            from app.manifest import ModelError
+
             try:
                 people = backend.prepare_baselines(stills, persons)
-            except ImportError as exc:
+            except ModelError as exc:
                 print(f"microfacs: --baseline auto without --persons needs the identity model: {exc}", file=sys.stderr)
                 return 1
             print(f"microfacs: automatic baselines for {people} person(s)", file=sys.stderr)

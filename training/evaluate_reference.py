@@ -59,6 +59,7 @@ class Outputs:
     distance: np.ndarray  # (N,) to the nearest prototype
     embedding: np.ndarray  # (N, 64) unit
     au: np.ndarray  # (N, 17)
+    rows: list[Any]  # the taiwanese_dev rows read (every photo with a face)
 
 
 def read_faces(analyzer: Analyzer, rows: list[Any], options: FaceOptions) -> tuple[list[int], dict[str, list]]:
@@ -88,7 +89,7 @@ def read_taiwanese(analyzer: Analyzer) -> Outputs:
     return Outputs(np.array([r.performer for r in rows]), np.array([r.neutral for r in rows]),
                    [TW_TO_FERPLUS[r.top_vote] for r in rows], [TW_TO_FERPLUS[r.intended] for r in rows],
                    np.array(out["log_probs"]), np.array(out["distance"]), np.array(out["embedding"]),
-                   np.array(out["au"]))
+                   np.array(out["au"]), rows)
 
 
 def ferplus_valid_statistics(analyzer: Analyzer, limit: int = 0) -> dict[str, np.ndarray]:
@@ -244,10 +245,18 @@ def au_report(analyzer: Analyzer, out: Outputs) -> dict[str, Any]:
     return {"no_reference": summary(out.au), "one_neutral_reference": summary(relative)}
 
 
-def identity_clusters(analyzer: Analyzer) -> np.ndarray:  # pragma: no cover - needs the identity model
-    from app.identity import cluster_photos
+def identity_clusters(analyzer: Analyzer, rows: list[Any]) -> np.ndarray:
+    """Each photo's identity cluster (app/identity.py: the face_identity descriptor, the authors' threshold),
+    for automatic baselines without the performer labels."""
+    from app.identity import same_person_groups
 
-    return cluster_photos(analyzer, [r.path for r in taiwanese_rows()])
+    model = analyzer.models.identity()
+    options = FaceOptions(side_face_filter=False, occlusion_filter=False, max_faces=1)
+    embeddings = []
+    for row in rows:
+        image = cv2.imread(str(row.path), cv2.IMREAD_COLOR)
+        embeddings.append(model.embed(image, analyzer.run(image, options).faces[0].landmarks))
+    return np.array(same_person_groups(np.array(embeddings)))
 
 
 def print_report(report: dict[str, Any]) -> None:
@@ -290,7 +299,7 @@ def main(argv: list[str] | None = None) -> None:
     analyzer = Analyzer(Settings(models_dir=args.models_dir) if args.models_dir else Settings())
     out = read_taiwanese(analyzer)
     stats = ferplus_valid_statistics(analyzer, args.ferplus_limit)
-    groups = identity_clusters(analyzer) if args.identity else None
+    groups = identity_clusters(analyzer, out.rows) if args.identity else None
     report = evaluate(analyzer, out, stats, args.prior, groups)
     print_report(report)
     if args.json:
