@@ -261,6 +261,11 @@ def test_cli_reference_and_automatic_baseline(tmp_path, astronaut):
     faces = [json.loads(line)["faces"][0] for line in out.read_text().splitlines()]
     assert [f["expression"]["label"] for f in faces] == ["neutral", "neutral"]  # the same face as its baseline
     assert all(f["expression"]["absolute"]["label"] == "happiness" for f in faces)
+    # without a person column: grouped by the identity model (both photos are one person)
+    out = tmp_path / "identity.jsonl"
+    assert main([str(folder), "--baseline", "auto", "-o", str(out), "--no-progress"]) == 0
+    faces = [json.loads(line)["faces"][0] for line in out.read_text().splitlines()]
+    assert [f["expression"]["label"] for f in faces] == ["neutral", "neutral"]
     # errors are said plainly, before any work
     assert main([str(folder), "--baseline", "auto", "--url", "http://127.0.0.1:9"]) == 2
     assert main([str(folder), "--person", "abc"]) == 2
