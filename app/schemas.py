@@ -257,6 +257,11 @@ class Limits(BaseModel):
     max_video_side: int | None = None
     max_video_pixels: int | None = None
     video_formats: list[str] | None = None
+    # the work budget of one /analyze-video request (README "Video")
+    max_video_analysed_fps: float | None = None
+    max_video_analysed_frames: int | None = None
+    max_video_decoded_megapixels: float | None = None
+    video_timeout_s: float | None = None
     # person-relative reading (POST /persons, multipart `reference`)
     max_reference_photos: int | None = None
     persons_ttl_s: float | None = Field(None, description="an enrolled person is deleted this long after enrolment")

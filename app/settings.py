@@ -123,6 +123,23 @@ class Settings(BaseSettings):
     max_video_frames: int = Field(7200, ge=1, description="decoded frames (120 s at 60 fps)")
     max_video_side: int = Field(1920, ge=16)
     max_video_pixels: int = Field(1920 * 1080, ge=256)
+    # Work budget of one /analyze-video request (app/video/analyze.py), published in GET /version, checked
+    # from the header (frames, frame rate, frame size) before any frame is decoded, counted again while
+    # decoding; beyond it: 413 video_over_budget / video_timeout, the message naming the setting.
+    max_video_analysed_fps: float = Field(
+        60.0, gt=0.0, description="analysed frames per second of video: without `every` the stride is chosen to "
+        "stay under it (and under max_video_analysed_frames); an explicit `every` over it is refused"
+    )
+    max_video_analysed_frames: int = Field(1800, ge=1, description="analysed frames per request")
+    max_video_decoded_megapixels: float = Field(
+        4000.0, gt=0.0, description="frames x width x height decoded per request (every frame is decoded, "
+        "analysed or not): 4000 is ~64 s of 1080p30 or ~145 s of 720p30"
+    )
+    video_timeout_s: float = Field(
+        60.0, gt=0.0, description="wall-clock budget of one analysis (decode to events); past it the analysis "
+        "stops and the request gets 413 video_timeout (no partial result)"
+    )
+    video_decode_threads: int = Field(2, ge=1, le=16, description="FFmpeg decoder threads per clip")
     # Tracking (app/video/tracking.py).
     video_redetect_every: int = Field(10, ge=1, description="analysed frames between full detections while tracked")
     video_confirm_hits: int = Field(3, ge=1, description="consecutive detector hits before a track is confirmed")

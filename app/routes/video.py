@@ -27,7 +27,10 @@ async def video_analyzer_of(request: Request, analyzer: Annotated[Analyzer, Depe
 async def analyze_video(
     request: Request,
     video: Annotated[VideoAnalyzer, Depends(video_analyzer_of)],
-    every: Annotated[int, Query(ge=1, le=1000, description="analyse every n-th frame")] = 1,
+    every: Annotated[int | None, Query(
+        ge=1, le=1000, description="analyse every n-th frame; left out: the smallest stride within the work budget "
+        "(1 for most clips; GET /version: max_video_analysed_fps, max_video_analysed_frames)"
+    )] = None,
     max_faces: Annotated[int | None, Query(ge=1, description="at most this many faces (tracks) at a time")] = None,
     side_face_filter: Annotated[
         bool, Query(description="mark frames whose |yaw| or |pitch| exceed the thresholds")
@@ -42,7 +45,11 @@ async def analyze_video(
     each face with a stable ``track_id`` (confirmed after a few consistent detections), and return per
     track its per-frame AU probabilities, expression, smoothed pose and box, and its events: departures of
     an AU or a non-neutral expression from the person's own baseline, with onset, apex, offset and
-    ``micro`` (<= 0.5 s). Frame numbers are 0-based; seconds come from the video's timestamps."""
+    ``micro`` (<= 0.5 s). Frame numbers are 0-based; seconds come from the video's timestamps.
+
+    Each request has a work budget (GET /version: analysed frames per second of video and per request,
+    decoded megapixels, wall-clock seconds), checked from the header before any frame is decoded: past it,
+    413 ``video_over_budget`` or ``video_timeout``, the message naming the setting."""
     options = video.options(every, max_faces, side_face_filter, occlusion_filter, series, baseline=baseline)
     file = await read_upload(request)  # only now, after the parameters (and the router's API key) are checked
 

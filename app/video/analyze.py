@@ -40,6 +40,7 @@ from app.schemas import (
     VideoInfo,
     VideoTrack,
 )
+from app.video.budget import BudgetMeter, VideoBudget, stride_for
 from app.video.decode import VideoFrame, VideoHeader, VideoLimits, VideoReader, spool_upload
 from app.video.events import track_events
 from app.video.tracking import FrameRecord, Track, Tracker
@@ -52,7 +53,7 @@ class VideoOptions:
     """The /analyze-video query parameters."""
 
     face: FaceOptions = field(default_factory=FaceOptions)
-    every: int = 1
+    every: int | None = 1  # None: the smallest stride within the budget (1 without a budget)
     series: bool = True
     heads: tuple[str, ...] = ("au", "expression")
     max_frames: int | None = None  # stop after this many analysed frames (the CLI's --max-frames)
@@ -69,7 +70,7 @@ class VideoAnalyzer:
 
     def options(
         self,
-        every: int = 1,
+        every: int | None = 1,
         max_faces: int | None = None,
         side_face_filter: bool = True,
         occlusion_filter: bool = True,
@@ -79,7 +80,7 @@ class VideoAnalyzer:
         max_frames: int | None = None,
         baseline: str = "none",
     ) -> VideoOptions:
-        if not 1 <= every <= 1000:
+        if every is not None and not 1 <= every <= 1000:
             raise ApiError(422, "invalid_request", "every: between 1 and 1000")
         if baseline not in ("none", "auto"):
             raise ApiError(422, "invalid_request", "baseline: none or auto")
@@ -100,20 +101,35 @@ class VideoAnalyzer:
         options: VideoOptions | None = None,
         request_id: str | None = None,
         on_frame: FrameCallback | None = None,
+        budget: VideoBudget | None = None,
     ) -> VideoAnalysisResponse:
         """Analyse a video file (checked against the video limits before decoding). ``on_frame(frame, t, image,
         faces)`` is called after each analysed frame with the confirmed tracks seen there ([(track_id,
-        FrameRecord)]), e.g. to draw them; the image is not kept."""
+        FrameRecord)]), e.g. to draw them; the image is not kept. With a ``budget`` (the server's, see
+        ``app.video.budget``) the stride is checked or chosen from the header before any frame is decoded,
+        and the work and the wall-clock time are counted while decoding; without one only the limits apply."""
+        started = time.monotonic()
+        options = options or VideoOptions()
         with VideoReader(source, self.limits) as video:
-            return self.analyze_frames(video.frames(), video.header, options, request_id, on_frame)
+            meter = None
+            if budget is not None:
+                options = replace(options, every=stride_for(video.header, options.every, budget))
+                meter = BudgetMeter(budget, started)
+                meter.check_time(-1)
+            return self.analyze_frames(video.frames(), video.header, options, request_id, on_frame, meter)
 
     def analyze_upload(
-        self, stream: IO[bytes], options: VideoOptions | None = None, request_id: str | None = None
+        self,
+        stream: IO[bytes],
+        options: VideoOptions | None = None,
+        request_id: str | None = None,
+        budget: VideoBudget | None = None,
     ) -> VideoAnalysisResponse:
-        """An upload: spooled to a temporary file (bounded, checked while copying), analysed, deleted."""
+        """An upload: spooled to a temporary file (bounded, checked while copying), analysed within
+        ``budget`` (default: the settings' work budget), deleted."""
         path = spool_upload(stream, self.limits.max_bytes)
         try:
-            return self.analyze(path, options, request_id)
+            return self.analyze(path, options, request_id, budget=budget or VideoBudget.of(self.settings))
         finally:
             path.unlink(missing_ok=True)
 
@@ -124,9 +140,12 @@ class VideoAnalyzer:
         options: VideoOptions | None = None,
         request_id: str | None = None,
         on_frame: FrameCallback | None = None,
+        meter: BudgetMeter | None = None,
     ) -> VideoAnalysisResponse:
-        """Frames in presentation order (``VideoReader.frames()``); every ``options.every``-th is analysed."""
+        """Frames in presentation order (``VideoReader.frames()``); every ``options.every``-th is analysed
+        (``meter``: counts the work against the budget and stops it)."""
         options = options or VideoOptions()
+        every = options.every or 1
         s = self.settings
         fps = header.fps or 30.0
         tracker = Tracker(
@@ -144,10 +163,14 @@ class VideoAnalyzer:
         for frame in _timed(frames, timings, "decode"):
             decoded += 1
             last_t = frame.t
-            if frame.index % options.every:
+            if meter is not None:
+                meter.decoded(frame.pixels, frame.index)
+            if frame.index % every:
                 continue
             if options.max_frames is not None and analysed >= options.max_frames:
                 break
+            if meter is not None:
+                meter.analysing(frame.index)
             with timings.stage("decode"):
                 image = frame.bgr()
             tracker.step(image, frame.index, frame.t)

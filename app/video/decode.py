@@ -1,11 +1,30 @@
-"""Video decode stage: check a clip against the published limits from its container header, then decode it
+"""Video decode stage: check a clip against the published limits before decoding anything, then decode it
 frame by frame with PyAV (FFmpeg). Nothing holds more than the current frame: the caller gets one
 ``VideoFrame`` at a time and keeps only the numbers it derives from it.
+
+Before the first frame is decoded:
+
+1. the file: size, container (sniffed from its first bytes; FFmpeg is then told which demuxer to use),
+   and for MP4/MOV its boxes (``app.video.mp4``: truncation, and bounds on what FFmpeg's demuxer would
+   allocate at open);
+2. a probe: the container is opened with no decoder allowed (``codec_whitelist``: FFmpeg's stream probing,
+   which otherwise decodes a few frames, a 16000x16000 H.264 one taking ~600 MiB, opens none), so the frame
+   size, rate, duration and frame count come from the container's headers and no picture is allocated,
+   whatever the codec. Only when the container gives no frame size, a second probe lets the decoders read
+   their headers, skipping every frame (``skip_frame=all``) and refusing any picture over ``max_pixels``.
+   Too large, too long: refused here;
+3. when the container does not index its frames (Matroska, WebM, AVI, fragmented MP4) or declares no
+   duration, its packets are counted and their timestamps read without decoding (demuxing only), stopping
+   as soon as the frame or duration limit is passed.
+
+Decoding then opens the file again with the same ``max_pixels`` guard on the decoder (a codec header that
+disagrees with its container cannot make it allocate a larger picture) and checks every frame as it
+comes (a header can lie).
 
 Errors are the image endpoints' JSON errors (``ApiError``): ``unsupported_media_type`` (415, not a
 container we accept), ``invalid_video`` (400, unreadable, truncated, no video stream),
 ``video_too_long`` (413, duration or frame count over the limit), ``video_too_large`` (413, resolution),
-``payload_too_large`` (413, upload size), ``empty_file`` (400).
+``payload_too_large`` (413, upload size), ``empty_file`` (400). No message names a file path.
 """
 from __future__ import annotations
 
@@ -22,10 +41,14 @@ import numpy as np
 
 from app.errors import ApiError
 from app.settings import Settings
+from app.video import mp4
 
 VIDEO_FORMATS = ("mp4", "mov", "webm", "mkv", "avi")
 # FFmpeg demuxer names (PyAV's ``container.format.name``) of the formats above.
 _DEMUXERS = {"mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", "avi"}
+# The demuxer FFmpeg is told to use for each sniffed container (no content probing of other formats).
+_FORCED = {"mp4": "mov", "mkv": "matroska", "avi": "avi"}
+NO_DECODER = "none"  # a codec_whitelist that names no decoder
 _MP4_BOXES = {b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot"}
 CHUNK = 1 << 20
 DURATION_SLACK_S = 0.5  # a clip's last frame may end a little after the declared duration
@@ -38,6 +61,7 @@ class VideoLimits:
     max_frames: int
     max_side: int
     max_pixels: int
+    decode_threads: int = 2  # FFmpeg's decoder threads for one clip (memory grows with them)
 
     @classmethod
     def of(cls, settings: Settings) -> VideoLimits:
@@ -47,12 +71,15 @@ class VideoLimits:
             max_frames=settings.max_video_frames,
             max_side=settings.max_video_side,
             max_pixels=settings.max_video_pixels,
+            decode_threads=settings.video_decode_threads,
         )
 
 
 @dataclass(frozen=True)
 class VideoHeader:
-    """What the container declares (before decoding). ``frames`` is 0 when it does not say."""
+    """What the container declares (before decoding). ``frames`` is 0 when it does not say and its packets
+    were not counted; ``counted`` is True when ``frames`` (and, without a declared one, ``duration_s``)
+    come from counting the packets."""
 
     format: str
     codec: str
@@ -61,6 +88,7 @@ class VideoHeader:
     fps: float
     frames: int
     duration_s: float
+    counted: bool = False
 
 
 @dataclass(frozen=True)
@@ -71,6 +99,10 @@ class VideoFrame:
 
     def bgr(self) -> np.ndarray:
         return self.frame.to_ndarray(format="bgr24")
+
+    @property
+    def pixels(self) -> int:
+        return int(self.frame.width) * int(self.frame.height)
 
 
 def sniff_container(head: bytes) -> str | None:
@@ -105,31 +137,32 @@ def spool_upload(stream: IO[bytes], max_bytes: int, directory: str | None = None
         raise
 
 
-def mp4_truncated(path: Path, size: int) -> bool:
-    """True when an MP4/MOV's top-level boxes claim more bytes than the file has (a cut-off upload). Reads
-    only the 8-16 byte box headers."""
-    offset = 0
-    with open(path, "rb") as fh:
-        while offset + 8 <= size:
-            fh.seek(offset)
-            header = fh.read(16)
-            box_size = int.from_bytes(header[:4], "big")
-            if box_size == 1 and len(header) == 16:
-                box_size = int.from_bytes(header[8:16], "big")
-            elif box_size == 0:  # the last box, to the end of the file
-                return False
-            if box_size < 8:
-                return True
-            offset += box_size
-    return offset != size
+def mp4_truncated(path: str | Path, size: int, max_frames: int = 7200) -> bool:
+    """True when an MP4/MOV's top-level boxes claim more bytes than the file has (a cut-off upload); raises
+    ``ApiError`` past the bounds of ``app.video.mp4.check_mp4`` (derived from ``max_frames``). Reads the box
+    headers and the header boxes only, never the media data."""
+    return mp4.check_mp4(
+        path,
+        size,
+        max_boxes=mp4.max_top_level_boxes(max_frames),
+        max_metadata_bytes=mp4.max_metadata_bytes(max_frames),
+        max_index_entries=mp4.max_index_entries(max_frames),
+    ).truncated
 
 
 def _seconds(value: Any, base: Fraction | None) -> float:
     return float(value * base) if value is not None and base is not None else 0.0
 
 
+def ffmpeg_reason(exc: BaseException) -> str:
+    """FFmpeg's reason without the file name PyAV puts in the exception's text (a server path)."""
+    reason = getattr(exc, "strerror", None)
+    return str(reason) if reason else type(exc).__name__
+
+
 class VideoReader:
-    """An opened, checked clip: ``header`` from the container, ``frames()`` decodes lazily.
+    """An opened, checked clip: ``header`` from the container (nothing decoded yet), ``frames()`` decodes
+    lazily.
 
         with VideoReader(path, limits) as video:
             for frame in video.frames():
@@ -138,42 +171,63 @@ class VideoReader:
 
     def __init__(self, path: str | Path, limits: VideoLimits) -> None:
         self.path, self.limits = Path(path), limits
+        self.container: Any = None  # the decoding container, opened by frames()
+        self.stream: Any = None
         try:
             size = self.path.stat().st_size
             with open(self.path, "rb") as fh:
                 head = fh.read(16)
         except OSError as exc:
-            raise ApiError(400, "invalid_video", f"cannot read {path}: {exc.strerror or exc}") from exc
+            raise ApiError(400, "invalid_video", f"the video cannot be read: {exc.strerror or 'I/O error'}") from exc
         if size == 0:
             raise ApiError(400, "empty_file", "the uploaded file is empty")
         if size > limits.max_bytes:
             raise ApiError(413, "payload_too_large", f"the video is {size} bytes; the limit is {limits.max_bytes}")
-        if sniff_container(head) is None:
+        kind = sniff_container(head)
+        if kind is None:
             raise ApiError(
                 415, "unsupported_media_type", f"not a video in a supported container ({', '.join(VIDEO_FORMATS)})"
             )
-        if sniff_container(head) == "mp4" and mp4_truncated(self.path, size):
+        if kind == "mp4" and mp4_truncated(self.path, size, limits.max_frames):
             raise ApiError(400, "invalid_video", "the video file is truncated (its boxes run past the end of the file)")
+        self.demuxer = _FORCED[kind]
+        probe = self._open("container")
         try:
-            self.container = av.open(str(self.path), mode="r")
-        except (av.error.FFmpegError, ValueError) as exc:
-            raise ApiError(400, "invalid_video", f"the video cannot be read (truncated or corrupt): {exc}") from exc
-        try:
-            self.header = self._check_header()
-        except BaseException:
-            self.container.close()
-            raise
+            self.header = self._check_header(probe, mp4_indexed=kind == "mp4")
+        finally:
+            probe.close()
 
-    def _check_header(self) -> VideoHeader:
-        container = self.container
-        if container.format.name not in _DEMUXERS:
+    def _open(self, probe: str | None = None) -> Any:
+        """``probe``: "container" (no decoder opened), "codec" (decoders read headers, skip every frame);
+        ``None``: for decoding. ``options`` also reach the decoders FFmpeg opens to probe the streams."""
+        options = {"max_pixels": str(self.limits.max_pixels)}  # no picture over max_pixels is ever allocated
+        if probe == "container":
+            options = {"codec_whitelist": NO_DECODER}
+        elif probe == "codec":
+            options["skip_frame"] = "all"
+        try:
+            return av.open(str(self.path), mode="r", format=self.demuxer, options=options)
+        except (av.error.FFmpegError, ValueError) as exc:
+            raise ApiError(
+                400, "invalid_video", f"the video cannot be read (truncated or corrupt): {ffmpeg_reason(exc)}"
+            ) from exc
+
+    def _check_header(self, container: Any, mp4_indexed: bool) -> VideoHeader:
+        if container.format.name not in _DEMUXERS and container.format.name not in _FORCED.values():
             raise ApiError(415, "unsupported_media_type", f"container {container.format.name!r} is not supported")
         if not container.streams.video:
             raise ApiError(400, "invalid_video", "the file has no video stream")
         stream = container.streams.video[0]
         width, height = int(stream.codec_context.width or 0), int(stream.codec_context.height or 0)
+        if width <= 0 or height <= 0:  # not in the container: from the codec's own headers
+            with self._open("codec") as again:
+                context = again.streams.video[0].codec_context if again.streams.video else None
+                width, height = (int(context.width or 0), int(context.height or 0)) if context else (0, 0)
         if width <= 0 or height <= 0:
-            raise ApiError(400, "invalid_video", "the video stream declares no frame size")
+            raise ApiError(
+                400, "invalid_video", "the video stream declares no frame size (or one over the decoder's limit of "
+                f"{self.limits.max_pixels} pixels)"
+            )
         self.check_size(width, height)
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         fps = float(rate) if rate else 0.0
@@ -183,6 +237,22 @@ class VideoReader:
         frames = int(stream.frames or 0)
         if not frames and duration and fps:
             frames = round(duration * fps)
+        self._check_length(duration, frames)
+        counted = False
+        # An MP4's sample table is the list of packets the demuxer will give: exact. Elsewhere (Matroska,
+        # WebM, AVI, fragmented MP4, no duration), count the packets (demuxing only, no decoding).
+        if not (mp4_indexed and stream.frames and duration):
+            packets, span = self._count_packets(container, stream, fps)
+            counted = True
+            frames = packets
+            if not duration:
+                duration = span
+            if not fps and span > 0 and packets > 1:
+                fps = (packets - 1) / span
+        name = "mkv" if "matroska" in container.format.name else container.format.name.split(",")[0]
+        return VideoHeader(name, stream.codec_context.name, width, height, fps, frames, duration, counted)
+
+    def _check_length(self, duration: float, frames: int) -> None:
         limits = self.limits
         if duration > limits.max_duration_s + DURATION_SLACK_S:
             raise ApiError(
@@ -190,10 +260,32 @@ class VideoReader:
             )
         if frames > limits.max_frames:
             raise ApiError(413, "video_too_long", f"the video has {frames} frames; the limit is {limits.max_frames}")
-        stream.thread_type = "AUTO"
-        self.stream = stream
-        name = "mkv" if "matroska" in container.format.name else container.format.name.split(",")[0]
-        return VideoHeader(name, stream.codec_context.name, width, height, fps, frames, duration)
+
+    def _count_packets(self, container: Any, stream: Any, fps: float) -> tuple[int, float]:
+        """(packets, seconds from the first to the end of the last) of the video stream, by demuxing only;
+        refused as soon as either passes its limit. A read error ends the count (decoding will meet it)."""
+        limits, base = self.limits, stream.time_base
+        count, first, last = 0, None, None
+        try:
+            for packet in container.demux(stream):
+                if packet.size == 0:  # the demuxer's end-of-stream marker
+                    continue
+                count += 1
+                if count > limits.max_frames:
+                    raise ApiError(413, "video_too_long", f"the video has more than {limits.max_frames} frames")
+                stamp = packet.pts if packet.pts is not None else packet.dts
+                if stamp is None or base is None:
+                    continue
+                first = stamp if first is None else min(first, stamp)
+                last = stamp if last is None else max(last, stamp)
+                if float((last - first) * base) > limits.max_duration_s + DURATION_SLACK_S:
+                    raise ApiError(
+                        413, "video_too_long", f"the video lasts more than {limits.max_duration_s:g} s"
+                    )
+        except av.error.FFmpegError:
+            pass
+        span = float((last - first) * base) + (1.0 / fps if fps else 0.0) if first is not None else 0.0
+        return count, span
 
     def check_size(self, width: int, height: int) -> None:
         limits = self.limits
@@ -205,12 +297,27 @@ class VideoReader:
                 f"{limits.max_pixels} pixels",
             )
 
+    def _open_for_decoding(self) -> Any:
+        container = self._open()
+        self.container = container
+        stream = container.streams.video[0]
+        width, height = int(stream.codec_context.width or 0), int(stream.codec_context.height or 0)
+        if (width, height) != (self.header.width, self.header.height):
+            self.check_size(width, height)
+        context = stream.codec_context
+        context.options = {**(context.options or {}), "max_pixels": str(self.limits.max_pixels)}
+        context.thread_count = self.limits.decode_threads
+        stream.thread_type = "AUTO"
+        self.stream = stream
+        return stream
+
     def frames(self) -> Iterator[VideoFrame]:
         """Each frame in presentation order, its limits checked as it comes (a header can lie)."""
         limits, start, index = self.limits, None, -1
         fps = self.header.fps or 30.0
+        stream = self._open_for_decoding()
         try:
-            for frame in self.container.decode(self.stream):
+            for frame in self.container.decode(stream):
                 index += 1
                 if index >= limits.max_frames:
                     raise ApiError(413, "video_too_long", f"the video has more than {limits.max_frames} frames")
@@ -228,17 +335,20 @@ class VideoReader:
                     self.check_size(frame.width, frame.height)
                 yield VideoFrame(index, round(float(t), 6), frame)
         except av.error.FFmpegError as exc:
-            raise ApiError(400, "invalid_video", f"the video cannot be decoded past frame {index}: {exc}") from exc
+            raise ApiError(
+                400, "invalid_video", f"the video cannot be decoded past frame {index}: {ffmpeg_reason(exc)}"
+            ) from exc
         if index < 0:
             raise ApiError(400, "invalid_video", "the video has no decodable frame (truncated or corrupt)")
-        declared = int(self.stream.frames or 0)  # exact where the container indexes its frames (MP4, MOV)
+        declared = int(stream.frames or 0)  # exact where the container indexes its frames (MP4, MOV)
         if declared and index + 1 < declared * 0.95 - 2:
             raise ApiError(
                 400, "invalid_video", f"the video ended after {index + 1} of its {declared} frames (truncated)"
             )
 
     def close(self) -> None:
-        self.container.close()
+        if self.container is not None:
+            self.container.close()
 
     def __enter__(self) -> VideoReader:  # noqa: PYI034 (Python 3.10: no typing.Self)
         return self
