@@ -66,7 +66,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.manifest = load_manifest(settings.models_dir)
     app.state.ready = False
-    admission = Admission(settings.max_in_flight, settings.queue_limit, settings.request_timeout_s)
+    admission = Admission(settings.max_in_flight, settings.queue_limit, settings.request_timeout_s,
+                          settings.upload_limit)
     app.state.admission = admission
     app.state.metrics = Metrics(admission, app.state.manifest)
     install_error_handlers(app)
@@ -84,9 +85,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_upload_bytes=settings.max_upload_bytes,
         path_limits={"/analyze-video": settings.max_video_upload_bytes},
         body_timeout_s=settings.body_timeout_s,
+        upload_timeout_s=settings.upload_timeout_s,
+        min_upload_rate=settings.min_upload_rate,
+        upload_rate_grace_s=settings.upload_rate_grace_s,
     )
     shed_paths = {getattr(route, "path", "") for r in [*ANALYSIS_ROUTERS, video.router] for route in r.routes}
-    app.add_middleware(AdmissionMiddleware, admission=admission, paths=shed_paths)  # before the body is read
+    # bounds the uploads before their body is read; the analysis place is taken after it (Admission.run)
+    app.add_middleware(AdmissionMiddleware, admission=admission, paths=shed_paths)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"]
