@@ -17,6 +17,7 @@ resolution, and a 120 s clip holds a few thousand small records.
 """
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator
@@ -92,20 +93,24 @@ class VideoAnalyzer:
         options: VideoOptions | None = None,
         request_id: str | None = None,
         on_frame: FrameCallback | None = None,
+        cancel: threading.Event | None = None,
     ) -> VideoAnalysisResponse:
         """Analyse a video file (checked against the video limits before decoding). ``on_frame(frame, t, image,
         faces)`` is called after each analysed frame with the confirmed tracks seen there ([(track_id,
-        FrameRecord)]), e.g. to draw them; the image is not kept."""
+        FrameRecord)]), e.g. to draw them; the image is not kept. Once ``cancel`` is set, the analysis stops
+        at the next frame (503 ``shutting_down``: the server's shutdown)."""
         with VideoReader(source, self.limits) as video:
-            return self.analyze_frames(video.frames(), video.header, options, request_id, on_frame)
+            return self.analyze_frames(video.frames(), video.header, options, request_id, on_frame, cancel)
 
     def analyze_upload(
-        self, stream: IO[bytes], options: VideoOptions | None = None, request_id: str | None = None
+        self, stream: IO[bytes], options: VideoOptions | None = None, request_id: str | None = None,
+        cancel: threading.Event | None = None, directory: str | Path | None = None,
     ) -> VideoAnalysisResponse:
-        """An upload: spooled to a temporary file (bounded, checked while copying), analysed, deleted."""
-        path = spool_upload(stream, self.limits.max_bytes)
+        """An upload: spooled to a temporary file in ``directory`` (bounded, checked while copying), analysed,
+        deleted (also when the analysis fails or is cancelled)."""
+        path = spool_upload(stream, self.limits.max_bytes, None if directory is None else str(directory))
         try:
-            return self.analyze(path, options, request_id)
+            return self.analyze(path, options, request_id, cancel=cancel)
         finally:
             path.unlink(missing_ok=True)
 
@@ -116,8 +121,10 @@ class VideoAnalyzer:
         options: VideoOptions | None = None,
         request_id: str | None = None,
         on_frame: FrameCallback | None = None,
+        cancel: threading.Event | None = None,
     ) -> VideoAnalysisResponse:
-        """Frames in presentation order (``VideoReader.frames()``); every ``options.every``-th is analysed."""
+        """Frames in presentation order (``VideoReader.frames()``); every ``options.every``-th is analysed.
+        ``cancel``, checked before each frame, stops it (503 ``shutting_down``)."""
         options = options or VideoOptions()
         s = self.settings
         fps = header.fps or 30.0
@@ -134,6 +141,8 @@ class VideoAnalyzer:
         decoded = analysed = 0
         last_t = 0.0
         for frame in _timed(frames, timings, "decode"):
+            if cancel is not None and cancel.is_set():
+                raise ApiError(503, "shutting_down", "the server is shutting down; retry the request")
             decoded += 1
             last_t = frame.t
             if frame.index % options.every:
