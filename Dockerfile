@@ -19,12 +19,16 @@ WORKDIR /srv/microfacs
 RUN groupadd --system --gid 10001 microfacs \
     && useradd --system --uid 10001 --gid microfacs --no-create-home --home-dir /srv/microfacs microfacs
 
+# The locked versions (requirements/lock.txt: the service's and the SDK's dependencies, README "Locked
+# versions"), in their own layer; then the project and the SDK without resolving anything again.
+COPY requirements/lock.txt ./requirements/lock.txt
+RUN pip install --no-cache-dir -r requirements/lock.txt
 COPY pyproject.toml README.md ./
 COPY clients/python ./clients/python
 COPY app ./app
 COPY microfacs_cli ./microfacs_cli
 COPY models ./models
-RUN pip install --no-cache-dir ./clients/python . && python -c "import app.main"
+RUN pip install --no-cache-dir --no-deps ./clients/python . && pip check && python -c "import app.main"
 
 USER 10001:10001
 EXPOSE 8000
@@ -34,4 +38,7 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
 
 # --proxy-headers: the client address from X-Forwarded-For, trusted only from MICROFACS_FORWARDED_ALLOW_IPS (the
 # proxy's addresses; compose sets its private network). No "server: uvicorn" header; idle keep-alive 5 s.
+# On SIGTERM uvicorn lets the requests in flight finish for up to 20 s, then cancels them (503 shutting_down) and
+# the app stops its analyses and removes its temporary files: compose's stop_grace_period and the pod's
+# terminationGracePeriodSeconds are longer (tests/test_shutdown.py checks the three agree).
 CMD ["sh", "-c", "exec uvicorn app.main:app --host \"$MICROFACS_HOST\" --port \"$MICROFACS_PORT\" --workers \"$MICROFACS_WORKERS\" --proxy-headers --forwarded-allow-ips \"$MICROFACS_FORWARDED_ALLOW_IPS\" --no-server-header --timeout-keep-alive 5 --timeout-graceful-shutdown 20"]

@@ -1,16 +1,21 @@
-"""Load shedding, per worker: at most ``max_in_flight`` analyses run at once (in a thread pool of that size,
-off the event loop) and at most ``max_queue`` more requests wait for a slot. A request beyond both is
-answered at once with ``503 overloaded`` and ``Retry-After``, before its body is read; a request that
-waited past the deadline (``request_timeout_s`` from its arrival) gets the same error instead of running.
+"""Load shedding, per worker, in two stages.
 
-``AdmissionMiddleware`` counts a request from its arrival to its last response byte; ``Admission.run``
-holds a slot only while the CPU-bound work runs. Waiting = admitted and not (yet) holding a slot.
+The upload: at most ``max_uploads`` request bodies are received at once (``AdmissionMiddleware``: beyond,
+``503 overloaded`` before the body is read). The body is read under its size and time limits
+(``app.middleware.BodyLimitMiddleware``: a stalled or too-slow upload gets 408) while it holds no analysis
+place.
+
+The analysis: once its body is in, a request takes a place (``Admission.run``): at most ``max_in_flight``
+analyses run at once (in a thread pool of that size, off the event loop) and at most ``max_queue`` more wait
+for a slot. A request beyond both is answered at once with ``503 overloaded`` and ``Retry-After``; a request
+that waited past its deadline (``request_timeout_s`` from the end of its upload) gets the same error instead of
+running. Waiting = admitted and not (yet) holding a slot.
 """
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Collection
-from typing import TypeVar
+import threading
+from collections.abc import Callable, Collection, MutableMapping
+from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -24,18 +29,40 @@ RETRY_AFTER_S = 1  # seconds: a shed request is cheap, and one analysis takes te
 
 
 class Admission:
-    def __init__(self, max_in_flight: int, max_queue: int, timeout_s: float,
+    def __init__(self, max_in_flight: int, max_queue: int, timeout_s: float, max_uploads: int | None = None,
                  on_shed: Callable[[str], None] = lambda reason: None) -> None:
         self.max_in_flight, self.max_queue, self.timeout_s = max_in_flight, max_queue, timeout_s
-        self.on_shed = on_shed  # called with the reason: "full" or "deadline" (the metrics count them)
-        self.admitted = 0  # requests inside the middleware: running + waiting
+        self.max_uploads = max_uploads or 4 * (max_in_flight + max_queue)
+        # called with the reason: "full", "deadline" or "uploads" (the metrics count them)
+        self.on_shed = on_shed
+        self.uploading = 0  # requests receiving their body (no analysis place yet)
+        self.admitted = 0  # requests whose body is in: running + waiting
         self.running = 0
+        self.busy_threads = 0  # analyses still computing in a thread, even if their request was cancelled
+        self._busy_lock = threading.Lock()
         self._slots: anyio.Semaphore | None = None
         self._threads: anyio.CapacityLimiter | None = None
 
     @property
     def waiting(self) -> int:
         return self.admitted - self.running
+
+    # -- the upload stage ------------------------------------------------------------------------------------
+
+    def try_upload(self, state: MutableMapping[str, Any]) -> bool:
+        if self.uploading >= self.max_uploads:
+            self.on_shed("uploads")
+            return False
+        self.uploading += 1
+        state["uploading"] = True
+        return True
+
+    def upload_done(self, state: MutableMapping[str, Any]) -> None:
+        """The request leaves the upload count (once, whoever calls first: ``run`` or the middleware)."""
+        if state.pop("uploading", False):
+            self.uploading -= 1
+
+    # -- the analysis stage ----------------------------------------------------------------------------------
 
     def try_admit(self) -> bool:
         if self.admitted >= self.max_in_flight + self.max_queue:
@@ -50,28 +77,59 @@ class Admission:
     def overloaded(self, why: str) -> ApiError:
         return ApiError(503, "overloaded", f"the server is {why}; retry after {RETRY_AFTER_S} s")
 
+    def at_capacity(self) -> ApiError:
+        return self.overloaded(f"at capacity ({self.max_in_flight} running, {self.max_queue} waiting)")
+
     async def run(self, request: Request, fn: Callable[..., T], *args: object) -> T:
-        """``fn(*args)`` in the analysis pool once a slot is free, or 503 when the request's deadline passes."""
+        """``fn(*args)`` in the analysis pool once a slot is free. Call it once the request's body is read: it
+        takes the request's place (503 when running + waiting are full) and holds it until ``fn`` returns;
+        503 when no slot frees within ``timeout_s``."""
+        self.upload_done(request.scope.setdefault("state", {}))
+        if not self.try_admit():
+            raise self.at_capacity()
+        try:
+            return await self._run(fn, *args)
+        finally:
+            self.release()
+
+    async def _run(self, fn: Callable[..., T], *args: object) -> T:
         if self._slots is None or self._threads is None:  # made on first use, inside the event loop
             self._slots = anyio.Semaphore(self.max_in_flight)
             self._threads = anyio.CapacityLimiter(self.max_in_flight)
-        arrived = getattr(request.state, "arrived", None) or time.monotonic()
-        with anyio.move_on_after(arrived + self.timeout_s - time.monotonic()) as waited:
+        with anyio.move_on_after(self.timeout_s) as waited:
             await self._slots.acquire()
         if waited.cancelled_caught:
             self.on_shed("deadline")
             raise self.overloaded(f"busy: no analysis slot freed within {self.timeout_s:g} s")
         self.running += 1
         try:
-            return await anyio.to_thread.run_sync(fn, *args, limiter=self._threads)
+            return await anyio.to_thread.run_sync(self._busy, fn, *args, limiter=self._threads)
         finally:
             self.running -= 1
             self._slots.release()
 
+    def _busy(self, fn: Callable[..., T], *args: object) -> T:
+        with self._busy_lock:
+            self.busy_threads += 1
+        try:
+            return fn(*args)
+        finally:
+            with self._busy_lock:
+                self.busy_threads -= 1
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Waits (at most ``timeout_s``) for the analyses still computing in threads: at shutdown, once they
+        were told to stop (``app.state.stopping``). True when none is left."""
+        with anyio.move_on_after(timeout_s):
+            while self.busy_threads:
+                await anyio.sleep(0.05)
+        return not self.busy_threads
+
 
 class AdmissionMiddleware:
-    """Sheds POSTs to ``paths`` beyond in-flight + queue, before anything is read from the request, and adds
-    ``Retry-After`` to every 503 they get (shed here, past the deadline, or models still loading)."""
+    """Counts the POSTs to ``paths`` while they upload and sheds those beyond ``max_uploads`` before anything is
+    read from them; adds ``Retry-After`` to every 503 they get (shed here, at capacity or past the deadline in
+    ``Admission.run``, or models still loading)."""
 
     def __init__(self, app: ASGIApp, admission: Admission, paths: Collection[str]) -> None:
         self.app, self.admission, self.paths = app, admission, frozenset(paths)
@@ -81,10 +139,9 @@ class AdmissionMiddleware:
             await self.app(scope, receive, send)
             return
         state = scope.setdefault("state", {})
-        if not self.admission.try_admit():
+        if not self.admission.try_upload(state):
             await self._shed(scope, send)
             return
-        state["arrived"] = time.monotonic()
 
         async def send_retry_after(message: Message) -> None:
             if message["type"] == "http.response.start" and message["status"] == 503:
@@ -94,12 +151,10 @@ class AdmissionMiddleware:
         try:
             await self.app(scope, receive, send_retry_after)
         finally:
-            self.admission.release()
+            self.admission.upload_done(state)
 
     async def _shed(self, scope: Scope, send: Send) -> None:
-        error = self.admission.overloaded(
-            f"at capacity ({self.admission.max_in_flight} running, {self.admission.max_queue} waiting)"
-        )
+        error = self.admission.overloaded(f"receiving too many uploads ({self.admission.max_uploads} at once)")
         # No "Connection: close": uvicorn discards the unread body and keeps the connection (closing it while
         # the client still sends would reset the connection before the client reads this answer).
         await send_error(scope, send, error, [(b"retry-after", str(RETRY_AFTER_S).encode())])

@@ -1,6 +1,7 @@
 """The FastAPI application: ``uvicorn app.main:app`` serves it."""
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -12,6 +13,7 @@ from app import __version__
 from app.admission import Admission, AdmissionMiddleware
 from app.analyzer import Analyzer
 from app.errors import install_error_handlers
+from app.lifecycle import CancelledRequestMiddleware, WorkDir
 from app.logs import configure_logging
 from app.metrics import AccessMiddleware, Metrics
 from app.middleware import BodyLimitMiddleware, RequestIdMiddleware
@@ -26,6 +28,7 @@ from app.security import ProtectedPathsMiddleware, SecurityHeadersMiddleware, co
 from app.settings import Settings, get_settings
 
 ANALYSIS_ROUTERS = [faces.router]
+SHUTDOWN_DRAIN_S = 5.0  # at shutdown, how long cancelled analyses get to notice (a video frame takes ~10-50 ms)
 
 DESCRIPTION = """
 Face detection, FACS Action Unit detection and facial expression recognition on the CPU, with
@@ -46,13 +49,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        registry = ModelRegistry(settings)
-        registry.warm_up()
-        app.state.registry = registry
-        app.state.analyzer = Analyzer(settings, registry)
-        app.state.ready = True
-        yield
-        app.state.ready = False
+        app.state.work_dir = WorkDir.start()  # after removing what killed workers left in the temporary directory
+        try:
+            registry = ModelRegistry(settings)
+            registry.warm_up()
+            app.state.registry = registry
+            app.state.analyzer = Analyzer(settings, registry)
+            app.state.ready = True
+            yield
+        finally:
+            # uvicorn has waited --timeout-graceful-shutdown for the requests in flight and cancelled the rest:
+            # stop the analyses still computing in threads (video checks between frames), then tidy up.
+            app.state.ready = False
+            app.state.stopping.set()
+            await app.state.admission.drain(SHUTDOWN_DRAIN_S)
+            if app.state.work_dir is not None:
+                app.state.work_dir.close()
 
     app = FastAPIOffline(  # /docs and /redoc from local assets: the service runs offline
         title="MicroFACS",
@@ -67,7 +79,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.manifest = load_manifest(settings.models_dir)
     app.state.ready = False
-    admission = Admission(settings.max_in_flight, settings.queue_limit, settings.request_timeout_s)
+    app.state.stopping = threading.Event()  # set at shutdown: long analyses stop (app/lifecycle.py)
+    admission = Admission(settings.max_in_flight, settings.queue_limit, settings.request_timeout_s,
+                          settings.upload_limit)
     app.state.admission = admission
     app.state.persons = PersonStore(settings.persons_dir, settings.persons_ttl_s, settings.max_persons)
     app.state.metrics = Metrics(admission, app.state.manifest)
@@ -90,16 +104,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                      "/persons": settings.max_reference_photos * settings.max_upload_bytes,
                      **{getattr(r, 'path', ''): 2 * settings.max_upload_bytes for r in faces.router.routes}},
         body_timeout_s=settings.body_timeout_s,
+        upload_timeout_s=settings.upload_timeout_s,
+        min_upload_rate=settings.min_upload_rate,
+        upload_rate_grace_s=settings.upload_rate_grace_s,
     )
     shed_paths = {getattr(route, "path", "") for r in [*ANALYSIS_ROUTERS, video.router] for route in r.routes}
     shed_paths.add("/persons")  # POST: enrolment reads photos
-    app.add_middleware(AdmissionMiddleware, admission=admission, paths=shed_paths)  # before the body is read
+    # bounds the uploads before their body is read; the analysis place is taken after it (Admission.run)
+    app.add_middleware(AdmissionMiddleware, admission=admission, paths=shed_paths)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"]
         )
     if configured_keys(settings) and not settings.public_docs:
         app.add_middleware(ProtectedPathsMiddleware, keys=configured_keys(settings))
+    app.add_middleware(CancelledRequestMiddleware)  # 503 shutting_down when uvicorn cancels a request
     app.add_middleware(SecurityHeadersMiddleware)  # on every answer, the other middlewares' included
     app.add_middleware(AccessMiddleware, metrics=app.state.metrics)  # metrics and the access log: every answer
     app.add_middleware(RequestIdMiddleware)

@@ -32,12 +32,16 @@ class Metrics:
         self.faces = Histogram("microfacs_faces_per_image", "faces found per analysed image", buckets=FACE_BUCKETS,
                                registry=r)
         self.shed = Counter("microfacs_shed_requests", "requests answered 503 overloaded: full (in flight + "
-                            "queue) or deadline (waited past MICROFACS_REQUEST_TIMEOUT_S)", ("reason",), registry=r)
-        for reason in ("full", "deadline"):
+                            "queue), deadline (waited past MICROFACS_REQUEST_TIMEOUT_S) or uploads "
+                            "(MICROFACS_MAX_UPLOADS bodies being received)", ("reason",), registry=r)
+        for reason in ("full", "deadline", "uploads"):
             self.shed.labels(reason)  # present at 0 from the start
         Gauge("microfacs_in_flight", "analyses running now", registry=r).set_function(lambda: admission.running)
-        Gauge("microfacs_queued", "analysis requests admitted and waiting for a slot (incl. their upload)",
+        Gauge("microfacs_queued", "analysis requests whose upload is in, waiting for a slot",
               registry=r).set_function(lambda: admission.waiting)
+        Gauge("microfacs_uploading", "analysis requests receiving their body (no analysis place yet)",
+              registry=r).set_function(lambda: admission.uploading)
+        Gauge("microfacs_max_uploads", "the upload limit", registry=r).set(admission.max_uploads)
         Gauge("microfacs_max_in_flight", "the in-flight limit", registry=r).set(admission.max_in_flight)
         Gauge("microfacs_max_queue", "the queue limit", registry=r).set(admission.max_queue)
         Info("microfacs_service", "service version", registry=r).info({"version": __version__})

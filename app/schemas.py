@@ -250,6 +250,13 @@ class Limits(BaseModel):
     max_queue: int | None = None
     request_timeout_s: float | None = None
     body_timeout_s: float | None = None
+    # uploads: read before the analysis place is taken (README "Load shedding, metrics and logs")
+    upload_timeout_s: float | None = Field(None, description="the whole body must arrive within this (408)")
+    min_upload_rate: int | None = Field(
+        None, description="bytes/s a body must average once upload_rate_grace_s have passed (408); 0: none"
+    )
+    upload_rate_grace_s: float | None = None
+    max_uploads: int | None = Field(None, description="bodies received at once per worker; beyond, 503")
     # POST /analyze-video
     max_video_upload_bytes: int | None = None
     max_video_duration_s: float | None = None

@@ -168,7 +168,9 @@ class Settings(BaseSettings):
         default_factory=usable_cpus, ge=1, description="analyses running at once (default: usable CPUs)"
     )
     max_queue: int | None = Field(None, ge=0, description="requests waiting for a slot (default: max_in_flight)")
-    request_timeout_s: float = Field(30.0, gt=0.0, description="deadline for a request to start its analysis")
+    request_timeout_s: float = Field(
+        30.0, gt=0.0, description="deadline for a request to start its analysis, from the end of its upload"
+    )
     log_format: Literal["text", "json"] = Field(
         "text", description="json: one JSON line per request (access log) and per log record"
     )
@@ -177,6 +179,27 @@ class Settings(BaseSettings):
     def queue_limit(self) -> int:
         return self.max_in_flight if self.max_queue is None else self.max_queue
     # --- end of load shedding, metrics, logs ------------------------------------------------------------------
+
+    # --- Uploads and shutdown (app/middleware.py, app/admission.py, app/lifecycle.py) -------------------------
+    # The body is read before the request takes an analysis place: an upload holds an upload place only, and
+    # is cut off (408) when it stalls (body_timeout_s), runs past upload_timeout_s, or falls below the rate.
+    upload_timeout_s: float = Field(
+        120.0, gt=0.0, description="the whole request body must arrive within this many seconds of its first read"
+    )
+    min_upload_rate: int = Field(
+        16 * 1024, ge=0, description="bytes/s: once upload_rate_grace_s have passed, a body arriving slower than "
+        "this on average is cut off (408); 0: no minimum"
+    )
+    upload_rate_grace_s: float = Field(5.0, ge=0.0, description="seconds before the minimum rate applies")
+    max_uploads: int | None = Field(
+        None, ge=1, description="request bodies being received at once, per worker; beyond, 503 before reading "
+        "(default: 4 x (max_in_flight + max_queue))"
+    )
+
+    @property
+    def upload_limit(self) -> int:
+        return 4 * (self.max_in_flight + self.queue_limit) if self.max_uploads is None else self.max_uploads
+    # --- end of uploads and shutdown -------------------------------------------------------------------------
 
 
 @lru_cache

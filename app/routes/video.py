@@ -53,8 +53,12 @@ async def analyze_video(
     options = video.options(every, max_faces, side_face_filter, occlusion_filter, series, baseline=baseline)
     file = await read_upload(request)  # only now, after the parameters (and the router's API key) are checked
 
+    state = request.app.state
+    work_dir = getattr(state, "work_dir", None)  # this worker's (app.lifecycle), removed at shutdown
+
     def analyse() -> Response:  # in the analysis pool, serialisation included (series can be large)
-        result = video.analyze_upload(file.file, options, request_id_of(request))
+        result = video.analyze_upload(file.file, options, request_id_of(request), cancel=state.stopping,
+                                      directory=None if work_dir is None else work_dir.path)
         request.state.faces = len(result.tracks)  # for the access log
         return Response(result.model_dump_json(by_alias=True), media_type="application/json")
 

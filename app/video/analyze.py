@@ -17,6 +17,7 @@ resolution, and a 120 s clip holds a few thousand small records.
 """
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator
@@ -102,12 +103,15 @@ class VideoAnalyzer:
         request_id: str | None = None,
         on_frame: FrameCallback | None = None,
         budget: VideoBudget | None = None,
+        cancel: threading.Event | None = None,
     ) -> VideoAnalysisResponse:
         """Analyse a video file (checked against the video limits before decoding). ``on_frame(frame, t, image,
         faces)`` is called after each analysed frame with the confirmed tracks seen there ([(track_id,
         FrameRecord)]), e.g. to draw them; the image is not kept. With a ``budget`` (the server's, see
         ``app.video.budget``) the stride is checked or chosen from the header before any frame is decoded,
-        and the work and the wall-clock time are counted while decoding; without one only the limits apply."""
+        and the work and the wall-clock time are counted while decoding; without one only the limits apply.
+        Once ``cancel`` is set, the analysis stops at the next frame (503 ``shutting_down``: the server's
+        shutdown)."""
         started = time.monotonic()
         options = options or VideoOptions()
         with VideoReader(source, self.limits) as video:
@@ -116,7 +120,7 @@ class VideoAnalyzer:
                 options = replace(options, every=stride_for(video.header, options.every, budget))
                 meter = BudgetMeter(budget, started)
                 meter.check_time(-1)
-            return self.analyze_frames(video.frames(), video.header, options, request_id, on_frame, meter)
+            return self.analyze_frames(video.frames(), video.header, options, request_id, on_frame, meter, cancel)
 
     def analyze_upload(
         self,
@@ -124,12 +128,16 @@ class VideoAnalyzer:
         options: VideoOptions | None = None,
         request_id: str | None = None,
         budget: VideoBudget | None = None,
+        cancel: threading.Event | None = None,
+        directory: str | Path | None = None,
     ) -> VideoAnalysisResponse:
-        """An upload: spooled to a temporary file (bounded, checked while copying), analysed within
-        ``budget`` (default: the settings' work budget), deleted."""
-        path = spool_upload(stream, self.limits.max_bytes)
+        """An upload: spooled to a temporary file in ``directory`` (bounded, checked while copying), analysed
+        within ``budget`` (default: the settings' work budget), deleted (also when the analysis fails or is
+        cancelled)."""
+        path = spool_upload(stream, self.limits.max_bytes, None if directory is None else str(directory))
         try:
-            return self.analyze(path, options, request_id, budget=budget or VideoBudget.of(self.settings))
+            return self.analyze(path, options, request_id, budget=budget or VideoBudget.of(self.settings),
+                                cancel=cancel)
         finally:
             path.unlink(missing_ok=True)
 
@@ -141,9 +149,11 @@ class VideoAnalyzer:
         request_id: str | None = None,
         on_frame: FrameCallback | None = None,
         meter: BudgetMeter | None = None,
+        cancel: threading.Event | None = None,
     ) -> VideoAnalysisResponse:
         """Frames in presentation order (``VideoReader.frames()``); every ``options.every``-th is analysed
-        (``meter``: counts the work against the budget and stops it)."""
+        (``meter``: counts the work against the budget and stops it). ``cancel``, checked before each frame,
+        stops it (503 ``shutting_down``)."""
         options = options or VideoOptions()
         every = options.every or 1
         s = self.settings
@@ -161,6 +171,8 @@ class VideoAnalyzer:
         decoded = analysed = 0
         last_t = 0.0
         for frame in _timed(frames, timings, "decode"):
+            if cancel is not None and cancel.is_set():
+                raise ApiError(503, "shutting_down", "the server is shutting down; retry the request")
             decoded += 1
             last_t = frame.t
             if meter is not None:
