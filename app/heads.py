@@ -169,11 +169,8 @@ class OpenAuHead:
     needs_irises: bool = True
 
     def reading(self, face: FaceAnalysis) -> BlendshapeReading:
+        """The face's AU values (``OPEN_AUS`` order: ``.vector`` is what a reference keeps) and left/right sides."""
         return BlendshapeReading.of(face_blendshapes(face, self.model))
-
-    def probability(self, face: FaceAnalysis) -> tuple[np.ndarray, None, None]:
-        """(A,) AU values in ``OPEN_AUS`` order (what a reference keeps), as ``AuHead.probability``'s first item."""
-        return self.reading(face).vector, None, None
 
     def get(self, face: FaceAnalysis, options: FaceOptions) -> list[ActionUnit]:
         reading = self.reading(face)
@@ -210,5 +207,5 @@ OPEN_HEADS: dict[str, Callable[[ModelRegistry, Settings], Head]] = {  # the same
 
 
 def build_heads(models: ModelRegistry, settings: Settings) -> dict[str, Head]:
-    heads = OPEN_HEADS if settings.profile == "open" else HEADS
+    heads = OPEN_HEADS if models.profile == "open" else HEADS
     return {name: make(models, settings) for name, make in heads.items()}

@@ -140,8 +140,10 @@ class ActionUnitOut(OptIn):
     au: str = Field(description="FACS code, e.g. AU12")
     name: str = Field(description="FACS name, e.g. Lip Corner Puller")
     probability: float = Field(ge=0.0, le=1.0, description="the AU detector's score for this AU on this face; with a "
-                               "reference, the probability that the AU is active beyond the person's neutral face")
-    present: bool = Field(description="probability >= the AU's threshold (chosen on subject-wise cross-validation)")
+                               "reference, the probability that the AU is active beyond the person's neutral face. "
+                               "Open profile: the AU's value from the blendshapes (0..1, not calibrated)")
+    present: bool = Field(description="probability >= the AU's threshold (chosen on subject-wise cross-validation; "
+                          "open profile: 0.4, FACS grade B, for every AU)")
     box: Box | None = Field(None, description="the AU's region in original image pixels; null when absent")
     activation: float | None = Field(
         None, ge=0.0, le=1.0, description="with ?blendshapes=true only, for AUs with a matching blendshape: the "

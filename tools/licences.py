@@ -113,7 +113,7 @@ def notice_text(models_dir: Path = MODELS) -> str:
     manifest = Manifest.load(models_dir)
     lines = [HEADER, "Model files", "===========", "",
              "| file | profiles | licence | commercial use |", "|---|---|---|---|"]
-    for name, entry in manifest.models.items():
+    for entry in manifest.models.values():
         allowed = entry.get("commercial_use", {}).get("allowed")
         use = "yes" if allowed else "no"
         for file in model_files(entry):
