@@ -2,6 +2,49 @@
 #   docker build -t microfacs:0.1.0 .
 #   docker run -p 8000:8000 -e MICROFACS_WORKERS=2 microfacs:0.1.0
 # tests/test_deploy.py lints this file with hadolint and replays its COPY/RUN/CMD steps in a fresh venv.
+#
+# Two targets. The default (the last stage) serves the research profile: every model, among them networks that
+# are research use only (NOTICE). `--target open` builds an image with only the models licensed for commercial use
+# (MICROFACS_PROFILE=open; models/OPEN_PROFILE.md):
+#   docker build --target open -t microfacs:0.1.0-open .
+
+# --- target `open`: the open profile's model files only. Its other steps are the default target's (below): keep
+# them in step (tests/test_deploy.py compares the two stages).
+FROM python:3.11-slim-bookworm AS open
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    MICROFACS_HOST=0.0.0.0 \
+    MICROFACS_PORT=8000 \
+    MICROFACS_WORKERS=1 \
+    MICROFACS_ONNX_THREADS=1 \
+    MICROFACS_FORWARDED_ALLOW_IPS=127.0.0.1 \
+    MICROFACS_PROFILE=open
+
+WORKDIR /srv/microfacs
+
+RUN groupadd --system --gid 10001 microfacs \
+    && useradd --system --uid 10001 --gid microfacs --no-create-home --home-dir /srv/microfacs microfacs
+
+COPY pyproject.toml README.md ./
+COPY LICENSE NOTICE ./
+COPY clients/python ./clients/python
+COPY app ./app
+COPY microfacs_cli ./microfacs_cli
+COPY models/manifest.json models/OPEN_PROFILE.md models/face_detection_short_range.onnx models/face_detection_full_range.onnx models/face_landmark.onnx models/face_landmarker.onnx models/face_blendshapes.onnx ./models/
+RUN pip install --no-cache-dir ./clients/python . && python -c "import app.main"
+
+USER 10001:10001
+EXPOSE 8000
+
+HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import os, sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('MICROFACS_PORT', '8000'), timeout=4).status != 200)"]
+
+CMD ["sh", "-c", "exec uvicorn app.main:app --host \"$MICROFACS_HOST\" --port \"$MICROFACS_PORT\" --workers \"$MICROFACS_WORKERS\" --proxy-headers --forwarded-allow-ips \"$MICROFACS_FORWARDED_ALLOW_IPS\" --no-server-header --timeout-keep-alive 5 --timeout-graceful-shutdown 20"]
+
+# --- default target: the research profile (every model in models/).
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -24,6 +67,7 @@ RUN groupadd --system --gid 10001 microfacs \
 COPY requirements/lock.txt ./requirements/lock.txt
 RUN pip install --no-cache-dir -r requirements/lock.txt
 COPY pyproject.toml README.md ./
+COPY LICENSE NOTICE ./
 COPY clients/python ./clients/python
 COPY app ./app
 COPY microfacs_cli ./microfacs_cli

@@ -19,6 +19,7 @@ from app.metrics import AccessMiddleware, Metrics
 from app.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from app.model_zoo.base import load_manifest
 from app.persons import PersonStore
+from app.profiles import ProfileHeaderMiddleware, profile_manifest
 from app.registry import ModelRegistry
 from app.render_http import RENDER_RESPONSES, RenderMiddleware, render_option
 from app.routes import faces, health, metrics, persons, video
@@ -39,6 +40,8 @@ Limits (settings, env prefix `MICROFACS_`), checked before the image is decoded:
 at least {min_image_side} px per side; JPEG, PNG, WebP, BMP. `GET /version` publishes them too.
 
 Every error is `{{"error": {{"code", "message"}}, "request_id"}}` with a 4xx status for the client's fault.
+Model profile: **{profile}** (`MICROFACS_PROFILE`; every response's `X-MicroFACS-Profile` header says it): `research`
+serves research-use-only networks, `open` only models licensed for commercial use (models/OPEN_PROFILE.md).
 Expression outputs say what a face *appears to show*; they are not a reading of anyone's feelings.
 """
 
@@ -77,7 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         },
     )
     app.state.settings = settings
-    app.state.manifest = load_manifest(settings.models_dir)
+    app.state.manifest = profile_manifest(load_manifest(settings.models_dir), settings.profile)  # its models only
     app.state.ready = False
     app.state.stopping = threading.Event()  # set at shutdown: long analyses stop (app/lifecycle.py)
     admission = Admission(settings.max_in_flight, settings.queue_limit, settings.request_timeout_s,
@@ -122,6 +125,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(SecurityHeadersMiddleware)  # on every answer, the other middlewares' included
     app.add_middleware(AccessMiddleware, metrics=app.state.metrics)  # metrics and the access log: every answer
     app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(ProfileHeaderMiddleware, profile=settings.profile)  # X-MicroFACS-Profile on every answer
     return app
 
 

@@ -34,6 +34,12 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MICROFACS_", env_file=None)
 
     models_dir: Path = Field(default_factory=default_models_dir, description="the ONNX files and manifest.json")
+    # --- Model profile (app/profiles.py) ---
+    profile: Literal["research", "open"] = Field(
+        "research", description="research: every model (AU detector, expression and occlusion networks: research use "
+        "only); open: only models whose weights and training data allow commercial use (MediaPipe, Apache-2.0), AUs "
+        "and expression from the blendshapes by published rules, no occlusion filter (models/OPEN_PROFILE.md)"
+    )
     onnx_threads: int = Field(1, ge=1, description="intra-op threads per ONNX session")
 
     # Upload limits, all checked before the image is decoded.

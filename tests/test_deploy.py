@@ -110,7 +110,18 @@ class Dockerfile:
     steps: list[tuple[str, str]] = field(default_factory=list)  # (INSTRUCTION, arguments), in order
 
     @classmethod
-    def parse(cls, text: str) -> Dockerfile:
+    def parse(cls, text: str, target: str | None = None) -> Dockerfile:
+        """The steps of one build stage: ``target`` (``FROM ... AS target``), or the last one (the default target).
+        Each stage of ours starts from the base image (no stage builds on another)."""
+        stages = cls._parse(text)
+        if target is None:
+            return cls(stages[-1])
+        named = [steps for steps in stages if steps[0][1].split()[-1] == target and " AS " in steps[0][1].upper()]
+        assert len(named) == 1, f"no stage {target!r} in the Dockerfile"
+        return cls(named[0])
+
+    @staticmethod
+    def _parse(text: str) -> list[list[tuple[str, str]]]:
         steps, current = [], ""
         for raw in text.splitlines():
             line = raw.strip()
@@ -125,7 +136,8 @@ class Dockerfile:
             instruction, _, args = current.partition(" ")
             steps.append((instruction.upper(), args.strip()))
             current = ""
-        return cls(steps)
+        starts = [i for i, (instruction, _) in enumerate(steps) if instruction == "FROM"]
+        return [steps[a:b] for a, b in zip(starts, [*starts[1:], len(steps)])]
 
     def env(self) -> dict[str, str]:
         out = {}
@@ -146,6 +158,12 @@ def models_missing() -> list[str]:
     return missing + [e["file"] for e in manifest.values() if not (REPO / "models" / e["file"]).is_file()]
 
 
+def open_models() -> dict[str, str]:
+    """Manifest name -> file of the models the open profile may load."""
+    manifest = json.loads((REPO / "models" / "manifest.json").read_text())["models"]
+    return {name: e["file"] for name, e in manifest.items() if "open" in e.get("profiles", [])}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -163,12 +181,34 @@ def test_dockerfile_parses_to_the_expected_steps():
     assert "models" in copied and "app" in copied
 
 
+def test_the_open_target_copies_only_the_open_models_and_matches_the_default_target():
+    """`docker build --target open`: the open profile's model files (manifest `profiles`) and nothing else, and
+    otherwise the same steps as the default target, so that a change to one cannot silently miss the other."""
+    text = (REPO / "Dockerfile").read_text()
+    default, open_stage = Dockerfile.parse(text), Dockerfile.parse(text, "open")
+    copied = [shlex.split(a)[:-1] for i, a in open_stage.steps if i == "COPY"]
+    model_sources = [src for sources in copied for src in sources if src.startswith("models")]
+    assert sorted(model_sources) == sorted(["models/manifest.json", "models/OPEN_PROFILE.md",
+                                            *(f"models/{f}" for f in open_models().values())])
+    assert set(open_models()) == {"face_detection_short_range", "face_detection_full_range", "face_landmark",
+                                  "face_landmarker", "face_blendshapes"}
+    assert open_stage.env().get("MICROFACS_PROFILE") == "open" and "MICROFACS_PROFILE" not in default.env()
+
+    def rest(stage: Dockerfile) -> list[tuple[str, str]]:  # every step but FROM, ENV and the models' COPY
+        return [(i, a) for i, a in stage.steps if i not in ("FROM", "ENV") and not (i == "COPY" and "models" in a)]
+
+    assert rest(open_stage) == rest(default)
+    assert {k: v for k, v in open_stage.env().items() if k != "MICROFACS_PROFILE"} == default.env()
+
+
 @pytest.mark.slow
-def test_dockerfile_replay_serves_readyz(tmp_path, astronaut):
+@pytest.mark.parametrize("stage", [None, "open"])
+def test_dockerfile_replay_serves_readyz(tmp_path, astronaut, stage):
     """Replays COPY / RUN / ENV / WORKDIR / CMD / HEALTHCHECK into a temp dir and a fresh venv (no engine).
-    Not replayed: FROM (this machine's Python instead of the image's), the user-creating RUN and USER."""
+    Not replayed: FROM (this machine's Python instead of the image's), the user-creating RUN and USER.
+    ``stage``: the default target (research profile), and ``--target open``."""
     assert not models_missing(), f"the Dockerfile bakes in models/, but these are missing: {models_missing()}"
-    docker = Dockerfile.parse((REPO / "Dockerfile").read_text())
+    docker = Dockerfile.parse((REPO / "Dockerfile").read_text(), stage)
     root, venv = tmp_path / "rootfs", tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     port = free_port()
@@ -240,6 +280,14 @@ def test_dockerfile_replay_serves_readyz(tmp_path, astronaut):
         demo = httpx.get(f"http://127.0.0.1:{port}/demo", timeout=5)
         assert demo.status_code == 200
         assert "server" not in demo.headers  # --no-server-header
+        version = httpx.get(f"http://127.0.0.1:{port}/version", timeout=5).json()
+        assert version["profile"] == (stage or "research")
+        if stage == "open":  # the image holds the open profile's model files and nothing else
+            assert set(version["models"]) == set(open_models())
+            assert {p.name for p in (workdir / "models").iterdir()} == {"manifest.json", "OPEN_PROFILE.md",
+                                                                       *open_models().values()}
+            installed = venv / "share" / "microfacs" / "models"
+            assert {p.name for p in installed.glob("*.onnx")} == set(open_models().values())
     finally:
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGTERM)

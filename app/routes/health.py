@@ -29,7 +29,8 @@ async def readyz(request: Request):
 
 @router.get("/version", response_model=VersionResponse)
 async def version(request: Request) -> VersionResponse:
-    """Service and model versions, and the published upload limits."""
+    """Service and model versions, and the published upload limits. ``models``: only those of the server's profile
+    (``profile``; app/profiles.py), each with its licence."""
     settings = request.app.state.settings
     manifest = request.app.state.manifest
     return VersionResponse(
@@ -70,5 +71,8 @@ async def version(request: Request) -> VersionResponse:
             persons_ttl_s=settings.persons_ttl_s,
         ),
         defaults=Defaults(max_faces=settings.default_max_faces, min_face_size=settings.default_min_face_size,
-                          prior=settings.expression_prior, au_model=settings.au_model),
+                          prior=settings.expression_prior,
+                          au_model="blendshapes" if settings.profile == "open" else settings.au_model),
+        profile=settings.profile,
+        filters={"side_face": True, "occlusion": settings.profile == "research"},
     )
