@@ -28,13 +28,15 @@ WORKDIR /srv/microfacs
 RUN groupadd --system --gid 10001 microfacs \
     && useradd --system --uid 10001 --gid microfacs --no-create-home --home-dir /srv/microfacs microfacs
 
+COPY requirements/lock.txt ./requirements/lock.txt
+RUN pip install --no-cache-dir -r requirements/lock.txt
 COPY pyproject.toml README.md ./
 COPY LICENSE NOTICE ./
 COPY clients/python ./clients/python
 COPY app ./app
 COPY microfacs_cli ./microfacs_cli
 COPY models/manifest.json models/OPEN_PROFILE.md models/face_detection_short_range.onnx models/face_detection_full_range.onnx models/face_landmark.onnx models/face_landmarker.onnx models/face_blendshapes.onnx ./models/
-RUN pip install --no-cache-dir ./clients/python . && python -c "import app.main"
+RUN pip install --no-cache-dir --no-deps ./clients/python . && pip check && python -c "import app.main"
 
 USER 10001:10001
 EXPOSE 8000
