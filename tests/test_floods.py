@@ -1,6 +1,7 @@
-"""Answers given before the FastAPI layers (floods: BENCHMARKS.md "Floods"): a wrong or missing API key
-(``ApiKeyMiddleware``) and ``GET /healthz`` (``HealthzMiddleware``) get the same bytes and headers as the
-routes gave, the metrics count them under their route, and the rest of the app does not run for them."""
+"""What floods need (BENCHMARKS.md "Floods"): answers given before the FastAPI layers, for a wrong or missing API
+key (``ApiKeyMiddleware``) and for ``GET /healthz`` (``HealthzMiddleware``), with the same bytes and headers as
+the routes gave, counted by the metrics under their route, and nothing else in the app run for them; and the
+worker count, which splits the default in-flight limit."""
 from __future__ import annotations
 
 import pytest
@@ -11,7 +12,7 @@ from starlette.middleware import Middleware
 from app.main import create_app
 from app.routes.health import HealthzMiddleware
 from app.security import UNAUTHORIZED, ApiKeyMiddleware, key_from_headers, require_api_key
-from app.settings import Settings
+from app.settings import Settings, usable_cpus
 
 WRONG = [{}, {"X-API-Key": "nope"}, {"X-API-Key": "old-ke"}, {"Authorization": "Bearer nope"},
          {"Authorization": "Basic b2xkLWtleQ=="}, {"Authorization": "old-key"}, {"X-API-Key": ""}]
@@ -155,3 +156,16 @@ def test_healthz_answers_without_fastapi():
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").status_code == 503  # no lifespan here: loading
     assert seen == ["/readyz"]
+
+
+def test_workers_split_the_default_in_flight_limit(monkeypatch):
+    monkeypatch.setattr("app.settings.usable_cpus", lambda: 8)
+    assert Settings().max_in_flight == 8 and Settings(workers=1).queue_limit == 8
+    assert Settings(workers=2).max_in_flight == 4 and Settings(workers=3).max_in_flight == 2
+    assert Settings(workers=16).max_in_flight == 1  # at least one
+    assert Settings(workers=4, max_in_flight=5).max_in_flight == 5  # a limit that is set stays
+    monkeypatch.setenv("MICROFACS_WORKERS", "2")
+    assert Settings().max_in_flight == 4 and Settings().queue_limit == 4
+    monkeypatch.setenv("MICROFACS_MAX_IN_FLIGHT", "3")
+    assert Settings().max_in_flight == 3
+    assert usable_cpus() >= 1
