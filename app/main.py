@@ -96,7 +96,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         guarded = {route.path: route for r in [*ANALYSIS_ROUTERS, video.router] for route in r.routes
                    if isinstance(route, APIRoute) and "POST" in (route.methods or ())}
         app.add_middleware(ApiKeyMiddleware, keys=configured_keys(settings), routes=guarded,
-                           prefixes=() if settings.public_docs else ApiKeyMiddleware.PROTECTED_PREFIXES)
+                           prefixes=() if settings.public_docs else ApiKeyMiddleware.PROTECTED_PREFIXES,
+                           failure_delay_s=settings.auth_failure_delay_s)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"]

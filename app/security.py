@@ -15,6 +15,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Iterable, Mapping, Sequence
 
+import anyio
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -78,14 +79,17 @@ class ApiKeyMiddleware:
     docs, the demo and its scripts, /version). Installed only when a key is set, inside CORS (a preflight
     carries no key, and a 401 to a browser needs its CORS headers) and outside the admission, body-limit and
     FastAPI layers: a flood of wrong keys costs a header scan and a constant-time compare per request, holds
-    no admission place, and no upload byte is read. The routes keep ``require_api_key`` as well (OpenAPI's
-    security schemes, and a second check)."""
+    no admission place, and no upload byte is read. With ``failure_delay_s`` (``MICROFACS_AUTH_FAILURE_DELAY_S``)
+    the 401 is sent that much later: a client flooding wrong keys over a few keep-alive connections (requests on
+    one connection are served one after another) gets a few answers a second per connection. The routes keep
+    ``require_api_key`` as well (OpenAPI's security schemes, and a second check)."""
 
     PROTECTED_PREFIXES = ("/docs", "/redoc", "/openapi.json", "/static", "/demo", "/version")
 
     def __init__(self, app: ASGIApp, keys: Sequence[str], routes: Mapping[str, object],
-                 prefixes: tuple[str, ...] = ()) -> None:
+                 prefixes: tuple[str, ...] = (), failure_delay_s: float = 0.0) -> None:
         self.app, self.keys, self.routes, self.prefixes = app, list(keys), dict(routes), prefixes
+        self.failure_delay_s = failure_delay_s  # MICROFACS_AUTH_FAILURE_DELAY_S: the 401 waits this long
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -95,6 +99,8 @@ class ApiKeyMiddleware:
                     and not key_is_valid(key_from_headers(scope["headers"]), self.keys)):
                 if route is not None:
                     scope["route"] = route  # the metrics' route label, as when the route answered
+                if self.failure_delay_s:  # a timer, no thread: the event loop serves the others meanwhile
+                    await anyio.sleep(self.failure_delay_s)
                 await send_error(scope, send, ApiError(401, "unauthorized", UNAUTHORIZED, headers=CHALLENGE))
                 return
         await self.app(scope, receive, send)

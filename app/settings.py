@@ -145,11 +145,17 @@ class Settings(BaseSettings):
         return self.max_in_flight if self.max_queue is None else self.max_queue
     # --- end of load shedding, metrics, logs ------------------------------------------------------------------
 
-    # --- Worker processes (floods: BENCHMARKS.md "Floods") -----------------------------------------------------
+    # --- Floods (BENCHMARKS.md "Floods"): worker processes, refused keys -----------------------------------------
     workers: int = Field(
         1, ge=1, description="uvicorn worker processes (the image passes it to `uvicorn --workers`): each has its own "
         "event loop, so more workers use more cores for the request path and floods; each loads the models (memory "
         "x N) and has its own admission limits, so the default max_in_flight is the usable CPUs divided by it"
+    )
+
+    auth_failure_delay_s: float = Field(
+        0.0, ge=0.0, le=10.0, description="a wrong or missing API key gets its 401 this much later (0: at once); "
+        "a client that floods wrong keys over a few connections then sends a few per second per connection, "
+        "while other requests go on being served"
     )
 
     @model_validator(mode="after")
@@ -157,7 +163,7 @@ class Settings(BaseSettings):
         if "max_in_flight" not in self.model_fields_set:
             self.max_in_flight = max(1, usable_cpus() // self.workers)
         return self
-    # --- end of worker processes -------------------------------------------------------------------------------
+    # --- end of floods ------------------------------------------------------------------------------------------
 
 
 @lru_cache

@@ -4,6 +4,10 @@ the routes gave, counted by the metrics under their route, and nothing else in t
 worker count, which splits the default in-flight limit."""
 from __future__ import annotations
 
+import time
+
+import anyio
+import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -156,6 +160,37 @@ def test_healthz_answers_without_fastapi():
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").status_code == 503  # no lifespan here: loading
     assert seen == ["/readyz"]
+
+
+def test_a_refused_key_waits_the_failure_delay_and_holds_up_no_one():
+    """MICROFACS_AUTH_FAILURE_DELAY_S: the 401 comes after the delay, while requests that came later (a probe, a
+    right key) are answered meanwhile; the answer is the same 401."""
+    delay = 2.0  # wide: the order below must not depend on the machine's speed
+    app = _keyed(auth_failure_delay_s=delay)
+
+    async def main() -> tuple[list[tuple[str, int]], float]:
+        finished: list[tuple[str, int]] = []
+        transport = httpx.ASGITransport(app=app)  # no lifespan: a right key gets 503 not_ready
+
+        async def call(name: str, method: str, path: str, headers: dict[str, str]) -> None:
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+                response = await http.request(method, path, headers=headers)
+            finished.append((name, response.status_code))
+            if name == "wrong":
+                assert response.json()["error"]["code"] == "unauthorized"
+                assert response.headers["www-authenticate"].startswith("Bearer")
+
+        start = time.perf_counter()
+        async with anyio.create_task_group() as group:
+            group.start_soon(call, "wrong", "POST", "/analyze", {"X-API-Key": "nope"})
+            await anyio.sleep(0.1)
+            group.start_soon(call, "probe", "GET", "/healthz", {})
+            group.start_soon(call, "right", "POST", "/analyze", {"X-API-Key": "old-key"})
+        return finished, time.perf_counter() - start
+
+    finished, elapsed = anyio.run(main)
+    assert sorted(finished[:2]) == [("probe", 200), ("right", 503)] and finished[2] == ("wrong", 401), finished
+    assert elapsed >= delay
 
 
 def test_workers_split_the_default_in_flight_limit(monkeypatch):
