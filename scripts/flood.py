@@ -30,7 +30,10 @@ server, and its temporary and log paths in a temporary folder. Bounded: --second
 --max-requests requests per scenario from the flood and from the good client, --timeout per request.
 "CPU %" is the CPU time of the server's processes (workers summed; nginx's not included) over the scenario, in %
 of one core; "box %" is the whole machine's busy time in % of one core (the clients, nginx, anything else);
-"flood/s" the flood's answers a second and "flood %" its generator's CPU time in % of one core.
+"flood/s" the flood's answers a second and "flood %" its generator's CPU time in % of one core. With one worker,
+"srv ms" and "pipe ms" come from the server's GET /metrics over the scenario: the mean time of a 200 on /analyze
+from its arrival to its last byte, and the analyzer's own stage times summed per image (the retry storm's 200s
+included): waiting in the event loop and the queue is the difference, a slower analysis shows in "pipe ms".
 Prints numbers only; nothing here asserts a speed.
 """
 from __future__ import annotations
@@ -246,6 +249,32 @@ def start_nginx(binary: str, upstream_port: int, folder: Path, timeout: float = 
     raise SystemExit("nginx did not answer /readyz")
 
 
+def analysis_totals(port: int) -> dict[str, float] | None:
+    """From the server's GET /metrics: /analyze 200s (count and summed seconds, arrival to last byte) and the
+    analyzer's own stage seconds and images, to tell waiting (event loop, queue) from a slower analysis."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(raw_request("GET", "/metrics", {"Connection": "close"}))
+            text = b"".join(iter(lambda: s.recv(65536), b"")).split(b"\r\n\r\n", 1)[1].decode()
+    except (OSError, IndexError):
+        return None
+    totals = {"requests": 0.0, "request_s": 0.0, "stage_s": 0.0, "images": 0.0}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            analyze_ok = sample.labels.get("route") == "/analyze" and sample.labels.get("status") == "200"
+            if sample.name == "microfacs_request_duration_seconds_count" and analyze_ok:
+                totals["requests"] += sample.value
+            elif sample.name == "microfacs_request_duration_seconds_sum" and analyze_ok:
+                totals["request_s"] += sample.value
+            elif sample.name == "microfacs_stage_duration_seconds_sum":
+                totals["stage_s"] += sample.value
+            elif sample.name == "microfacs_faces_per_image_count":
+                totals["images"] += sample.value
+    return totals
+
+
 def machine_busy_seconds() -> float:
     """CPU seconds every core spent busy since boot (/proc/stat: all but idle and iowait)."""
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -275,7 +304,7 @@ def pct(values: list[float], q: float) -> float | None:
 
 
 def run_scenario(kind: str, port: int, image: bytes, key: str, storm_key: str, args: argparse.Namespace,
-                 server_pid: int | None) -> dict:
+                 server_pid: int | None, metrics_port: int | None) -> dict:
     flood, results = None, None
     if kind != "unloaded":
         results = mp.get_context("spawn").Queue()
@@ -287,6 +316,7 @@ def run_scenario(kind: str, port: int, image: bytes, key: str, storm_key: str, a
         time.sleep(args.ramp_s)  # the flood's connections open and reach their pace first
     cpu_before, wall_before = (server_cpu_seconds(server_pid) if server_pid else 0.0), time.monotonic()
     busy_before = machine_busy_seconds()
+    totals_before = analysis_totals(metrics_port) if metrics_port else None
 
     async def good_client() -> tuple[Counter, list[float], float]:
         statuses: Counter = Counter()
@@ -305,6 +335,12 @@ def run_scenario(kind: str, port: int, image: bytes, key: str, storm_key: str, a
            "good_statuses": dict(sorted(statuses.items())),
            "server_cpu_pct": round(cpu) if cpu is not None else None, "machine_busy_pct": round(busy),
            "load_average": round(os.getloadavg()[0], 2)}
+    totals_after = analysis_totals(metrics_port) if metrics_port else None
+    if totals_before and totals_after:  # every 200 of /analyze in the window, the retry storm's included
+        done = {k: totals_after[k] - totals_before[k] for k in totals_after}
+        if done["requests"] and done["images"]:
+            row.update(server_ms=round(done["request_s"] / done["requests"] * 1000.0, 1),
+                       pipeline_ms=round(done["stage_s"] / done["images"] * 1000.0, 1))
     if flood is not None and results is not None:
         flood_statuses, flood_ok_ms, flood_elapsed, flood_cpu = results.get(
             timeout=args.seconds + args.ramp_s + 2 * args.timeout)
@@ -327,9 +363,10 @@ def print_row(row: dict, base: dict | None) -> None:
     flood = f"{row.get('flood_answers_per_s', '-')!s:>7} {row.get('flood_cpu_pct', '-')!s:>7}"
     extra = (f"  all clients: {row['all_ok_per_s']} ok/s, ok p99 {row['all_ok_p99_ms']} ms"
              if "all_ok_per_s" in row else "")
+    inside = f"{row.get('server_ms', '-')!s:>7} {row.get('pipeline_ms', '-')!s:>7}"
     print(f"{row['scenario']:>10} {row['good_ok_per_s']:>7} {keep:>6} {row['good_p50_ms']!s:>8} "
           f"{row['good_p99_ms']!s:>8} {p99x:>6} {row['server_cpu_pct']!s:>6} {row['machine_busy_pct']!s:>6} "
-          f"{flood}  good {row['good_statuses']}"
+          f"{flood} {inside}  good {row['good_statuses']}"
           f"  flood {row.get('flood_statuses', {})}{extra}", flush=True)
 
 
@@ -377,10 +414,12 @@ def main(argv: list[str] | None = None) -> None:
         if not args.key:
             raise SystemExit("--url needs the server's --key")
         port = parsed.port
+        metrics_port = None if args.workers > 1 else port  # --workers: what the running server has
     else:
         env = {"MICROFACS_API_KEY": key, "MICROFACS_API_KEYS": json.dumps([storm_key]),
                **dict(item.split("=", 1) for item in args.env)}
         server, port = start_server(args.workers, env, args.access_log, server_cpus)
+        metrics_port = None if args.workers > 1 else port  # with several workers a scrape reaches one of them
     folder = tempfile.mkdtemp(prefix="flood-nginx-")
     try:
         if args.proxy == "nginx":
@@ -397,14 +436,15 @@ def main(argv: list[str] | None = None) -> None:
               f"{args.connections} flood connections, wrong-key body {args.flood_body}, {args.seconds:g} s each; "
               f"{os.cpu_count()} CPUs, {platform.platform()}, load average {os.getloadavg()[0]:.2f}")
         print(f"{'scenario':>10} {'ok/s':>7} {'kept':>6} {'p50 ms':>8} {'p99 ms':>8} {'p99 x':>6} {'CPU %':>6} "
-              f"{'box %':>6} {'flood/s':>7} {'flood %':>7}  statuses")
+              f"{'box %':>6} {'flood/s':>7} {'flood %':>7} {'srv ms':>7} {'pipe ms':>7}  statuses")
         rows: list[dict] = []
         for _ in range(args.repeat):
             base = None
             for kind in args.scenarios.split(","):
                 if kind not in SCENARIOS:
                     raise SystemExit(f"unknown scenario {kind!r}")
-                row = run_scenario(kind, port, image, key, storm_key, args, server.pid if server else None)
+                row = run_scenario(kind, port, image, key, storm_key, args, server.pid if server else None,
+                                   metrics_port)
                 base = row if kind == "unloaded" else base
                 print_row(row, base)
                 rows.append(row)
