@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 
 from app import __version__
@@ -24,8 +25,9 @@ from app.registry import ModelRegistry
 from app.render_http import RENDER_RESPONSES, RenderMiddleware, render_option
 from app.routes import faces, health, metrics, persons, video
 from app.routes.demo import install_demo
+from app.routes.health import HealthzMiddleware
 from app.schemas import ErrorResponse
-from app.security import ProtectedPathsMiddleware, SecurityHeadersMiddleware, configured_keys, require_api_key
+from app.security import ApiKeyMiddleware, SecurityHeadersMiddleware, configured_keys, require_api_key
 from app.settings import Settings, get_settings
 
 ANALYSIS_ROUTERS = [faces.router]
@@ -115,12 +117,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     shed_paths.add("/persons")  # POST: enrolment reads photos
     # bounds the uploads before their body is read; the analysis place is taken after it (Admission.run)
     app.add_middleware(AdmissionMiddleware, admission=admission, paths=shed_paths)
+    # Cheap answers before the admission and FastAPI layers (floods: BENCHMARKS.md "Floods"): GET /healthz,
+    # and the 401 of a wrong or missing key.
+    app.add_middleware(HealthzMiddleware)
+    if configured_keys(settings):
+        guarded = {route.path: route for r in [*ANALYSIS_ROUTERS, video.router, persons.router] for route in r.routes
+                   if isinstance(route, APIRoute) and "POST" in (route.methods or ())}
+        app.add_middleware(ApiKeyMiddleware, keys=configured_keys(settings), routes=guarded,
+                           prefixes=() if settings.public_docs else ApiKeyMiddleware.PROTECTED_PREFIXES,
+                           failure_delay_s=settings.auth_failure_delay_s)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"]
         )
-    if configured_keys(settings) and not settings.public_docs:
-        app.add_middleware(ProtectedPathsMiddleware, keys=configured_keys(settings))
     app.add_middleware(CancelledRequestMiddleware)  # 503 shutting_down when uvicorn cancels a request
     app.add_middleware(SecurityHeadersMiddleware)  # on every answer, the other middlewares' included
     app.add_middleware(AccessMiddleware, metrics=app.state.metrics)  # metrics and the access log: every answer

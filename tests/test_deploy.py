@@ -314,3 +314,53 @@ def test_nginx_reresolves_replicas_and_forwards_the_client():
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     assert compose["services"]["microfacs-replica"]["environment"]["MICROFACS_FORWARDED_ALLOW_IPS"] == "*"
     assert "ports" not in compose["services"]["microfacs-replica"]  # only nginx reaches the replicas
+
+
+def test_nginx_rate_limits_per_client_and_per_key():
+    """Checked as text (no nginx here): the zones, the per-key map on X-API-Key / Bearer, the limits applied to
+    every proxied location, and their 429 in the service's JSON error shape with Retry-After."""
+    conf = (REPO / "deploy" / "nginx.conf").read_text()
+    code = "\n".join(line.split("#", 1)[0] for line in conf.splitlines())
+    zones = dict(re.findall(r"limit_req_zone\s+(\S+)\s+zone=(\w+):\d+m\s+rate=\d+r/s;", code))
+    assert zones.get("$binary_remote_addr") and zones.get("$microfacs_api_key"), zones
+    per_client, per_key = zones["$binary_remote_addr"], zones["$microfacs_api_key"]
+    (conn_zone,) = re.findall(r"limit_conn_zone\s+\$binary_remote_addr\s+zone=(\w+):\d+m;", code)
+    # the key: X-API-Key when sent, else the Bearer token (the service accepts either)
+    maps = {source: target for source, target in re.findall(r"map\s+(\$\w+)\s+(\$\w+)\s*\{", code)}
+    assert maps["$http_x_api_key"] == "$microfacs_api_key" and maps["$http_authorization"] == "$microfacs_bearer"
+    key_map = re.search(r"map\s+\$http_x_api_key\s+\$microfacs_api_key\s*\{([^}]*)\}", code).group(1)
+    assert re.search(r'""\s+\$microfacs_bearer;', key_map) and re.search(r"default\s+\$http_x_api_key;", key_map)
+    bearer_map = re.search(r"map\s+\$http_authorization\s+\$microfacs_bearer\s*\{([^}]*)\}", code).group(1)
+    pattern, value = re.search(r'"~\*([^"]+)"\s+(\$\w+);', bearer_map).groups()
+    bearer = re.compile(pattern.replace("(?<", "(?P<"), re.I)  # nginx's PCRE named group, in Python's spelling
+    token = lambda header: (m := bearer.search(header)) and m.group(value[1:])
+    assert token("Bearer s3cret") == "s3cret" and token("bearer   s3cret ") == "s3cret"
+    assert not token("Basic czNjcmV0") and not token("s3cret")
+    # applied at the server level, so every proxied location (/ and /analyze-video) inherits them
+    server = code[code.index("server {"):]
+    assert not re.search(r"location[^{]*\{[^}]*limit_(req|conn)\s", server), "a location's own limits drop the server's"
+    assert re.search(rf"limit_req\s+zone={per_client}\s+burst=\d+\s+nodelay;", server)
+    assert re.search(rf"limit_req\s+zone={per_key}\s+burst=\d+\s+nodelay;", server)
+    assert re.search(rf"limit_conn\s+{conn_zone}\s+\d+;", server)
+    assert "limit_req_status 429;" in code and "limit_conn_status 429;" in code
+    assert "error_page 429 = @rate_limited;" in server
+    answer = server[server.index("location @rate_limited {"):].split("location ", 2)[1]
+    assert "add_header Retry-After 1 always;" in answer and "default_type application/json;" in answer
+    body = re.search(r"return 429 '([^']*)';", answer).group(1)
+    assert json.loads(body.replace("$microfacs_request_id", "r"))["error"]["code"] == "rate_limited"
+
+
+def test_nginx_accepts_the_config_when_installed(tmp_path):
+    """`nginx -t` on deploy/nginx.conf where an nginx binary is on PATH (CI installs none: skipped there; the
+    limits are checked as text above)."""
+    nginx = shutil.which("nginx")
+    if nginx is None:
+        pytest.skip("no nginx binary on PATH")
+    conf = (REPO / "deploy" / "nginx.conf").read_text()
+    paths = "".join(f"  {name}_temp_path {tmp_path / name};\n"
+                    for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    logs = f"  access_log {tmp_path / 'access.log'};\n"
+    (tmp_path / "nginx.conf").write_text(conf.replace("http {\n", f"http {{\n{paths}{logs}", 1))
+    done = subprocess.run([nginx, "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"),
+                           "-g", f"pid {tmp_path / 'nginx.pid'}; error_log stderr;"], capture_output=True, text=True)
+    assert done.returncode == 0 and "test is successful" in done.stderr, done.stderr
