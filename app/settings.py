@@ -215,7 +215,7 @@ class Settings(BaseSettings):
     )
 
     auth_failure_delay_s: float = Field(
-        0.0, ge=0.0, le=10.0, description="a wrong or missing API key gets its 401 this much later (0: at once); "
+        0.1, ge=0.0, le=10.0, description="a wrong or missing API key gets its 401 this much later (0: at once); "
         "a client that floods wrong keys over a few connections then sends a few per second per connection, "
         "while other requests go on being served"
     )
