@@ -304,6 +304,7 @@ class VersionResponse(BaseModel):
         None, description="which pre-filters this profile has (side_face, occlusion): the open profile has no "
         "occlusion network, so its `occlusion_filter` never marks a face"
     )
+    jobs: JobLimits | None = Field(None, description="POST /jobs: its limits (the synchronous endpoints keep theirs)")
 
 
 # --- Video analysis (POST /analyze-video) ---------------------------------------------------------------
@@ -411,3 +412,33 @@ class TrackSummary(BaseModel):
     action_units: dict[str, AuSummary] = Field(description="per AU: base rate and mean probability")
     events: dict[str, int] = Field(description="events by kind: au, expression, micro (either kind), total")
     event_names: dict[str, int] = Field(description="events by name (AU code or expression)")
+
+
+class JobProgress(BaseModel):
+    done: int = Field(description="frames (video) or images (archive) analysed so far")
+    total: int | None = Field(None, description="how many there are (null until known)")
+    eta_s: float | None = Field(None, description="seconds left at the current pace")
+
+
+class JobOut(BaseModel):
+    id: str = Field(description="unguessable; only the API key that created the job can read it")
+    status: str = Field(description="queued, running, done, failed or cancelled")
+    kind: str = Field(description="video, zip or tar")
+    filename: str
+    progress: JobProgress
+    created_at: str
+    started_at: str | None = None
+    finished_at: str | None = None
+    error: ErrorDetail | None = Field(None, description="why it failed (code and message)")
+    attempts: int = Field(0, description="runs so far (a worker that died mid-job is replaced by another run)")
+    links: dict[str, str] = Field(description="self, result, cancel")
+
+
+class JobLimits(BaseModel):
+    mode: str = Field(description="embedded (SQLite queue, workers in the API) or distributed (Redis)")
+    max_upload_bytes: int
+    max_video_duration_s: float
+    max_video_frames: int
+    max_images: int
+    result_ttl_s: float
+    max_queued: int
