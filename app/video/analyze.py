@@ -44,6 +44,7 @@ from app.schemas import (
 from app.video.budget import BudgetMeter, VideoBudget, stride_for
 from app.video.decode import VideoFrame, VideoHeader, VideoLimits, VideoReader, spool_upload
 from app.video.events import track_events
+from app.video.summary import au_thresholds, track_summary
 from app.video.tracking import FrameRecord, Track, Tracker
 
 FrameCallback = Callable[[int, float, np.ndarray, list[tuple[int, FrameRecord]]], None]
@@ -218,12 +219,14 @@ class VideoAnalyzer:
         fields: dict = {}
         if options.baseline == "auto":
             records, fields["baseline"] = self.relative_records(records, options)
+        events = self.events(records)
         return VideoTrack(
             track_id=track.track_id,
             first_frame=records[0].frame,
             last_frame=records[-1].frame,
             frames=[frame_out(r) for r in records] if options.series else [],
-            events=self.events(records),
+            events=events,
+            summary=track_summary(records, events, au_thresholds(self.analyzer)),
             **fields,
         )
 
