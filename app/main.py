@@ -99,7 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.video_admission = video_admission
     app.state.jobs = None
     app.state.persons = PersonStore(settings.persons_dir, settings.persons_ttl_s, settings.max_persons)
-    app.state.metrics = Metrics(admission, app.state.manifest)
+    app.state.metrics = Metrics(admission, app.state.manifest, video_admission)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(metrics.router)
