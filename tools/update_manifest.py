@@ -1,13 +1,11 @@
 """Refresh the sha256 and byte size of every model file listed in models/manifest.json.
 
-    python tools/update_manifest.py
+    python -m tools.update_manifest
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from app.manifest import edit, sha256_of
 
 MODELS = Path(__file__).resolve().parents[1] / "models"

@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from app.analyzer import Analyzer, FaceOptions
@@ -39,10 +38,10 @@ from app.manifest import update_entry
 from app.reference import Reference, log_probs, most_neutral, not_neutral, relative_au_probability
 from app.reference import relative_probabilities as served_rule
 from app.settings import Settings
+from training.au.evaluate import prototype_aus
 from training.common import run_cli
-from training.data import FERPLUS_CLASSES, TW_TO_FERPLUS, ferplus_rows, taiwanese_rows
-from training.evaluate_au import prototype_aus
-from training.evaluate_transfer import TW_CLASSES, macro_f1
+from training.data import FERPLUS_CLASSES, TW_TO_FERPLUS, ferplus_rows, read_bgr, taiwanese_rows
+from training.metrics import macro_f1
 
 NEUTRAL = FERPLUS_CLASSES.index("neutral")
 
@@ -67,7 +66,7 @@ def read_faces(analyzer: Analyzer, rows: list[Any], options: FaceOptions) -> tup
     kept: list[int] = []
     out: dict[str, list] = {"log_probs": [], "distance": [], "embedding": [], "au": []}
     for i, row in enumerate(rows):
-        analysis = analyzer.run(cv2.imread(str(row.path), cv2.IMREAD_COLOR), options)
+        analysis = analyzer.run(read_bgr(row.path), options)
         if not analysis.faces or analysis.faces[0].filtered:  # filters are off: only an unusable mesh
             continue
         face = analysis.faces[0]
@@ -164,8 +163,8 @@ def rules(analyzer: Analyzer, out: Outputs, stats: dict[str, np.ndarray], prior:
 def scores(out: Outputs, predicted: list[str]) -> dict[str, float]:
     return {"top_vote_accuracy": float(np.mean([p == t for p, t in zip(predicted, out.top_vote)])),
             "intended_accuracy": float(np.mean([p == t for p, t in zip(predicted, out.intended)])),
-            "top_vote_macro_f1": macro_f1(out.top_vote, predicted, TW_CLASSES),
-            "intended_macro_f1": macro_f1(out.intended, predicted, TW_CLASSES),
+            "top_vote_macro_f1": macro_f1(out.top_vote, predicted),
+            "intended_macro_f1": macro_f1(out.intended, predicted),
             "neutral_share": float(np.mean([p == "neutral" for p in predicted]))}
 
 
@@ -254,7 +253,7 @@ def identity_clusters(analyzer: Analyzer, rows: list[Any]) -> np.ndarray:
     options = FaceOptions(side_face_filter=False, occlusion_filter=False, max_faces=1)
     embeddings = []
     for row in rows:
-        image = cv2.imread(str(row.path), cv2.IMREAD_COLOR)
+        image = read_bgr(row.path)
         embeddings.append(model.embed(image, analyzer.run(image, options).faces[0].landmarks))
     return np.array(same_person_groups(np.array(embeddings)))
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from app.analyzer import Analyzer, FaceOptions
@@ -22,7 +21,7 @@ from app.manifest import update_entry
 from app.reference import log_probs
 from app.settings import Settings
 from training.common import run_cli
-from training.data import FERPLUS_CLASSES, REPO_ROOT, ferplus_rows
+from training.data import FERPLUS_CLASSES, REPO_ROOT, ferplus_rows, read_bgr
 
 MODELS = REPO_ROOT / "models"
 
@@ -35,7 +34,7 @@ def neutral_anchor(analyzer: Analyzer, split: str = "valid", limit: int = 0) -> 
     model = analyzer.models.expression
     logs = []
     for row in rows:
-        face = analyzer.run(cv2.imread(str(row.path), cv2.IMREAD_COLOR), options).faces[0]
+        face = analyzer.run(read_bgr(row.path), options).faces[0]
         if face.landmark_confidence < analyzer.settings.landmark_presence_threshold:
             continue  # an unusable mesh: the service would not read this face either
         probs, _ = model.read(face.aligned)

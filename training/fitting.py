@@ -95,10 +95,13 @@ def softmax_objective(flat: np.ndarray, x: np.ndarray, y: np.ndarray, n_classes:
 def fit_softmax(x: np.ndarray, y: np.ndarray, n_classes: int, l2: float = 1e-2, balanced: bool = True
                 ) -> np.ndarray:
     """Weights (d + 1, n_classes), the last row the biases, minimising ``softmax_objective``; with ``balanced``
-    each face weighs 1 / (its class's count), so every class counts alike (a uniform prior). Raises NotConverged."""
+    each face weighs 1 / (its class's count), so every class counts alike (a uniform prior). Every class must have
+    a face (an absent class has no finite optimum: its unpenalised bias runs to -inf). Raises NotConverged."""
     x, y = np.asarray(x, np.float64), np.asarray(y)
     counts = np.bincount(y, minlength=n_classes).astype(np.float64)
-    weights = 1.0 / np.maximum(counts, 1)[y] if balanced else np.ones(len(y))
+    if (counts == 0).any():
+        raise ValueError(f"classes {np.flatnonzero(counts == 0).tolist()} have no face: fit over the others")
+    weights = 1.0 / counts[y] if balanced else np.ones(len(y))
     result = _minimise(lambda f: softmax_objective(f, x, y, n_classes, l2, weights),
                        np.zeros((x.shape[1] + 1) * n_classes), "multinomial logistic regression")
     return np.asarray(result.x).reshape(x.shape[1] + 1, n_classes)
