@@ -343,3 +343,26 @@ def test_the_final_soup_goes_to_its_out_folder_and_into_models_only_with_install
     soup([*map(str, runs), "--out", str(out), "--models-dir", str(models), "--install"])
     assert Manifest.load(models).models["au_detector"]["sha256"] == sha256_of(models / "au_detector.onnx")
     assert sha256_of(models / "au_detector.onnx") == sha256_of(out / "au_detector.onnx")
+
+
+def test_the_exported_fusion_graph_is_the_fitted_regressions(tmp_path):
+    """training.au.fuse: each AU's regression (L-BFGS, converged) on [its detector logit, 52 standardised
+    blendshapes] folds into one MatMul + Add + Sigmoid over [17 logits, 52 raw blendshapes], as the service feeds it."""
+    from app.model_zoo.base import OnnxFile
+    from training.au.fuse import FusionData, export, fit_all, logit
+    from training.fitting import apply_logistic
+
+    rng = np.random.default_rng(0)
+    classes = [f"AU{i}" for i in range(1, 18)]
+    n, m = 120, 60
+    shapes, nv_shapes = rng.random((n, 52)), rng.random((m, 52))
+    truth = rng.random((n, 17)) < 0.3
+    oof = np.clip(np.where(truth, 0.7, 0.2) + rng.normal(0, 0.15, (n, 17)), 0.01, 0.99)
+    data = FusionData(classes, oof, truth, shapes, rng.integers(0, 5, n), rng.uniform(0.01, 0.3, (m, 17)), nv_shapes,
+                      rng.integers(0, 5, m))
+    weights = fit_all(data)
+    path, entry = export(tmp_path, data, [f"s{i:02d}" for i in range(52)], weights, np.full(17, 0.5), {})
+    got = OnnxFile(path).run(np.hstack([logit(oof), shapes]).astype(np.float32))[0]
+    expected = np.stack([apply_logistic(w, data.design(oof[:, c], shapes)) for c, w in enumerate(weights)], 1)
+    assert np.abs(got - expected).max() < 1e-4
+    assert entry["sha256"] == sha256_of(path) and entry["classes"] == classes

@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from app.manifest import edit, sha256_of
@@ -24,8 +25,10 @@ def refresh_checksums(models_dir: Path = MODELS) -> None:
             print(f"{name}: {entry['sha256'][:16]}… {entry['bytes']} bytes")
 
 
-def main() -> None:
-    refresh_checksums()
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models-dir", type=Path, default=MODELS)
+    refresh_checksums(parser.parse_args(argv).models_dir)
 
 
 if __name__ == "__main__":

@@ -133,6 +133,15 @@ def ckplus_heldout(subjects: np.ndarray, every: int = CKPLUS_HOLDOUT_EVERY) -> n
     return np.array([sid in held for sid in np.asarray(subjects).tolist()], bool)
 
 
+def subject_folds(subjects: np.ndarray, k: int = 5, seed: int = 0) -> np.ndarray:
+    """Fold number of every CK+ image for the AU recipe's cross-validation; all images of a subject share a fold
+    (never split by image)."""
+    unique = np.array(sorted(set(subjects)))
+    order = np.random.default_rng(seed).permutation(len(unique))
+    fold_of = {unique[j]: i % k for i, j in enumerate(order)}
+    return np.array([fold_of[s] for s in subjects])
+
+
 def mouth_open_ratio(landmarks: np.ndarray) -> np.ndarray:
     """(N, 468, 2) -> inner-lip gap (13-14) over mouth width (61-291): the mesh's own evidence of an open mouth."""
     gap = np.linalg.norm(landmarks[:, 13] - landmarks[:, 14], axis=1)

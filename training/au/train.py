@@ -30,7 +30,7 @@ from app.model_zoo.au_detector import preprocess
 from training.au.model import AuNet, au_scores_torch, kmeans_anchors, standardise, yolo_loss
 from training.au.regions import FACS_NAMES, au_boxes
 from training.common import install, log, parse_with_config, require_file, run_cli, setup_logging
-from training.data import PREPARE, REPO_ROOT, RUNS_DIR, mouth_open_ratio
+from training.data import PREPARE, REPO_ROOT, RUNS_DIR, mouth_open_ratio, subject_folds
 from training.torch_utils import count_macs, export_onnx, seed_everything
 
 CACHE = RUNS_DIR / "cache" / "ckplus.npz"
@@ -141,14 +141,6 @@ def pseudo_positive_faces(cache_dir: Path, count: int, seed: int = 0):
             labels.append(np.tile(row, (len(pick), 1)))
             known.append(np.tile(row > 0, (len(pick), 1)))
     return np.concatenate(crops), np.concatenate(marks), np.concatenate(labels), np.concatenate(known)
-
-
-def subject_folds(subjects: np.ndarray, k: int = FOLDS, seed: int = 0) -> np.ndarray:
-    """Fold number of every image; all images of a subject share a fold (never split by image)."""
-    unique = np.array(sorted(set(subjects)))
-    order = np.random.default_rng(seed).permutation(len(unique))
-    fold_of = {unique[j]: i % k for i, j in enumerate(order)}
-    return np.array([fold_of[s] for s in subjects])
 
 
 def augment(image: np.ndarray, marks: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -495,7 +487,7 @@ def load_data(cfg: argparse.Namespace) -> tuple[CkPlus, np.ndarray]:
 def cross_validate(data: CkPlus, extras: np.ndarray, cfg: argparse.Namespace) -> None:
     """Subject-wise folds: train on the others (+ the FER+ extras), export runs/au/cv/fold{k}.onnx and its meta
     with the torch scores of the held-out faces (training.au.evaluate compares the ONNX decode with them)."""
-    folds = subject_folds(data.subjects[:data.ckplus])
+    folds = subject_folds(data.subjects[:data.ckplus], FOLDS)
     wanted = [int(f) for f in cfg.folds.split(",")] if cfg.folds else list(range(FOLDS))
     for k in wanted:
         train_idx = np.concatenate([np.flatnonzero(folds != k), extras])
