@@ -184,10 +184,9 @@ def canonical_names(model) -> None:
 
 
 def onnx_descriptor(path: Path, x_bgr: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
+    from app.model_zoo.base import OnnxFile
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run(None, {"input": np.ascontiguousarray(x_bgr.astype(np.float32).transpose(0, 3, 1, 2))})[0]
+    return OnnxFile(path).run(np.ascontiguousarray(x_bgr.astype(np.float32).transpose(0, 3, 1, 2)))[0]
 
 
 def real_faces(limit: int = 8) -> np.ndarray:

