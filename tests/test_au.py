@@ -141,7 +141,7 @@ def test_unknown_regions_are_left_out_of_the_no_object_loss():
 
 
 def test_pseudo_labelled_ferplus_faces_mark_other_aus_unknown():
-    from training.au.train import CLASSES, PSEUDO_AUS, CkPlus
+    from training.au.data import CLASSES, PSEUDO_AUS, CkPlus
 
     data = CkPlus.__new__(CkPlus)
     data.size = 64

@@ -24,7 +24,6 @@ TORCH = {
     "training.expression.model": "the network", "training.expression.train": "trains",
     "training.expression.export": "exports",
     "training.au.model": "the network", "training.au.train": "trains",
-    "training.au.soup": "reads the trainer's manifest text (training_data)",
     "training.occlusion.model": "the network", "training.occlusion.train": "trains",
     "experiments.ablation_expression": "reads checkpoints",
 }

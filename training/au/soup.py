@@ -32,7 +32,7 @@ import onnx
 from onnx import numpy_helper
 
 from app.manifest import sha256_of
-from training.au.train import training_data
+from training.au.data import training_data
 from training.common import TrainingError, install, log, run_cli
 from training.data import REPO_ROOT
 
