@@ -8,7 +8,7 @@
   no occlusion pre-filter and no face identity model. models/OPEN_PROFILE.md has the numbers next to research's.
 
 Each manifest entry says which profiles may load it (``"profiles": ["research", "open"]``; written by
-``python tools/licences.py --write-manifest``, which also writes NOTICE). ``app.registry.ModelRegistry`` loads only
+``python -m tools.licences --write-manifest``, which also writes NOTICE). ``app.registry.ModelRegistry`` loads only
 the models of its profile and refuses an entry not marked for it; ``GET /version`` and ``/metrics`` list only
 them; every response carries the profile (the ``X-MicroFACS-Profile`` header, and a ``profile`` field in the
 JSON of the analysis endpoints and ``/version``).

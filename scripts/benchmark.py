@@ -1,7 +1,7 @@
 """Benchmark: p50/p95 per stage in-process, and end to end over HTTP against one uvicorn worker.
 
-    python scripts/benchmark.py                 # 50 runs per image
-    python scripts/benchmark.py --runs 200 --json bench.json
+    python -m scripts.benchmark                 # 50 runs per image
+    python -m scripts.benchmark --runs 200 --json bench.json
 
 Images: a 640x480 JPEG with one face (scikit-image's astronaut, public domain) and a group photo
 (../shared/data/samples/sample6.jpg when present, else four astronauts tiled). Prints numbers only;
@@ -19,17 +19,15 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
+from app.analyzer import Analyzer, FaceOptions
+from app.settings import Settings
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from app.analyzer import Analyzer, FaceOptions  # noqa: E402
-from app.settings import Settings  # noqa: E402
-
-
 def test_images() -> dict[str, bytes]:
     from skimage import data
 
@@ -51,7 +49,7 @@ def percentiles(values: list[float]) -> str:
 def bench_in_process(images: dict[str, bytes], runs: int) -> dict:
     """The service's own Analyzer on the encoded bytes: decode, face stage, AU and expression heads."""
     analyzer = Analyzer(Settings())
-    results = {}
+    results: dict[str, Any] = {}
     for name, data in images.items():
         per_stage: dict[str, list[float]] = defaultdict(list)
         for _ in range(runs):
@@ -83,7 +81,7 @@ def bench_http(images: dict[str, bytes], runs: int, endpoint: str) -> dict:
          "--workers", "1", "--log-level", "warning"],
         cwd=REPO,
     )
-    results = {}
+    results: dict[str, Any] = {}
     try:
         base = f"http://127.0.0.1:{port}"
         with httpx.Client(base_url=base, timeout=30) as client:

@@ -1,7 +1,7 @@
 """Per-face cost of the face stage: landmarks v1 (468-point mesh) against v2 (FaceLandmarker) + blendshapes,
 through the service's own Analyzer, one ONNX thread, both variants interleaved run by run.
 
-    python scripts/benchmark_face_stage.py --runs 200
+    python -m scripts.benchmark_face_stage --runs 200
 
 Image: scikit-image's astronaut (one face). Per face = landmarks + pose + align + occlusion (+ the
 blendshapes/gaze heads when asked); detection and decoding are the same for both and left out. Prints
@@ -10,16 +10,12 @@ numbers only; nothing here asserts a speed.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from app.analyzer import Analyzer, FaceOptions  # noqa: E402
-from app.settings import Settings  # noqa: E402
+from app.analyzer import Analyzer, FaceOptions
+from app.settings import Settings
 
 FACE_STAGES = ("landmarks", "landmarks_v2", "pose", "align", "occlusion", "blendshapes", "gaze")
 

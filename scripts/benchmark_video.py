@@ -1,9 +1,9 @@
 """Video analysis speed and memory: analysed frames per second and peak resident memory of
 ``VideoAnalyzer.analyze`` (decode, tracking, AU and expression heads, events), one worker, one ONNX thread.
 
-    python scripts/benchmark_video.py                       # a 640x480 30 fps one-face clip, 20 s
-    python scripts/benchmark_video.py --seconds 120         # the 120 s clip of the memory goal
-    python scripts/benchmark_video.py --clip some.mp4       # any clip
+    python -m scripts.benchmark_video                       # a 640x480 30 fps one-face clip, 20 s
+    python -m scripts.benchmark_video --seconds 120         # the 120 s clip of the memory goal
+    python -m scripts.benchmark_video --clip some.mp4       # any clip
 
 The default clip is made at run time from ``samples/single_face.mp4`` (640x360, 30 fps): its frames are
 letterboxed to 640x480 and played forwards and backwards (no cut, so one track) until ``--seconds``;
@@ -26,24 +26,23 @@ import av
 import cv2
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
 from app.analyzer import Analyzer
 from app.settings import Settings
 from app.video.analyze import VideoAnalyzer
 
+REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("MICROFACS_DATA", REPO.parent / "shared" / "data"))
 
 
 def make_clip(source: Path, seconds: float, path: Path) -> None:
     with av.open(str(source)) as src:
-        frames = [f.to_ndarray(format="bgr24") for f in src.decode(video=0)]
+        frames: list[np.ndarray] = [f.to_ndarray(format="bgr24") for f in src.decode(video=0)]
     pad = (480 - frames[0].shape[0]) // 2
     frames = [cv2.copyMakeBorder(f, pad, 480 - f.shape[0] - pad, 0, 0, cv2.BORDER_CONSTANT) for f in frames]
     cycle = frames + frames[-2:0:-1]  # forwards then backwards: a continuous clip
     with av.open(str(path), "w") as out:
         stream = out.add_stream("libx264", rate=30)
+        assert isinstance(stream, av.VideoStream)
         stream.width, stream.height, stream.pix_fmt = 640, 480, "yuv420p"
         stream.options = {"crf": "23", "preset": "veryfast"}
         for i in range(int(seconds * 30)):

@@ -13,9 +13,9 @@ last frame that departs from neutral) is >= 0.5, each true interval matching at 
 clips. For a hit, micro/macro is the ``micro`` flag of the group's highest-peak event. Any event on a
 no-change clip is a false event.
 
-    python scripts/evaluate_spotting.py                            # taiwanese_dev, all performers
-    python scripts/evaluate_spotting.py --performers 1 3 5 --per-performer 4
-    python scripts/evaluate_spotting.py --data /path/to/held_out    # same layout (labels.csv + images/)
+    python -m scripts.evaluate_spotting                            # taiwanese_dev, all performers
+    python -m scripts.evaluate_spotting --performers 1 3 5 --per-performer 4
+    python -m scripts.evaluate_spotting --data /path/to/held_out    # same layout (labels.csv + images/)
 
 Event settings can be varied without re-analysing (``--grid``): the clips are analysed once and their
 per-frame series re-spotted with ``app.video.events.track_events`` (the same code the service runs).
@@ -38,15 +38,13 @@ import av
 import cv2
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
 from app.analyzer import Analyzer
 from app.schemas import VideoEvent
 from app.settings import Settings
 from app.video.analyze import VideoAnalyzer
 from app.video.events import series_signals, track_events
 
+REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "taiwanese_dev"
 FPS = 30
 SIZE = (640, 480)
@@ -238,7 +236,7 @@ def score(results: list[tuple[Clip, list[VideoEvent]]]) -> dict[str, float]:
     }
 
 
-def respot(series: list[tuple[Clip, list[dict]]], settings: Settings) -> list[tuple[Clip, list[VideoEvent]]]:
+def respot(series: list[tuple[Clip, list[list[dict]]]], settings: Settings) -> list[tuple[Clip, list[VideoEvent]]]:
     """Events again from the stored per-frame series of each clip's tracks, under other event settings."""
     out = []
     for clip, tracks in series:
@@ -283,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     clips: list[Clip] = []
     results: list[tuple[Clip, list[VideoEvent]]] = []
-    series: list[tuple[Clip, list[dict]]] = []
+    series: list[tuple[Clip, list[list[dict]]]] = []
     tracks_per_clip = []
     with tempfile.TemporaryDirectory(prefix="microfacs-spotting-") as tmp:
         for clip in make_clips(analyzer, args.data, args.performers, args.per_performer, args.still, args.seed):

@@ -228,7 +228,7 @@ def start_nginx(binary: str, upstream_port: int, folder: Path, timeout: float = 
     replacements = [(r"\n\s*resolver [^;]*;", ""), (r"listen 8080;", f"listen 127.0.0.1:{port};"),
                     (r"set \$microfacs_upstream [^;]*;", f"set $microfacs_upstream 127.0.0.1:{upstream_port};")]
     for pattern, value in replacements:
-        conf, n = re.subn(pattern, lambda _, value=value: value, conf)
+        conf, n = re.subn(pattern, value.replace("\\", "\\\\"), conf)
         if n != 1:
             raise SystemExit(f"deploy/nginx.conf: expected one {pattern!r}")
     paths = "".join(f"  {name}_temp_path {folder / name};\n"

@@ -1,9 +1,9 @@
 """Load test over loopback: throughput, latency percentiles and status counts at several concurrency levels.
 
-    python scripts/load_test.py                                  # starts uvicorn (1 worker) from the cwd
-    python scripts/load_test.py --workers 2 --env MICROFACS_MAX_IN_FLIGHT=1
-    python scripts/load_test.py --url http://127.0.0.1:8000      # a server already running (loopback only)
-    python scripts/load_test.py --image ../shared/data/samples/multi_face.jpg --levels 1,8 --json out.json
+    python -m scripts.load_test                                  # starts uvicorn (1 worker) from the cwd
+    python -m scripts.load_test --workers 2 --env MICROFACS_MAX_IN_FLIGHT=1
+    python -m scripts.load_test --url http://127.0.0.1:8000      # a server already running (loopback only)
+    python -m scripts.load_test --image ../shared/data/samples/multi_face.jpg --levels 1,8 --json out.json
 
 Run it from the repository root: the server is ``uvicorn app.main:app`` from the current directory, so the
 same script measures any checkout (copy it elsewhere to measure an older one). Bounded: at most --requests

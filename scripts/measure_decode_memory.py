@@ -1,8 +1,8 @@
 """Peak memory of the worst allowed image of every format, through the whole analysis (``Analyzer.run``:
 decode, detection, landmarks, AU and expression heads), each case in a fresh process.
 
-    python scripts/measure_decode_memory.py            # every case, a table
-    python scripts/measure_decode_memory.py --only png_rgba8_issue
+    python -m scripts.measure_decode_memory            # every case, a table
+    python -m scripts.measure_decode_memory --only png_rgba8_issue
 
 Each child loads the models, analyses a small image once (warm-up), resets the kernel's peak-RSS counter
 (``/proc/self/clear_refs``), then analyses the case (in ``--threads`` threads at once for the "x3" rows) and
@@ -22,13 +22,13 @@ import sys
 import tempfile
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 
 def png(width: int, height: int, color_type: int, depth: int, sample: int = 0x80) -> bytes:
@@ -61,7 +61,7 @@ def side_for(pixels: int) -> int:
     return int(pixels**0.5)
 
 
-def cases() -> dict[str, tuple[str, callable, int]]:
+def cases() -> dict[str, tuple[str, Callable[[], bytes], int]]:
     """name -> (what, maker, threads), at the default settings' limits."""
     from app.analyzer import limits_of
     from app.decode import max_pixels_by_layout
@@ -145,8 +145,8 @@ def main() -> None:
         with tempfile.NamedTemporaryFile(suffix=".img") as file:
             file.write(data)
             file.flush()
-            run = subprocess.run([sys.executable, __file__, "--child", file.name, "--threads", str(threads)],
-                                 capture_output=True, text=True, cwd=REPO)
+            run = subprocess.run([sys.executable, "-m", "scripts.measure_decode_memory", "--child", file.name,
+                                  "--threads", str(threads)], capture_output=True, text=True, cwd=REPO)
         if run.returncode != 0:
             print(f"{name:<22} failed: {run.stderr.strip().splitlines()[-1:]}")
             continue

@@ -2,8 +2,8 @@
 (``VideoAnalyzer.analyze_upload``: spool, MP4 box checks, header probe, packet count, work budget, decode,
 tracking, events), each case in a fresh process, at the default settings (GET /version).
 
-    python scripts/measure_video_limits.py                  # every case, a table
-    python scripts/measure_video_limits.py --only h264_16000 h264_16000_x2
+    python -m scripts.measure_video_limits                  # every case, a table
+    python -m scripts.measure_video_limits --only h264_16000 h264_16000_x2
 
 Each child loads the models, analyses a small clip once (warm-up: PyAV, scipy, the ONNX sessions), resets
 the kernel's peak-RSS counter (``/proc/self/clear_refs``), then runs the case (in two threads at once for
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -60,6 +61,7 @@ def write_clip(
     pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
     with av.open(str(path), "w", options=container_options or {}) as out:
         stream = out.add_stream(codec, rate=fps, options=codec_options or {})
+        assert isinstance(stream, av.VideoStream)
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
         stream.time_base = Fraction(1, fps)
         grey = av.VideoFrame(width, height, pix_fmt)
@@ -246,11 +248,10 @@ def status_mb(field: str) -> float:
     raise RuntimeError(field)
 
 
-def child(path: Path, threads: int, every: int | None, repo: Path) -> None:
-    """Runs in the measured process: prints one JSON line."""
+def child(path: Path, threads: int, every: int | None) -> None:
+    """Runs in the measured process (``app`` from the checkout on its PYTHONPATH): prints one JSON line."""
     from concurrent.futures import ThreadPoolExecutor
 
-    sys.path.insert(0, str(repo))
     from app.analyzer import Analyzer
     from app.errors import ApiError
     from app.video import tracking
@@ -310,7 +311,7 @@ def main() -> None:
         h264_huge(args.make_huge)
         return
     if args.child:
-        child(args.child, args.threads, args.every, args.repo)
+        child(args.child, args.threads, args.every)
         return
     print(f"{'case':<24}{'file':>10}{'RSS before':>12}{'peak':>9}{'increase':>10}{'s':>8}{'analysed':>10}  outcome")
     for name, (what, make, threads, every) in cases().items():
@@ -319,12 +320,13 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="microfacs-hostile-") as tmp:
             clip = make(Path(tmp))
             size = clip.stat().st_size
-            command = [sys.executable, __file__, "--child", str(clip), "--threads", str(threads),
-                       "--repo", str(args.repo)]
+            # run by path with the measured checkout first on PYTHONPATH: its app/ is the one imported
+            command = [sys.executable, __file__, "--child", str(clip), "--threads", str(threads)]
             if every is not None:
                 command += ["--every", str(every)]
             try:
-                run = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=args.timeout)
+                run = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=args.timeout,
+                                     env={**os.environ, "PYTHONPATH": str(args.repo.resolve())})
             except subprocess.TimeoutExpired:
                 print(f"{name:<24}{size / 1024:>8.0f}KB  over {args.timeout:g} s: stopped   {what}")
                 continue

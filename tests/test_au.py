@@ -6,6 +6,7 @@ import onnxruntime as ort
 import pytest
 
 from app.analyzer import FaceOptions
+from app.manifest import sha256_of
 from app.model_zoo.au_detector import AuDetector, decode, face_decisions, preprocess
 from app.settings import Settings
 from tests.helpers import REPO, encode, post_image
@@ -30,8 +31,8 @@ def synthetic_landmarks(size: int = 112, seed: int = 0) -> np.ndarray:
 
 
 def test_region_map_boxes_inside_crop():
-    from training.au_regions import AU_REGIONS, FACS_NAMES, au_boxes
-    from training.draw_au_labels import draw
+    from training.au.labels import draw
+    from training.au.regions import AU_REGIONS, FACS_NAMES, au_boxes
 
     assert set(AU_REGIONS) == set(FACS_NAMES)
     marks = synthetic_landmarks()
@@ -104,7 +105,7 @@ def test_detect_au_endpoint(client, astronaut):
 def test_training_smoke_exports_loadable_onnx(tmp_path, face_cache):
     import json
 
-    from training.train_au import main
+    from training.au.train import main
 
     cache = str(face_cache / "ckplus.npz")
     main(["--pretrain", "--epochs", "1", "--max-batches", "1", "--out", str(tmp_path), "--cache", cache])
@@ -124,7 +125,7 @@ def test_unknown_regions_are_left_out_of_the_no_object_loss():
     so a FER+ face labelled only with its expression's core AUs does not teach 'no AU' elsewhere."""
     import torch
 
-    from training.au_model import yolo_loss
+    from training.au.model import yolo_loss
 
     anchors = torch.tensor([[0.2, 0.2], [0.4, 0.3]])
     raw = torch.zeros(1, 8 * 8 * 2, 5 + 3)
@@ -140,7 +141,7 @@ def test_unknown_regions_are_left_out_of_the_no_object_loss():
 
 
 def test_pseudo_labelled_ferplus_faces_mark_other_aus_unknown():
-    from training.train_au import CLASSES, PSEUDO_AUS, CkPlus
+    from training.au.data import CLASSES, PSEUDO_AUS, CkPlus
 
     data = CkPlus.__new__(CkPlus)
     data.size = 64
@@ -152,11 +153,12 @@ def test_pseudo_labelled_ferplus_faces_mark_other_aus_unknown():
 
 
 def test_threshold_and_f1_helpers():
-    from training.evaluate_au import EMFACS, best_threshold, prf
+    from training.au.evaluate import EMFACS
+    from training.metrics import best_f1_threshold, prf
 
     truth = np.array([1, 1, 0, 0, 1], bool)
     scores = np.array([0.9, 0.8, 0.3, 0.1, 0.6])
-    t = best_threshold(scores, truth)
+    t = best_f1_threshold(scores, truth)
     assert 0.3 < t <= 0.6 and prf(scores >= t, truth)[0] == 1.0
     assert EMFACS["happy"] == [6, 12]
 
@@ -272,11 +274,12 @@ def _tiny_onnx(path, weight: float, bias: float, op: str = "Add"):
 
 
 def test_weight_soup_averages_weights_of_identical_graphs_only(tmp_path):
-    """training/soup_au.py: the soup's weights are the members' mean (so its output is the mean for this linear
+    """training/au/soup.py: the soup's weights are the members' mean (so its output is the mean for this linear
     net), the folds must hold out the same subjects, and different graphs are refused."""
     import json
 
-    from training.soup_au import average_onnx, soup_folds
+    from training.au.soup import average_onnx, soup_folds
+    from training.common import TrainingError
 
     runs = [tmp_path / "a", tmp_path / "b"]
     for run, (w, b) in zip(runs, [(1.0, 0.0), (3.0, 2.0)]):
@@ -298,10 +301,68 @@ def test_weight_soup_averages_weights_of_identical_graphs_only(tmp_path):
     assert "torch_scores" not in meta and len(meta["soup_of"]) == 2
 
     _tiny_onnx(tmp_path / "other.onnx", 1.0, 0.0, op="Sub")
-    with pytest.raises(SystemExit, match="not the same network"):
+    with pytest.raises(TrainingError, match="not the same network"):
         average_onnx([runs[0] / "cv" / "fold0.onnx", tmp_path / "other.onnx"], tmp_path / "x.onnx")
     meta["test_index"] = [3, 4]
     meta["train_args"] = {"init": "pretrain.pt"}
     (runs[1] / "cv" / "fold0.json").write_text(json.dumps(meta))
-    with pytest.raises(SystemExit, match="same folds"):
+    with pytest.raises(TrainingError, match="same folds"):
         soup_folds(runs, tmp_path / "soup2")
+
+
+def test_the_final_soup_goes_to_its_out_folder_and_into_models_only_with_install(tmp_path):
+    """training.au.soup reads each run's --final model (au_detector.onnx + manifest_entry.json), writes the soup to
+    OUT and a scratch copy of models/; the models folder changes only with --install."""
+    import json
+    import shutil
+
+    from app.manifest import Manifest
+    from training.au.soup import main as soup
+
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(REPO / "models" / "manifest.json", models / "manifest.json")
+    shutil.copy(REPO / "models" / "au_detector.onnx", models / "au_detector.onnx")
+    before = (models / "manifest.json").read_bytes()
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for run, (w, b) in zip(runs, [(1.0, 0.0), (3.0, 2.0)]):
+        (run / "cv").mkdir(parents=True)
+        _tiny_onnx(run / "cv" / "fold0.onnx", w, b)
+        _tiny_onnx(run / "au_detector.onnx", w, b)
+        meta = {"fold": 0, "test_index": [1], "anchors": [[0.2, 0.2]], "classes": ["AU1"], "input_size": 4,
+                "train_args": {"init": "pretrain.pt", "seed": 0}}
+        (run / "cv" / "fold0.json").write_text(json.dumps(meta))
+        entry = dict(Manifest.load(models).models["au_detector"], export_check="max |torch - onnx| = 2.0e-06 on x",
+                     architecture={"train_args": meta["train_args"]})
+        (run / "manifest_entry.json").write_text(json.dumps(entry))
+    out = tmp_path / "soup"
+    soup([*map(str, runs), "--out", str(out), "--models-dir", str(models)])
+    assert (models / "manifest.json").read_bytes() == before  # untouched without --install
+    scratch = Manifest.load(out / "models").models["au_detector"]
+    assert scratch["sha256"] == sha256_of(out / "au_detector.onnx") and "2.0e-06" in scratch["export_check"]
+    soup([*map(str, runs), "--out", str(out), "--models-dir", str(models), "--install"])
+    assert Manifest.load(models).models["au_detector"]["sha256"] == sha256_of(models / "au_detector.onnx")
+    assert sha256_of(models / "au_detector.onnx") == sha256_of(out / "au_detector.onnx")
+
+
+def test_the_exported_fusion_graph_is_the_fitted_regressions(tmp_path):
+    """training.au.fuse: each AU's regression (L-BFGS, converged) on [its detector logit, 52 standardised
+    blendshapes] folds into one MatMul + Add + Sigmoid over [17 logits, 52 raw blendshapes], as the service feeds it."""
+    from app.model_zoo.base import OnnxFile
+    from training.au.fuse import FusionData, export, fit_all, logit
+    from training.fitting import apply_logistic
+
+    rng = np.random.default_rng(0)
+    classes = [f"AU{i}" for i in range(1, 18)]
+    n, m = 120, 60
+    shapes, nv_shapes = rng.random((n, 52)), rng.random((m, 52))
+    truth = rng.random((n, 17)) < 0.3
+    oof = np.clip(np.where(truth, 0.7, 0.2) + rng.normal(0, 0.15, (n, 17)), 0.01, 0.99)
+    data = FusionData(classes, oof, truth, shapes, rng.integers(0, 5, n), rng.uniform(0.01, 0.3, (m, 17)), nv_shapes,
+                      rng.integers(0, 5, m))
+    weights = fit_all(data)
+    path, entry = export(tmp_path, data, [f"s{i:02d}" for i in range(52)], weights, np.full(17, 0.5), {})
+    got = OnnxFile(path).run(np.hstack([logit(oof), shapes]).astype(np.float32))[0]
+    expected = np.stack([apply_logistic(w, data.design(oof[:, c], shapes)) for c, w in enumerate(weights)], 1)
+    assert np.abs(got - expected).max() < 1e-4
+    assert entry["sha256"] == sha256_of(path) and entry["classes"] == classes

@@ -7,7 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.screening import ScreeningBounds, batch_stats, keep_negative, keep_positive, sphere_stats, z_quantile
+from training.expression.screening import (
+    ScreeningBounds,
+    batch_stats,
+    keep_negative,
+    keep_positive,
+    sphere_stats,
+    z_quantile,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "models"
@@ -86,7 +93,7 @@ def test_batch_stats_uses_cross_class_pairs_only():
 
 def test_metric_loss_screening_removes_outlier_positive():
     torch = pytest.importorskip("torch")
-    from training.train_expression import metric_loss
+    from training.expression.train import metric_loss
 
     s, d = 16.0, 8
     rng = np.random.default_rng(1)
@@ -103,24 +110,21 @@ def test_metric_loss_screening_removes_outlier_positive():
     assert float(loss_scr) < float(loss_all)
 
 
-@pytest.mark.parametrize("mu_sigma", ["batch", "sphere"])
-def test_metric_loss_mines_the_hardest_triplet_that_passes_screening(mu_sigma):
+def test_metric_loss_mines_the_hardest_triplet_that_passes_screening():
     """Brute force over every (a, p, n): with screening, the loss is the mean over anchors of the hardest
     surviving triplet's hinge, a triplet surviving when d(a, p) passes keep_positive and d(a, n) keep_negative."""
     torch = pytest.importorskip("torch")
-    from training.train_expression import metric_loss
+    from training.expression.train import metric_loss
 
     s, d, margin = 16.0, 8, 0.3
     gen = torch.Generator().manual_seed(3)
     emb = s * torch.nn.functional.normalize(torch.randn(20, d, generator=gen), dim=1)
     y = torch.randint(0, 3, (20,), generator=gen)
-    kw = dict(s=s, d=d, margin=margin, alpha_p=0.2, alpha_n=0.2, mu_sigma=mu_sigma)
+    kw = dict(s=s, d=d, margin=margin, alpha_p=0.2, alpha_n=0.2)
     for screening in (False, True):
         loss, stats = metric_loss(emb, y, screening=screening, **kw)
         dist = torch.cdist(emb.double(), emb.double())
-        mu, sigma = (stats["mu_batch"], stats["sigma_batch"]) if mu_sigma == "batch" else (
-            stats["mu_sphere"], stats["sigma_sphere"])
-        bounds = ScreeningBounds(mu, sigma, 0.2, 0.2)
+        bounds = ScreeningBounds(stats["mu_batch"], stats["sigma_batch"], 0.2, 0.2)
         terms, kept, total = [], 0, 0
         for a in range(20):
             triplets = [(p, n) for p in range(20) for n in range(20) if p != a and y[p] == y[a] and y[n] != y[a]]
@@ -226,20 +230,6 @@ def test_recognize_expression_endpoint(client, astronaut, cameraman):
     assert len(response.json()["faces"]) == 1
 
 
-def test_prescreen_drops_side_low_presence_and_occluded_faces():
-    """The service's own filters (app.filters) with its default thresholds: |yaw| > 30, |pitch| > 25,
-    presence < 0.5."""
-    from training.expression_data import prescreen_mask
-
-    pose = np.array([[0, 0, 0], [35, 0, 0], [0, -30, 0], [10, 10, 40], [0, 0, 0], [0, 0, 0]], np.float32)
-    presence = np.array([0.9, 0.9, 0.9, 0.9, 0.3, 0.9], np.float32)
-    occluded = np.array([False, False, False, False, False, True])
-    mask = prescreen_mask(pose, presence, occluded)
-    assert mask["side_face"].tolist() == [False, True, True, False, False, False]  # roll alone is no side face
-    assert mask["keep"].tolist() == [True, False, False, True, False, False]
-    assert prescreen_mask(pose, presence)["keep"].tolist() == [True, False, False, True, False, True]
-
-
 # ----------------------------------------------------------------------------------- training smoke
 @pytest.mark.slow
 def test_training_smoke_exports_loadable_onnx(tmp_path, face_cache):
@@ -247,7 +237,7 @@ def test_training_smoke_exports_loadable_onnx(tmp_path, face_cache):
     pytest.importorskip("onnx")
     import onnxruntime as ort
 
-    from training.train_expression import parse_args, train
+    from training.expression.train import parse_args, train
 
     args = ["--smoke", "--loss", "triplet", "--screening", "--out", str(tmp_path / "run"), "--cache", str(face_cache)]
     out = train(parse_args(args))
@@ -267,8 +257,8 @@ def test_training_smoke_exports_loadable_onnx(tmp_path, face_cache):
 @pytest.mark.slow
 def test_ablation_table_reads_a_trained_run(tmp_path, face_cache, capsys):
     pytest.importorskip("torch")
-    from training.ablation_expression import main as ablation
-    from training.train_expression import parse_args, train
+    from experiments.ablation_expression import main as ablation
+    from training.expression.train import parse_args, train
 
     out = train(parse_args(["--smoke", "--loss", "ce", "--out", str(tmp_path / "ce"), "--cache", str(face_cache)]))
     capsys.readouterr()

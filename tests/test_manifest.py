@@ -141,8 +141,8 @@ def test_an_edit_cannot_write_an_entry_the_service_would_refuse(models):
 
 
 def test_command_line_is_the_python_dash_m_form():
-    assert command_line(["/abs/training/train_au.py", "--final", "--epochs", "40"], module="training.train_au") \
-        == "python -m training.train_au --final --epochs 40"
+    assert command_line(["/abs/training/au/train.py", "--final", "--epochs", "40"], module="training.au.train") \
+        == "python -m training.au.train --final --epochs 40"
     assert command_line([str(REPO / "tools" / "update_manifest.py")]) == "python tools/update_manifest.py"
     code = "from app.manifest import command_line; print(command_line())"
     result = subprocess.run([sys.executable, "-c", code, "--flag", "a b"], check=False, capture_output=True, text=True,
@@ -154,11 +154,8 @@ def test_update_manifest_tool_changes_nothing_when_files_match(models):
     for name in ("face_detection_short_range.onnx", "occlusion.onnx"):
         shutil.copy(MODELS / name, models / name)
     before = (models / "manifest.json").read_bytes()
-    sys.path.insert(0, str(REPO / "tools"))
-    try:
-        from update_manifest import refresh_checksums
-    finally:
-        sys.path.remove(str(REPO / "tools"))
+    from tools.update_manifest import refresh_checksums
+
     refresh_checksums(models)
     assert (models / "manifest.json").read_bytes() == before
     (models / "occlusion.onnx").write_bytes(b"not the model")

@@ -260,7 +260,7 @@ def test_licence_files_match_the_manifest():
     licence = (REPO / "LICENSE").read_text()
     assert "Apache License" in licence and "Version 2.0, January 2004" in licence
     assert "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION" in licence
-    done = subprocess.run([sys.executable, str(REPO / "tools" / "licences.py"), "--check"], capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "tools.licences", "--check"], capture_output=True,
                           text=True, cwd=REPO)
     assert done.returncode == 0, done.stderr
     notice = (REPO / "NOTICE").read_text()

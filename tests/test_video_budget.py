@@ -216,7 +216,6 @@ def test_duration_less_matroska_over_the_budget_is_refused_before_analysis(budge
 
 MEASURE = textwrap.dedent("""
     import json, resource, sys
-    sys.path.insert(0, sys.argv[2])
     from pathlib import Path
     from app.errors import ApiError
     from app.video.decode import VideoLimits, VideoReader
@@ -251,7 +250,7 @@ def huge_h264(tmp_path_factory):
         pytest.skip("this PyAV build has no libx264 encoder to make the H.264 clip")
     clip = tmp_path_factory.mktemp("huge") / "huge.mp4"
     # made in its own process: the encoder takes ~1.5 GB for the one frame
-    subprocess.run([sys.executable, str(REPO / "scripts" / "measure_video_limits.py"), "--make-huge", str(clip)],
+    subprocess.run([sys.executable, "-m", "scripts.measure_video_limits", "--make-huge", str(clip)],
                    check=True, cwd=REPO, timeout=120)
     with av.open(str(clip), options={"skip_frame": "all"}) as container:  # the premise: H.264, 16000x16000
         stream = container.streams.video[0]
@@ -268,7 +267,7 @@ def test_16000px_h264_is_refused_without_decoding_its_frame(huge_h264, tmp_path,
         shrink_declared_size(clip)
         with av.open(str(clip), options={"codec_whitelist": "none"}) as container:
             assert container.streams.video[0].width == 64
-    done = subprocess.run([sys.executable, "-c", MEASURE, str(clip), str(REPO)], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-c", MEASURE, str(clip)], capture_output=True, text=True,
                           cwd=REPO, timeout=120)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])

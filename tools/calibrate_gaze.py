@@ -2,38 +2,32 @@
 landmarks v2, on the CK+ peak frames (frontal and looking at the camera by the CK+ protocol), as
 training/calibrate_pose.py does for the 468-point mesh.
 
-    python tools/calibrate_gaze.py
+    python -m tools.calibrate_gaze
 
 Prints the median (nasal, down) iris offset per eye in eye widths and the median raw head pitch.
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from app.gaze import LEFT_EYE, NEUTRAL_OFFSET, RIGHT_EYE, eye_offset  # noqa: E402
-from app.landmarks import LandmarkStage  # noqa: E402
-from app.model_zoo.face_landmarker import FaceLandmarker  # noqa: E402
-from app.pose import face_axes, raw_head_pose  # noqa: E402
-from app.settings import get_settings  # noqa: E402
-from training.data import ckplus_rows  # noqa: E402
+from app.gaze import LEFT_EYE, NEUTRAL_OFFSET, RIGHT_EYE, eye_offset
+from app.landmarks import LandmarkStage
+from app.model_zoo.face_landmarker import FaceLandmarker
+from app.pose import face_axes, raw_head_pose
+from app.settings import get_settings
+from training.data import ckplus_rows, read_bgr
 
 
 def main() -> None:
     stage = LandmarkStage(FaceLandmarker(get_settings().models_dir))
-    offsets, pitches = [], []
+    rows, pitches = [], []
     for row in ckplus_rows():
         if row.is_peak:
-            points = stage.from_face_crop(cv2.imread(str(row.path))).landmarks
+            points = stage.from_face_crop(read_bgr(row.path)).landmarks
             axes = face_axes(points[:468])
-            offsets.append(eye_offset(points, axes, RIGHT_EYE) + eye_offset(points, axes, LEFT_EYE))
+            rows.append(eye_offset(points, axes, RIGHT_EYE) + eye_offset(points, axes, LEFT_EYE))
             pitches.append(raw_head_pose(points[:468]).pitch)
-    offsets = np.array(offsets)
+    offsets = np.array(rows)
     median = np.median(offsets, axis=0)
     print(f"CK+ peak frames: {len(offsets)}")
     print(f"right eye (nasal, down) {median[0]:+.3f} {median[1]:+.3f}; left eye {median[2]:+.3f} {median[3]:+.3f}")

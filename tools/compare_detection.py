@@ -1,9 +1,9 @@
 """Does a change to the detection stage lose faces? Dump one checkout's detections, then compare two dumps.
 
-    python tools/compare_detection.py --dump /tmp/before.json       # in the old checkout (or before the edit)
-    python tools/compare_detection.py --dump /tmp/after.json        # with the change
-    python tools/compare_detection.py --compare /tmp/before.json /tmp/after.json
-    python tools/compare_detection.py --hint-study   # where app/detect.py's CLOSE_UP_HINT comes from
+    python -m tools.compare_detection --dump /tmp/before.json       # in the old checkout (or before the edit)
+    python -m tools.compare_detection --dump /tmp/after.json        # with the change
+    python -m tools.compare_detection --compare /tmp/before.json /tmp/after.json
+    python -m tools.compare_detection --hint-study   # where app/detect.py's CLOSE_UP_HINT comes from
 
 The images (all built from ../shared/data, or MICROFACS_DATA): the sample photos; every taiwanese_dev
 photo (used here only to count faces, nothing is fitted); zoomed crops of a third of those photos in which
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,11 +25,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from app.boxes import box_iou
+from training.data import read_bgr
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from app.boxes import box_iou  # noqa: E402
-
 DATA = Path(os.environ.get("MICROFACS_DATA", REPO.parent / "shared" / "data"))
 
 
@@ -47,21 +45,21 @@ def images() -> Iterator[tuple[str, str, np.ndarray]]:
     """(set, key, BGR image) for every test image, in a fixed order."""
     samples = sorted((DATA / "samples").glob("*.jpg")) + sorted((DATA / "samples").glob("*.png"))
     for path in samples:
-        yield "samples", path.name, cv2.imread(str(path), cv2.IMREAD_COLOR)
+        yield "samples", path.name, read_bgr(path)
     photos = sorted((DATA / "taiwanese_dev" / "images").glob("*.jpg"))
     for path in photos:
-        yield "taiwanese_dev", path.name, cv2.imread(str(path), cv2.IMREAD_COLOR)
+        yield "taiwanese_dev", path.name, read_bgr(path)
     rng = np.random.default_rng(0)
     # Crops are made around the face the *reference* configuration (both models) finds, so that both dumps
     # see the same pixels: the crop boxes come from a fixed rule on the photo, not from the detector under test.
     for path in photos[::3]:
-        photo = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        photo = read_bgr(path)
         h, w = photo.shape[:2]
         box = np.array([w * 0.22, h * 0.18, w * 0.78, h * 0.86])  # these studio photos are centred portraits
         for fraction in (0.3, 0.45, 0.6, 0.75, 0.9, 1.1):
             yield "zoomed", f"{path.name}@{fraction}", zoom(photo, box, fraction)
     for i in range(0, len(photos) - 1, 7):
-        close, far = (cv2.imread(str(p), cv2.IMREAD_COLOR) for p in photos[i : i + 2])
+        close, far = (read_bgr(p) for p in photos[i : i + 2])
         h, w = close.shape[:2]
         face = np.array([w * 0.22, h * 0.18, w * 0.78, h * 0.86])
         frame = np.full((480, 640, 3), rng.integers(40, 200), np.uint8)
@@ -74,22 +72,22 @@ def images() -> Iterator[tuple[str, str, np.ndarray]]:
         yield "selfie", f"{photos[i].name}+{photos[i + 1].name}", frame
     for n in (2, 3):
         for i in range(0, len(photos) - n * n, 40):
-            tiles = [cv2.resize(cv2.imread(str(p), cv2.IMREAD_COLOR), (200, 200)) for p in photos[i : i + n * n]]
+            tiles = [cv2.resize(read_bgr(p), (200, 200)) for p in photos[i : i + n * n]]
             rows = [np.hstack(tiles[r * n : (r + 1) * n]) for r in range(n)]
             yield "mosaic", f"{n}x{n}@{i}", np.vstack(rows)
     for path in samples:  # phone-camera sizes: the sample photos enlarged to 4000 px on their longer side
-        photo = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        photo = read_bgr(path)
         scale = 4000 / max(photo.shape[:2])
         yield "large", path.name, cv2.resize(photo, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
     for video in sorted((DATA / "samples").glob("*.mp4")) + sorted((DATA / "samples").glob("*.mov")):
         capture = cv2.VideoCapture(str(video))
         index = 0
         while True:
-            ok, frame = capture.read()
-            if not ok:
+            ok, still = capture.read()
+            if not ok or still is None:
                 break
             if index % 15 == 0:
-                yield "video_frames", f"{video.name}#{index}", frame
+                yield "video_frames", f"{video.name}#{index}", np.asarray(still)
             index += 1
 
 
@@ -167,14 +165,14 @@ def hint_study() -> None:
 
     missed = []
     for path in sorted((DATA / "ckplus48" / "images").glob("*/*.png"))[::5]:
-        face = cv2.resize(cv2.imread(str(path), cv2.IMREAD_COLOR), (192, 192), interpolation=cv2.INTER_CUBIC)
+        face = cv2.resize(read_bgr(path), (192, 192), interpolation=cv2.INTER_CUBIC)
         for fraction in np.linspace(0.6, 1.0, 5):
             side = int(round(192 / fraction))
             pad = (side - 192) // 2
             image = cv2.copyMakeBorder(face, pad, side - 192 - pad, pad, side - 192 - pad, cv2.BORDER_REPLICATE)
             if not full.detect(image, 0.5) and short.detect(image, 0.5):
                 missed.append(best_anchor(image))
-    no_face = best_anchor(cv2.imread(str(DATA / "samples" / "free-mountain-vector-01.jpg"), cv2.IMREAD_COLOR))
+    no_face = best_anchor(read_bgr(DATA / "samples" / "free-mountain-vector-01.jpg"))
     print(f"close-ups the full-range model missed and the short-range one found: {len(missed)}; the full-range "
           f"model's best anchor on them: min {min(missed):.3f}, 5th percentile {np.percentile(missed, 5):.3f}")
     print(f"best anchor on the photo without a face (free-mountain-vector-01.jpg): {no_face:.3f}")

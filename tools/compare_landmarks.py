@@ -1,8 +1,8 @@
 """Landmarks v1 (468-point face mesh) against v2 (FaceLandmarker, 478 points), through the service's own
 detector, regions of interest and pose code, on real faces. Reads numbers only; fits nothing.
 
-    python tools/compare_landmarks.py                 # samples, a CK+ subset, the Taiwanese posed photos
-    python tools/compare_landmarks.py --ckplus-step 5 --json compare.json
+    python -m tools.compare_landmarks                 # samples, a CK+ subset, the Taiwanese posed photos
+    python -m tools.compare_landmarks --ckplus-step 5 --json compare.json
 
 Measures, for each set:
 
@@ -20,23 +20,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from app.detect import FaceDetector
+from app.landmarks import LandmarkStage
+from app.model_zoo.blazeface import BlazeFaceFullRange, BlazeFaceShortRange
+from app.model_zoo.face_landmarker import FaceLandmarker
+from app.model_zoo.face_mesh import FaceMesh
+from app.pose import PITCH_OFFSET_DEG, PITCH_OFFSET_DEG_V2, head_pose
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from app.detect import FaceDetector  # noqa: E402
-from app.landmarks import LandmarkStage  # noqa: E402
-from app.model_zoo.blazeface import BlazeFaceFullRange, BlazeFaceShortRange  # noqa: E402
-from app.model_zoo.face_landmarker import FaceLandmarker  # noqa: E402
-from app.model_zoo.face_mesh import FaceMesh  # noqa: E402
-from app.pose import PITCH_OFFSET_DEG, PITCH_OFFSET_DEG_V2, head_pose  # noqa: E402
-
 DATA = Path(os.environ.get("MICROFACS_DATA", REPO.parent / "shared" / "data"))
 MODELS = REPO / "models"
 
@@ -63,8 +60,8 @@ def pose_of(landmarks: np.ndarray) -> np.ndarray:
 
 
 def run_set(name: str, images: list[np.ndarray], crop: bool, detector, stages) -> dict:
-    rows = {k: [] for k in ("agreement", "pose_v1", "pose_v2", "mirror_v1", "mirror_v2", "presence_v1", "presence_v2",
-                            "ms_v1", "ms_v2")}
+    rows: dict[str, list] = {k: [] for k in ("agreement", "pose_v1", "pose_v2", "mirror_v1", "mirror_v2",
+                                             "presence_v1", "presence_v2", "ms_v1", "ms_v2")}
     for image in images:
         mirrored = cv2.flip(image, 1)
         detections = faces_of(detector, image, crop)

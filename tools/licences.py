@@ -1,9 +1,9 @@
 """Model licences: which profile may load each model (the manifest's ``profiles`` and ``commercial_use``), and the
 NOTICE file, generated from the manifest.
 
-    python tools/licences.py --write-manifest   # set profiles / commercial_use of every entry from COMMERCIAL_USE
-    python tools/licences.py --write-notice     # write NOTICE from models/manifest.json
-    python tools/licences.py --check            # exit 1 when NOTICE or the manifest is not what these would write
+    python -m tools.licences --write-manifest   # set profiles / commercial_use of every entry from COMMERCIAL_USE
+    python -m tools.licences --write-notice     # write NOTICE from models/manifest.json
+    python -m tools.licences --check            # exit 1 when NOTICE or the manifest is not what these would write
 
 A model is in the ``open`` profile only when both its weights' licence and its training data allow commercial
 use. The judgement per model is COMMERCIAL_USE below, with the reason; it is not legal advice.
@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from app.manifest import Manifest, edit
 
 REPO = Path(__file__).resolve().parents[1]

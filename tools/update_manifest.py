@@ -1,13 +1,12 @@
 """Refresh the sha256 and byte size of every model file listed in models/manifest.json.
 
-    python tools/update_manifest.py
+    python -m tools.update_manifest
 """
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from app.manifest import edit, sha256_of
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
@@ -26,8 +25,10 @@ def refresh_checksums(models_dir: Path = MODELS) -> None:
             print(f"{name}: {entry['sha256'][:16]}… {entry['bytes']} bytes")
 
 
-def main() -> None:
-    refresh_checksums()
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models-dir", type=Path, default=MODELS)
+    refresh_checksums(parser.parse_args(argv).models_dir)
 
 
 if __name__ == "__main__":

@@ -7,24 +7,23 @@ raw pitch is app.pose.PITCH_OFFSET_DEG; yaw and roll need no offset (they come o
 """
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
 from app.landmarks import LandmarkStage
 from app.model_zoo.face_mesh import FaceMesh
 from app.pose import PITCH_OFFSET_DEG, raw_head_pose
 from app.settings import get_settings
-from training.data import ckplus_rows
+from training.data import ckplus_rows, read_bgr
 
 
 def main() -> None:
     stage = LandmarkStage(FaceMesh(get_settings().models_dir))
-    poses = []
+    rows = []
     for row in ckplus_rows():
         if row.is_peak:
-            pose = raw_head_pose(stage.from_face_crop(cv2.imread(str(row.path))).landmarks)
-            poses.append((pose.yaw, pose.pitch, pose.roll))
-    poses = np.array(poses)
+            pose = raw_head_pose(stage.from_face_crop(read_bgr(row.path)).landmarks)
+            rows.append((pose.yaw, pose.pitch, pose.roll))
+    poses = np.array(rows)
     median = np.median(poses, axis=0)
     print(f"CK+ peak frames: {len(poses)}")
     print(f"median raw yaw {median[0]:+.1f}, pitch {median[1]:+.1f}, roll {median[2]:+.1f} degrees")

@@ -1,19 +1,22 @@
-"""What every training and evaluation script shares, without torch: the logger, errors, small numerics.
+"""What every recipe shares, without torch: the logger, errors, the CLI wrapper, option files and installing a
+model into models/.
 
-Torch helpers (seed, ONNX export, MACs) are in training/torch_utils.py, so that the scripts that only
-score exported ONNX files (``training.evaluate_*``) import no torch.
+Torch helpers (seed, ONNX export, MACs) are in training/torch_utils.py, so that the scripts that only score
+exported ONNX files import no torch. Metrics are in training/metrics.py, fits in training/fitting.py.
 """
 from __future__ import annotations
 
-import itertools
+import argparse
 import logging
+import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
-import numpy as np
+import tomllib
 
-from app.manifest import ModelError
+from app.manifest import Manifest, ModelError, replace_entry, sha256_of
 
 log = logging.getLogger("microfacs.training")
 
@@ -75,30 +78,52 @@ def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None =
     return 0
 
 
-# ---------------------------------------------------------------------------------------------- numerics
-def softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)
+# ------------------------------------------------------------------------------------------------ option files
+def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """``parser.parse_args`` with ``--config FILE``: a TOML file of the command's options (argparse names, e.g.
+    ``hard_classes = "happiness,surprise"``) that replace the defaults; options on the command line win. Unknown
+    names are an error, so a recipe file cannot silently drift from its trainer (tests/test_training_layout.py
+    parses every file under training/*/configs/)."""
+    parser.add_argument("--config", type=Path, default=None,
+                        help="TOML file of this command's options (e.g. the served recipe, training/*/configs/); "
+                             "options given on the command line win")
+    first, _ = parser.parse_known_args(argv)
+    if first.config is not None:
+        parser.set_defaults(**config_defaults(parser, first.config))
+    return parser.parse_args(argv)
 
 
-def accuracy(logits: np.ndarray, y: np.ndarray) -> float:
-    return float((logits.argmax(1) == y).mean()) if len(y) else float("nan")
+def config_defaults(parser: argparse.ArgumentParser, path: Path) -> dict[str, Any]:
+    """The options of a TOML file, converted by each option's own ``type`` (paths, numbers)."""
+    values = tomllib.loads(require_file(path, "a recipe file: see training/*/configs/").read_text())
+    actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
+    unknown = sorted(set(values) - set(actions))
+    if unknown:
+        raise TrainingError(f"{path}: no such option {', '.join(unknown)} (known: {', '.join(sorted(actions))})")
+    out = {}
+    for name, value in values.items():
+        kind = actions[name].type
+        out[name] = kind(value) if callable(kind) and isinstance(value, str) and kind is not str else value
+    return out
 
 
-def ece(probs: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None, bins: int = 15) -> float:
-    """Expected calibration error of the top class over ``bins`` equal-width confidence bins; with
-    ``weights``, each face counts that much (e.g. 1 / class frequency for a class-balanced ECE)."""
-    conf, correct = probs.max(1), (probs.argmax(1) == y).astype(np.float64)
-    total, edges = 0.0, np.linspace(0, 1, bins + 1)
-    for lo, hi in itertools.pairwise(edges):
-        m = (conf > lo) & (conf <= hi)
-        if not m.any():
-            continue
-        if weights is None:
-            total += m.mean() * abs(correct[m].mean() - conf[m].mean())
-        else:
-            w = np.asarray(weights, np.float64)[m]
-            share = w.sum() / np.sum(weights)
-            total += share * abs((w * correct[m]).sum() / w.sum() - (w * conf[m]).sum() / w.sum())
-    return float(total)
+# ------------------------------------------------------------------------------------------------- installing
+def install(models_dir: Path, name: str, files: Mapping[str, Path], entry: dict[str, Any],
+            keep_metrics: bool = False) -> dict[str, Any]:
+    """Copy ``files`` (target file name -> produced file) into ``models_dir`` and write ``entry`` as the manifest
+    entry ``name`` with the checksum and size of its ``entry["file"]``; with ``keep_metrics``, the old entry's
+    metrics stay where the new entry has none of its own (test-set numbers an evaluator stored). Every recipe
+    installs through here, and only when asked (``--install``). Returns the entry written."""
+    models_dir = Path(models_dir)
+    for target, source in files.items():
+        if Path(source).resolve() != (models_dir / target).resolve():
+            shutil.copyfile(source, models_dir / target)
+    entry = dict(entry)
+    if keep_metrics:
+        old = Manifest.load(models_dir).models.get(name, {})
+        entry["metrics"] = {**old.get("metrics", {}), **entry.get("metrics", {})}
+    main_file = models_dir / entry["file"]
+    entry.update(sha256=sha256_of(main_file), bytes=main_file.stat().st_size)
+    replace_entry(models_dir, name, entry)
+    log.info(f"installed {main_file} and its manifest entry {name!r} (sha256 {entry['sha256'][:16]}...)")
+    return entry

@@ -25,7 +25,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import cv2
 import numpy as np
 from scipy.special import comb
 
@@ -34,8 +33,8 @@ from app.identity import MATCH_DISTANCE, same_person_groups
 from app.manifest import update_entry
 from app.model_zoo.face_identity import FaceIdentity
 from app.settings import Settings
-from training.data import RUNS_DIR, data_root, taiwanese_rows
-from training.evaluate_activation import roc_auc
+from training.data import RUNS_DIR, data_root, read_bgr, taiwanese_rows
+from training.metrics import roc_auc
 
 OPTIONS = FaceOptions(side_face_filter=False, occlusion_filter=False, max_faces=1)
 CROPS = ("landmarks", "box")
@@ -88,7 +87,7 @@ def embed_all(root: Path | None, models_dir: Path) -> tuple[dict[str, np.ndarray
     out: dict[str, list[np.ndarray]] = {c: [] for c in CROPS}
     performers, missing, seconds = [], 0, 0.0
     for row in taiwanese_rows(root):
-        image = cv2.imread(str(row.path))
+        image = read_bgr(row.path)
         faces = analyzer.run(image, OPTIONS).faces if image is not None else []
         if not faces:
             missing += 1

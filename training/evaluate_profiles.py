@@ -16,7 +16,7 @@ grades and expression rules are fixed by published definitions: app/blendshape_a
   AU and expression accuracy (7 emotions). The open profile fits nothing, so every subject is held out for it.
   The research AU detector was trained on these subjects: its served F1 is shown for reference only, and its
   held-out number is its subject-wise 5-fold CV F1 (thresholds chosen on the other folds) from the manifest
-  (``python -m training.evaluate_au``). The research expression network never saw CK+.
+  (``python -m training.au.evaluate``). The research expression network never saw CK+.
 * taiwanese_dev (VALIDATION ONLY: read, never fitted to): expression against observers' top vote and against
   the intended expression (7 classes), AUs present per neutral photo; photos analysed with the filters off and
   the largest face, as ``training.evaluate_transfer`` does.
@@ -61,6 +61,8 @@ START, END = "<!-- evaluate_profiles:start -->", "<!-- evaluate_profiles:end -->
 def read_face(analyzer: Analyzer, path: Path, options: FaceOptions) -> dict[str, Any] | None:
     """The first face's expression label, ``uncertain``, and per AU (probability, present); None if unread."""
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        return None
     faces = analyzer.run(image, options, heads={"au", "expression"}).faces
     if not faces or faces[0].filtered:
         return None
@@ -171,7 +173,7 @@ def evaluate(profile: str, ferplus_limit: int, limit: int = 0) -> dict[str, Any]
 
 
 def research_cv(models_dir: Path) -> dict[str, Any]:
-    """The AU detector's subject-wise CV numbers on CK+, as the manifest holds them (training.evaluate_au)."""
+    """The AU detector's subject-wise CV numbers on CK+, as the manifest holds them (training.au.evaluate)."""
     metrics = Manifest.load(models_dir).entry("au_detector").extra.get("metrics", {})
     return {"per_au": {au: m.get("f1_nested") for au, m in metrics.get("per_au", {}).items()},
             "protocol": metrics.get("protocol", "")}

@@ -32,20 +32,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from app.analyzer import Analyzer, FaceOptions
 from app.manifest import update_entry
+from app.model_zoo.expression import ExpressionRecognizer
 from app.reference import Reference, log_probs, most_neutral, not_neutral, relative_au_probability
 from app.reference import relative_probabilities as served_rule
 from app.settings import Settings
+from training.au.evaluate import prototype_aus
 from training.common import run_cli
-from training.data import FERPLUS_CLASSES, TW_TO_FERPLUS, ferplus_rows, taiwanese_rows
-from training.evaluate_au import prototype_aus
-from training.evaluate_transfer import TW_CLASSES, macro_f1
+from training.data import FERPLUS_CLASSES, TW_TO_FERPLUS, ferplus_rows, read_bgr, taiwanese_rows
+from training.metrics import macro_f1
 
 NEUTRAL = FERPLUS_CLASSES.index("neutral")
+
+
+def expression_of(analyzer: Analyzer) -> ExpressionRecognizer:
+    """The research profile's expression network (this evaluation reads it directly)."""
+    return analyzer.models.require(analyzer.models.expression, "expression network")
 
 
 @dataclass
@@ -64,11 +69,11 @@ class Outputs:
 
 
 def read_faces(analyzer: Analyzer, rows: list[Any], options: FaceOptions) -> tuple[list[int], dict[str, list]]:
-    model, au = analyzer.models.expression, analyzer.heads["au"]
+    model, au = expression_of(analyzer), analyzer.heads["au"]
     kept: list[int] = []
     out: dict[str, list] = {"log_probs": [], "distance": [], "embedding": [], "au": []}
     for i, row in enumerate(rows):
-        analysis = analyzer.run(cv2.imread(str(row.path), cv2.IMREAD_COLOR), options)
+        analysis = analyzer.run(read_bgr(row.path), options)
         if not analysis.faces or analysis.faces[0].filtered:  # filters are off: only an unusable mesh
             continue
         face = analysis.faces[0]
@@ -143,7 +148,7 @@ Rule = Callable[[int, np.ndarray], np.ndarray]
 
 
 def rules(analyzer: Analyzer, out: Outputs, stats: dict[str, np.ndarray], prior: str) -> dict[str, Rule]:
-    model = analyzer.models.expression
+    model = expression_of(analyzer)
     assert model.neutral_anchor is not None
 
     def reference(refs: np.ndarray) -> Reference:
@@ -173,7 +178,8 @@ def rules(analyzer: Analyzer, out: Outputs, stats: dict[str, np.ndarray], prior:
         d[NEUTRAL] = -np.inf
         return np.eye(len(model.classes))[int(np.argmax(d))]
 
-    au_expressions, au_weights = ckplus_au_classifier(list(analyzer.models.au.classes))
+    au_model = analyzer.models.require(analyzer.models.au, "AU detector")
+    au_expressions, au_weights = ckplus_au_classifier(list(au_model.classes))
 
     def with_aus(i: int, refs: np.ndarray) -> np.ndarray:  # R5: the served rule's split x the CK+ AU map
         scores = served_rule(model, out.log_probs[i], reference(refs), prior)
@@ -205,8 +211,8 @@ def rules(analyzer: Analyzer, out: Outputs, stats: dict[str, np.ndarray], prior:
 def scores(out: Outputs, predicted: list[str]) -> dict[str, float]:
     return {"top_vote_accuracy": float(np.mean([p == t for p, t in zip(predicted, out.top_vote)])),
             "intended_accuracy": float(np.mean([p == t for p, t in zip(predicted, out.intended)])),
-            "top_vote_macro_f1": macro_f1(out.top_vote, predicted, TW_CLASSES),
-            "intended_macro_f1": macro_f1(out.intended, predicted, TW_CLASSES),
+            "top_vote_macro_f1": macro_f1(out.top_vote, predicted),
+            "intended_macro_f1": macro_f1(out.intended, predicted),
             "neutral_share": float(np.mean([p == "neutral" for p in predicted]))}
 
 
@@ -236,7 +242,7 @@ def automatic(out: Outputs, groups: np.ndarray, fraction: float) -> list[np.ndar
 
 def evaluate(analyzer: Analyzer, out: Outputs, stats: dict[str, np.ndarray], prior: str,
              identity_groups: np.ndarray | None) -> dict[str, Any]:
-    model = analyzer.models.expression
+    model = expression_of(analyzer)
     classes = model.classes
     absolute = [model.result(np.exp(lp), d, prior).label for lp, d in zip(out.log_probs, out.distance)]
     report: dict[str, Any] = {"photos": len(out.performer), "performers": len(set(out.performer)), "prior": prior,
@@ -295,7 +301,7 @@ def identity_clusters(analyzer: Analyzer, rows: list[Any]) -> np.ndarray:
     options = FaceOptions(side_face_filter=False, occlusion_filter=False, max_faces=1)
     embeddings = []
     for row in rows:
-        image = cv2.imread(str(row.path), cv2.IMREAD_COLOR)
+        image = read_bgr(row.path)
         embeddings.append(model.embed(image, analyzer.run(image, options).faces[0].landmarks))
     return np.array(same_person_groups(np.array(embeddings)))
 

@@ -17,21 +17,19 @@ expression outputs; the filters' verdict with the service defaults is then compu
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from app.analyzer import Analyzer, FaceAnalysis, FaceOptions
 from app.filters import filter_reasons
 from app.settings import Settings
-from training.data import TW_TO_FERPLUS, data_root, ferplus_rows, taiwanese_rows
-from training.evaluate_au import prototype_aus
-from training.occlusion_data import MOUTH_OPEN, mouth_open_ratio
+from training.au.evaluate import prototype_aus
+from training.data import MOUTH_OPEN, TW_TO_FERPLUS, data_root, ferplus_rows, mouth_open_ratio, read_bgr, taiwanese_rows
+from training.metrics import ece_of, macro_f1
 
 TW_CLASSES = list(TW_TO_FERPLUS.values())
 
@@ -43,33 +41,13 @@ def default_filter_reasons(analyzer: Analyzer, face: FaceAnalysis) -> list[str]:
                           min_landmark_confidence=s.landmark_presence_threshold)
 
 
-def macro_f1(truth: list[str], predicted: list[str], classes: list[str]) -> float:
-    scores = []
-    for c in classes:
-        tp = sum(t == c and p == c for t, p in zip(truth, predicted))
-        fp = sum(t != c and p == c for t, p in zip(truth, predicted))
-        fn = sum(t == c and p != c for t, p in zip(truth, predicted))
-        scores.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
-    return float(np.mean(scores))
-
-
-def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> float:
-    edges = np.linspace(0, 1, bins + 1)
-    ece = 0.0
-    for lo, hi in itertools.pairwise(edges):
-        inside = (confidence > lo) & (confidence <= hi)
-        if inside.any():
-            ece += inside.mean() * abs(correct[inside].mean() - confidence[inside].mean())
-    return float(ece)
-
-
 def analyse_taiwanese(analyzer: Analyzer, root: Path, limit: int = 0, prior: str = "balanced") -> dict[str, Any]:
     rows = taiwanese_rows(root)
     rows = rows[:limit] if limit else rows
     options = FaceOptions(side_face_filter=False, occlusion_filter=False, max_faces=1, expression_prior=prior)
     records = []
     for row in rows:
-        image = cv2.imread(str(row.path), cv2.IMREAD_COLOR)
+        image = read_bgr(row.path)
         analysis = analyzer.run(image, options, heads={"au", "expression"})
         record: dict[str, Any] = {"file": row.path.name, "neutral": row.neutral,
                                   "intended": TW_TO_FERPLUS[row.intended], "top_vote": TW_TO_FERPLUS[row.top_vote]}
@@ -116,7 +94,7 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
         truth = [r[target] for r in scored]
         report[f"expression_vs_{target}"] = {
             "accuracy": float(np.mean([t == p for t, p in zip(truth, predicted)])),
-            "macro_f1": macro_f1(truth, predicted, TW_CLASSES),
+            "macro_f1": macro_f1(truth, predicted),
             "recall_by_class": {c: float(np.mean([p == c for t, p in zip(truth, predicted) if t == c]))
                                 for c in TW_CLASSES if c in truth},
         }
@@ -127,7 +105,7 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
     confidence = np.array([r["confidence"] for r in scored])
     correct = np.array([r["label"] == r["top_vote"] for r in scored])
     uncertain = np.array([r["uncertain"] for r in scored])
-    report["expression_ece_vs_top_vote"] = expected_calibration_error(confidence, correct)
+    report["expression_ece_vs_top_vote"] = ece_of(confidence, correct, bins=10)
     report["uncertain_rate"] = float(uncertain.mean()) if len(uncertain) else 0.0
     report["accuracy_vs_top_vote_when_certain"] = float(correct[~uncertain].mean()) if (~uncertain).any() else 0.0
     # AUs per expression: the prototype AUs of a posed expression should light up (e.g. AU12 on happiness).
@@ -165,7 +143,7 @@ def ferplus_neutral_aus(analyzer: Analyzer, min_votes: int = 8, limit: int = 0) 
     counts = []
     per_au: Counter[str] = Counter()
     for row in rows:
-        image = cv2.imread(str(row.path), cv2.IMREAD_COLOR)
+        image = read_bgr(row.path)
         analysis = analyzer.run(image, options, heads={"au"})
         face = analysis.faces[0]
         if face.filtered:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from app.analyzer import Analyzer, FaceOptions
@@ -22,7 +21,7 @@ from app.manifest import update_entry
 from app.reference import log_probs
 from app.settings import Settings
 from training.common import run_cli
-from training.data import FERPLUS_CLASSES, REPO_ROOT, ferplus_rows
+from training.data import FERPLUS_CLASSES, REPO_ROOT, ferplus_rows, read_bgr
 
 MODELS = REPO_ROOT / "models"
 
@@ -32,10 +31,10 @@ def neutral_anchor(analyzer: Analyzer, split: str = "valid", limit: int = 0) -> 
     rows = [r for r in ferplus_rows(split) if r.majority == FERPLUS_CLASSES.index("neutral")]
     rows = rows[:limit] if limit else rows
     options = FaceOptions(side_face_filter=False, occlusion_filter=False, face_crop=True)
-    model = analyzer.models.expression
+    model = analyzer.models.require(analyzer.models.expression, "expression network")
     logs = []
     for row in rows:
-        face = analyzer.run(cv2.imread(str(row.path), cv2.IMREAD_COLOR), options).faces[0]
+        face = analyzer.run(read_bgr(row.path), options).faces[0]
         if face.landmark_confidence < analyzer.settings.landmark_presence_threshold:
             continue  # an unusable mesh: the service would not read this face either
         probs, _ = model.read(face.aligned)
@@ -51,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     analyzer = Analyzer(Settings(models_dir=args.models_dir))
     anchor, n = neutral_anchor(analyzer, limit=args.limit)
-    classes = analyzer.models.expression.classes
+    classes = analyzer.models.require(analyzer.models.expression, "expression network").classes
     print(f"neutral anchor from {n} FER+ Valid faces with a neutral majority: "
           + ", ".join(f"{c} {v:.3f}" for c, v in zip(classes, anchor)))
     if args.write_manifest:

@@ -1,6 +1,9 @@
-"""Run the service's own landmark and alignment stages over FER+ and CK+ once and cache the results.
+"""Run the service's own face stage (``app.analyzer.Analyzer``, as face crops: mesh -> pose -> align) over FER+
+and CK+ once and cache the results.
 
-Every trainer reads these caches, so training crops are made by exactly the code that serves.
+Every trainer reads these caches, so training crops are made by exactly the code that serves. The face stage
+uses the 468-point mesh (landmarks v1), the one all our networks were trained on, whatever
+MICROFACS_LANDMARK_MODEL says.
 
     python -m training.prepare_faces            # all of FER+ and CK+ (~15 min on 2 cores)
     python -m training.prepare_faces --limit 64 # smoke run
@@ -14,19 +17,25 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
-from app.align import DEFAULT_SIZE, align_face, landmarks_in_crop
-from app.landmarks import LandmarkStage
-from app.model_zoo.face_mesh import FaceMesh
-from app.pose import head_pose
+from app.align import DEFAULT_SIZE, landmarks_in_crop
+from app.analyzer import Analyzer, FaceOptions
 from app.settings import get_settings
-from training.data import RUNS_DIR, ckplus_rows, ferplus_rows
+from training.data import CACHE_DIR, ckplus_rows, ferplus_rows, read_bgr
+
+FACE_CROP = FaceOptions(side_face_filter=False, occlusion_filter=False, face_crop=True)
 
 
-def process(stage: LandmarkStage, paths: list[Path]) -> dict[str, np.ndarray]:
+def face_stage() -> Analyzer:
+    """The service's Analyzer with the settings from the environment, but landmarks v1 (the 468-point mesh)."""
+    return Analyzer(get_settings().model_copy(update={"landmark_model": "v1"}))
+
+
+def process(analyzer: Analyzer, paths: list[Path]) -> dict[str, Any]:
     n = len(paths)
     crops = np.zeros((n, DEFAULT_SIZE, DEFAULT_SIZE), np.uint8)
     marks = np.zeros((n, 468, 2), np.float16)
@@ -34,14 +43,11 @@ def process(stage: LandmarkStage, paths: list[Path]) -> dict[str, np.ndarray]:
     pose = np.zeros((n, 3), np.float32)
     start = time.time()
     for i, path in enumerate(paths):
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        mesh = stage.from_face_crop(image)
-        aligned = align_face(image, mesh.landmarks)
-        crops[i] = cv2.cvtColor(aligned.image, cv2.COLOR_BGR2GRAY)
-        marks[i] = landmarks_in_crop(aligned, mesh.landmarks)
-        presence[i] = mesh.presence
-        p = head_pose(mesh.landmarks)
-        pose[i] = (p.yaw, p.pitch, p.roll)
+        face = analyzer.run(read_bgr(path), FACE_CROP).faces[0]
+        crops[i] = cv2.cvtColor(face.aligned.image, cv2.COLOR_BGR2GRAY)
+        marks[i] = landmarks_in_crop(face.aligned, face.landmarks)
+        presence[i] = face.landmark_confidence
+        pose[i] = (face.pose.yaw, face.pose.pitch, face.pose.roll)
         if (i + 1) % 2000 == 0:
             print(f"  {i + 1}/{n} ({time.time() - start:.0f}s)", flush=True)
     return {"crops": crops, "landmarks": marks, "presence": presence, "pose": pose}
@@ -50,17 +56,17 @@ def process(stage: LandmarkStage, paths: list[Path]) -> dict[str, np.ndarray]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--limit", type=int, default=0, help="only the first N images of each set")
-    parser.add_argument("--out", type=Path, default=RUNS_DIR / "cache")
+    parser.add_argument("--out", type=Path, default=CACHE_DIR)
     parser.add_argument("--only", choices=["ferplus", "ckplus"], default=None)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    stage = LandmarkStage(FaceMesh(get_settings().models_dir))
+    analyzer = face_stage()
     cut = (lambda rows: rows[: args.limit]) if args.limit else (lambda rows: rows)
 
     if args.only in (None, "ckplus"):
         rows = cut(ckplus_rows())
         au_names = sorted(rows[0].aus, key=lambda k: int(k[2:]))
-        arrays = process(stage, [r.path for r in rows])
+        arrays = process(analyzer, [r.path for r in rows])
         arrays.update(
             paths=np.array([str(r.path.relative_to(r.path.parents[2])) for r in rows]),
             subjects=np.array([r.subject for r in rows]), sequences=np.array([r.sequence for r in rows]),
@@ -73,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.only in (None, "ferplus"):
         for split in ("train", "valid", "test"):
             rows = cut(ferplus_rows(split))
-            arrays = process(stage, [r.path for r in rows])
+            arrays = process(analyzer, [r.path for r in rows])
             arrays.update(names=np.array([r.path.name for r in rows]),
                           votes=np.array([r.votes for r in rows], np.uint8))
             np.savez_compressed(args.out / f"ferplus_{split}.npz", **arrays)

@@ -49,7 +49,7 @@ def export_onnx(model: nn.Module, path: Path, dummy: torch.Tensor, output_names:
                 checks: Mapping[str, torch.Tensor]) -> float:
     """Export ``model`` (input "input", dynamic batch, opset 17, TorchScript exporter) and run each of
     ``checks`` through torch and onnxruntime; returns the largest |torch - onnx| over all outputs."""
-    import onnxruntime as ort
+    from app.model_zoo.base import OnnxFile
 
     model.eval()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -58,13 +58,13 @@ def export_onnx(model: nn.Module, path: Path, dummy: torch.Tensor, output_names:
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(model, (dummy,), str(path), dynamo=False, opset_version=OPSET, input_names=["input"],
                           output_names=list(output_names), dynamic_axes=axes)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    exported = OnnxFile(path)
     worst = 0.0
     for name, x in checks.items():
         with torch.no_grad():
             expected = model(x)
         expected = expected if isinstance(expected, (tuple, list)) else (expected,)
-        got = session.run(None, {"input": x.numpy()})
+        got = exported.run(x.numpy())
         diff = max(float(np.abs(e.numpy() - g).max()) for e, g in zip(expected, got))
         log.info(f"onnx check {path.name} ({name} input {tuple(x.shape)}): max |torch - onnx| = {diff:.2e}")
         worst = max(worst, diff)

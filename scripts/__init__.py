@@ -1,0 +1,1 @@
+"""Measurement scripts: benchmarks, load tests, hostile-input measurements (run as modules: python -m scripts.NAME)."""

@@ -1,0 +1,1 @@
+"""Tools that convert and check the models (run as modules: python -m tools.NAME)."""
