@@ -231,6 +231,10 @@ class ModelInfo(BaseModel):
     version: str
     sha256: str
     licence: str
+    provider: str | None = Field(
+        None, description="the onnxruntime execution provider this model's session runs on (MICROFACS_PROVIDERS); "
+        "null while the models load, and for a model not loaded (face_identity loads on first use)"
+    )
 
 
 class Limits(BaseModel):
@@ -283,12 +287,21 @@ class Defaults(BaseModel):
     au_model: str = Field("detector", description="AU decisions: detector, or fused (with the blendshapes)")
 
 
+class ExecutionInfo(BaseModel):
+    """Where the models run (app/providers.py)."""
+
+    requested: list[str] = Field(description="MICROFACS_PROVIDERS, as onnxruntime names, in order of preference")
+    used: list[str] = Field(description="those this onnxruntime build has, in order, then the CPU (the fallback)")
+    available: list[str] = Field(description="every provider this onnxruntime build has")
+
+
 class VersionResponse(BaseModel):
     service: str
     version: str
     models: dict[str, ModelInfo]
     limits: Limits
     defaults: Defaults
+    execution: ExecutionInfo | None = Field(None, description="null while the models load")
 
 
 # --- Video analysis (POST /analyze-video) ---------------------------------------------------------------

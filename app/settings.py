@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -35,6 +35,21 @@ class Settings(BaseSettings):
 
     models_dir: Path = Field(default_factory=default_models_dir, description="the ONNX files and manifest.json")
     onnx_threads: int = Field(1, ge=1, description="intra-op threads per ONNX session")
+    # --- Execution providers (app/providers.py) ---
+    providers: str = Field(
+        "cpu", description="onnxruntime execution providers, in order of preference, comma-separated: cpu, cuda "
+        "(onnxruntime-gpu), tensorrt, openvino, ... (cuda:1 picks a device); one this onnxruntime build lacks falls "
+        "back to the next, and finally the CPU, with one log line. GET /version and /metrics say where each model runs"
+    )
+
+    @field_validator("providers")
+    @classmethod
+    def _known_providers(cls, value: str) -> str:
+        from app.providers import parse_providers
+
+        parse_providers(value)  # ValueError (a settings error at start-up) for a name onnxruntime does not know
+        return value
+    # --- end of execution providers ---
 
     # Upload limits, all checked before the image is decoded.
     max_upload_bytes: int = Field(15 * 1024 * 1024, ge=1024)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from app.align import AlignedFace, grey_input
-from app.model_zoo.base import OnnxModel
+from app.model_zoo.base import OnnxModel, Runtime
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def face_decisions(raw: np.ndarray, anchors: np.ndarray) -> tuple[np.ndarray, np
 class AuDetector(OnnxModel):
     manifest_name = "au_detector"
 
-    def __init__(self, models_dir: Path, threads: int = 1) -> None:
+    def __init__(self, models_dir: Path, threads: int | Runtime = 1) -> None:
         super().__init__(models_dir, threads)
         extra = self.entry.extra
         self.classes: list[str] = list(extra["classes"])

@@ -1,22 +1,29 @@
-"""What every ONNX model class shares: the manifest entry (app/manifest.py), the checksum check and the session."""
+"""What every ONNX model class shares: the manifest entry (app/manifest.py), the checksum check and the session,
+on the execution providers of a ``Runtime`` (app/providers.py: ``MICROFACS_PROVIDERS``; the CPU by default)."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
 from app.manifest import ManifestError, ModelEntry, ModelError, load_manifest, sha256_of
+from app.providers import CPU, Runtime
 
-__all__ = ["ManifestError", "ModelEntry", "ModelError", "OnnxModel", "load_manifest", "sha256_of"]
+__all__ = ["ManifestError", "ModelEntry", "ModelError", "OnnxModel", "Runtime", "load_manifest", "sha256_of"]
+
+logger = logging.getLogger("microfacs")
 
 
 class OnnxModel:
-    """One ONNX file, checked against its manifest entry, run on the CPU."""
+    """One ONNX file, checked against its manifest entry. ``threads``: intra-op threads on the CPU, or a
+    ``Runtime`` (threads and execution providers). ``provider``: the provider the session actually runs on."""
 
     manifest_name: str = ""
 
-    def __init__(self, models_dir: Path, threads: int = 1) -> None:
+    def __init__(self, models_dir: Path, threads: int | Runtime = 1) -> None:
+        runtime = threads if isinstance(threads, Runtime) else Runtime(threads)
         self.entry = ModelEntry.from_manifest(models_dir, self.manifest_name)
         self.path = path = Path(models_dir) / self.entry.file
         if not path.is_file():
@@ -25,17 +32,30 @@ class OnnxModel:
         if actual != self.entry.sha256:
             raise ModelError(f"{path.name}: sha256 {actual} does not match the manifest ({self.entry.sha256})")
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
+        options.intra_op_num_threads = runtime.threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # errors only: graph-optimiser notes are not for the service's logs
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=runtime.session_providers())
+        except Exception as exc:  # a device provider that is installed but cannot start (driver, libraries)
+            if not runtime.on_device:
+                raise
+            logger.warning("%s: %s failed to start (%s); this model runs on the CPU", path.name, runtime.names[0],
+                           str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            self.session = ort.InferenceSession(str(path), options, providers=[CPU])
+        self.provider: str = self.session.get_providers()[0]
         self.input_name = self.session.get_inputs()[0].name
         self.input_shape = tuple(self.session.get_inputs()[0].shape)
 
     @property
     def version(self) -> str:
         return self.entry.version
+
+    @property
+    def batched(self) -> bool:
+        """Whether the input's first dimension is free: several faces in one call."""
+        return not isinstance(self.input_shape[0], int)
 
     def run(self, tensor: np.ndarray) -> list[np.ndarray]:
         return self.session.run(None, {self.input_name: tensor})

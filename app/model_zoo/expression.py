@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from app.align import grey_input
-from app.model_zoo.base import ModelError, OnnxModel, sha256_of
+from app.model_zoo.base import ModelError, OnnxModel, Runtime, sha256_of
 
 INPUT_SIZE = 48
 PRIORS = ("balanced", "ferplus")
@@ -48,7 +48,7 @@ class ExpressionResult:
 class ExpressionRecognizer(OnnxModel):
     manifest_name = "expression"
 
-    def __init__(self, models_dir, threads: int = 1) -> None:
+    def __init__(self, models_dir, threads: int | Runtime = 1) -> None:
         super().__init__(models_dir, threads)
         extra = self.entry.extra
         self.classes: list[str] = list(extra["classes"])

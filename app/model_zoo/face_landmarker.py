@@ -11,7 +11,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from app.model_zoo.base import OnnxModel
+from app.model_zoo.base import OnnxModel, Runtime
 from app.model_zoo.face_mesh import MeshResult, roi_transform
 
 NUM_LANDMARKS = 478
@@ -57,7 +57,7 @@ class FaceLandmarker(OnnxModel):
 
     manifest_name = "face_landmarker"
 
-    def __init__(self, models_dir, threads: int = 1) -> None:
+    def __init__(self, models_dir, threads: int | Runtime = 1) -> None:
         super().__init__(models_dir, threads)
         self.size = int(self.input_shape[2])
 

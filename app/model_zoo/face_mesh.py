@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from app.model_zoo.base import OnnxModel
+from app.model_zoo.base import OnnxModel, Runtime
 
 NUM_LANDMARKS = 468
 
@@ -30,7 +30,7 @@ def roi_transform(centre: np.ndarray, size: float, angle_rad: float, out_size: i
 class FaceMesh(OnnxModel):
     manifest_name = "face_landmark"
 
-    def __init__(self, models_dir, threads: int = 1) -> None:
+    def __init__(self, models_dir, threads: int | Runtime = 1) -> None:
         super().__init__(models_dir, threads)
         self.size = int(self.input_shape[2])
 

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from app.align import AlignedFace, grey_input
-from app.model_zoo.base import ModelError, OnnxModel
+from app.model_zoo.base import ModelError, OnnxModel, Runtime
 
 REGIONS = ("eyes", "nose", "mouth", "brows")
 UPSAMPLING = {"linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC}
@@ -64,7 +64,7 @@ OCCLUSION_MODELS = {"single": "occlusion", "ensemble": "occlusion_ensemble"}
 class OcclusionClassifier(OnnxModel):
     manifest_name = "occlusion"
 
-    def __init__(self, models_dir: Path, threads: int = 1, name: str = "occlusion") -> None:
+    def __init__(self, models_dir: Path, threads: int | Runtime = 1, name: str = "occlusion") -> None:
         self.manifest_name = name  # which manifest entry: "occlusion" or "occlusion_ensemble" (same contract)
         super().__init__(models_dir, threads)
         self.size = int(self.input_shape[2])

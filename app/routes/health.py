@@ -6,7 +6,7 @@ from fastapi.responses import JSONResponse
 from app import __version__
 from app.analyzer import limits_of
 from app.decode import SUPPORTED_FORMATS, max_pixels_by_layout
-from app.schemas import Defaults, Health, Limits, ModelInfo, Readiness, VersionResponse
+from app.schemas import Defaults, ExecutionInfo, Health, Limits, ModelInfo, Readiness, VersionResponse
 from app.video.decode import VIDEO_FORMATS
 
 router = APIRouter(tags=["service"])
@@ -32,11 +32,14 @@ async def version(request: Request) -> VersionResponse:
     """Service and model versions, and the published upload limits."""
     settings = request.app.state.settings
     manifest = request.app.state.manifest
+    registry = getattr(request.app.state, "registry", None)  # None while the models load
+    providers = registry.providers() if registry is not None else {}
     return VersionResponse(
         service="microfacs",
         version=__version__,
         models={
-            name: ModelInfo(version=e["version"], sha256=e["sha256"], licence=e.get("licence", ""))
+            name: ModelInfo(version=e["version"], sha256=e["sha256"], licence=e.get("licence", ""),
+                            provider=providers.get(name))
             for name, e in manifest["models"].items()
         },
         limits=Limits(
@@ -71,4 +74,15 @@ async def version(request: Request) -> VersionResponse:
         ),
         defaults=Defaults(max_faces=settings.default_max_faces, min_face_size=settings.default_min_face_size,
                           prior=settings.expression_prior, au_model=settings.au_model),
+        execution=execution_info(registry),
     )
+
+
+def execution_info(registry) -> ExecutionInfo | None:
+    if registry is None:
+        return None
+    import onnxruntime as ort
+
+    runtime = registry.runtime
+    return ExecutionInfo(requested=list(runtime.requested), used=runtime.names,
+                         available=list(ort.get_available_providers()))
