@@ -14,6 +14,7 @@ from app.providers import CPU, Runtime
 __all__ = ["ManifestError", "ModelEntry", "ModelError", "OnnxModel", "Runtime", "load_manifest", "sha256_of"]
 
 logger = logging.getLogger("microfacs")
+MAX_BATCH = 32  # inputs per call at most (faces of one image): bounds the memory of one call
 
 
 class OnnxModel:
@@ -59,6 +60,15 @@ class OnnxModel:
 
     def run(self, tensor: np.ndarray) -> list[np.ndarray]:
         return self.session.run(None, {self.input_name: tensor})
+
+    def run_batch(self, tensor: np.ndarray) -> list[np.ndarray]:
+        """``run`` on N inputs stacked on the first axis, every output stacked the same way: calls of at most
+        ``MAX_BATCH`` when the graph's batch dimension is free, else one call per input."""
+        step = MAX_BATCH if self.batched else 1
+        if len(tensor) <= step:
+            return self.run(tensor)
+        parts = [self.run(tensor[i:i + step]) for i in range(0, len(tensor), step)]
+        return [np.concatenate(outputs) for outputs in zip(*parts)]
 
     def warm_up(self) -> None:
         shape = [d if isinstance(d, int) else 1 for d in self.input_shape]
