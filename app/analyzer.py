@@ -404,11 +404,18 @@ class Analyzer:
         if face_references is not None:
             for face, reference in zip(faces, face_references):
                 per_face[id(face)] = options if reference is None else self.with_reference(options, reference)
-        for name in chosen if analysed else ():
+        self.run_heads_on(analysed, chosen, [per_face[id(face)] for face in analysed], timings)
+
+    def run_heads_on(self, faces: list[FaceAnalysis], chosen: Sequence[str], options: Sequence[FaceOptions],
+                     timings: Timings) -> None:
+        """The ``chosen`` heads on ``faces`` (unfiltered; one options each), which may come from several images
+        (a video's frames): every face in one call per head where the head batches (``app.heads.get_all``).
+        Heads that read the irises need ``face.landmarks_v2`` already (``_run_irises``, on the face's image)."""
+        for name in chosen if faces else ():
             head = self.heads[name]
-            with timings.stage(head.field):  # every face in one call where the head batches (app/heads.py)
-                results = get_all(head, analysed, [per_face[id(face)] for face in analysed])
-            for face, result in zip(analysed, results):
+            with timings.stage(head.field):
+                results = get_all(head, faces, list(options))
+            for face, result in zip(faces, results):
                 face.outputs[name] = result
 
     def _run_irises(

@@ -155,6 +155,10 @@ class Settings(BaseSettings):
         "stops and the request gets 413 video_timeout (no partial result)"
     )
     video_decode_threads: int = Field(2, ge=1, le=16, description="FFmpeg decoder threads per clip")
+    video_batch_frames: int | None = Field(
+        None, ge=1, le=256, description="frames whose faces the AU and expression heads read in one call (unset: 16 "
+        "when MICROFACS_PROVIDERS puts the models on an accelerator, else 1); same results either way"
+    )
     # Tracking (app/video/tracking.py).
     video_redetect_every: int = Field(10, ge=1, description="analysed frames between full detections while tracked")
     video_confirm_hits: int = Field(3, ge=1, description="consecutive detector hits before a track is confirmed")

@@ -285,12 +285,13 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, help="another checkout of this service, served side by side")
     parser.add_argument("--rounds", type=int, default=3, help="side by side: rounds of --runs interleaved calls")
     parser.add_argument("--no-in-process", action="store_true", help="skip the per-stage in-process section")
+    parser.add_argument("--images", nargs="*", help="only these images (one_face_640x480, group_photo)")
     args = parser.parse_args()
     machine = platform.processor() or platform.machine()
     settings = Settings()
     print(f"machine: {machine}, {os.cpu_count()} cpus, python {platform.python_version()}")
     print(f"onnx threads per session: {settings.onnx_threads}, execution providers: {settings.providers}")
-    images = test_images()
+    images = {k: v for k, v in test_images().items() if not args.images or k in args.images}
     report: dict = {}
     if not args.no_in_process:
         report["in_process"] = bench_in_process(images, args.runs)

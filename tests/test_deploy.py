@@ -92,6 +92,21 @@ def test_kubernetes_manifests_match_their_schemas():
     assert kinds["Service"]["spec"]["selector"] == kinds["Deployment"]["spec"]["selector"]["matchLabels"]
 
 
+def test_kubernetes_gpu_example_requests_a_gpu():
+    """deploy/k8s/gpu/: a Deployment of the `gpu` image with an nvidia.com/gpu resource request, valid, apart from the
+    default manifests (`kubectl apply -f deploy/k8s/` does not pick it up)."""
+    import kubernetes_validate
+
+    (doc,) = [d for d in yaml.safe_load_all((K8S / "gpu" / "deployment.yaml").read_text()) if d]
+    kubernetes_validate.validate(doc, kubernetes_validate.utils.latest_version(), strict=True)
+    container = doc["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert {e["name"]: e.get("value") for e in container["env"]}["MICROFACS_PROVIDERS"] == "cuda,cpu"
+    assert container["image"].endswith("-gpu") and container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    cpu = next(d for _, d in k8s_documents() if d["kind"] == "Deployment")
+    assert doc["metadata"]["name"] != cpu["metadata"]["name"]
+
+
 def test_kubernetes_validation_is_strict():
     import kubernetes_validate
 
@@ -110,7 +125,8 @@ class Dockerfile:
     steps: list[tuple[str, str]] = field(default_factory=list)  # (INSTRUCTION, arguments), in order
 
     @classmethod
-    def parse(cls, text: str) -> Dockerfile:
+    def parse(cls, text: str, stage: str | None = None) -> Dockerfile:
+        """The steps of one build stage: ``stage`` (its ``AS`` name), or the last one (``docker build``'s default)."""
         steps, current = [], ""
         for raw in text.splitlines():
             line = raw.strip()
@@ -125,7 +141,10 @@ class Dockerfile:
             instruction, _, args = current.partition(" ")
             steps.append((instruction.upper(), args.strip()))
             current = ""
-        return cls(steps)
+        starts = [n for n, (instruction, _) in enumerate(steps) if instruction == "FROM"]
+        names = [steps[n][1].split()[-1] if " AS " in steps[n][1].upper() else "" for n in starts]
+        n = len(starts) - 1 if stage is None else names.index(stage)
+        return cls(steps[starts[n]:starts[n + 1] if n + 1 < len(starts) else None])
 
     def env(self) -> dict[str, str]:
         out = {}
@@ -161,6 +180,28 @@ def test_dockerfile_parses_to_the_expected_steps():
     assert "MICROFACS_WORKERS" in docker.last("CMD")
     copied = [a.split()[0] for i, a in docker.steps if i == "COPY"]
     assert "models" in copied and "app" in copied
+
+
+def test_dockerfile_gpu_target_runs_the_models_on_cuda():
+    """The `gpu` stage (no GPU nor container engine here: checked as text): a CUDA base, onnxruntime-gpu in place of
+    onnxruntime at a version the `gpu` extra allows, MICROFACS_PROVIDERS=cuda,cpu, the CPU image's command; and it is
+    not the default target (the CPU stage stays last)."""
+    import tomllib
+    from packaging.requirements import Requirement
+
+    text = (REPO / "Dockerfile").read_text()
+    gpu, cpu = Dockerfile.parse(text, "gpu"), Dockerfile.parse(text)
+    assert gpu.steps[0][1].startswith("nvidia/cuda:") and "cudnn" in gpu.steps[0][1]
+    assert cpu.steps[0][1].startswith("python:3.11-slim") and cpu.steps[0][1].endswith("AS cpu")
+    assert gpu.env()["MICROFACS_PROVIDERS"] == "cuda,cpu"
+    runs = " && ".join(args for instruction, args in gpu.steps if instruction == "RUN")
+    assert "pip uninstall -y onnxruntime" in runs
+    pinned = re.search(r'"onnxruntime-gpu==([\d.]+)"', runs)
+    extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["gpu"]
+    (wanted,) = [Requirement(r) for r in extra if r.startswith("onnxruntime-gpu")]
+    assert pinned and wanted.specifier.contains(pinned.group(1))
+    assert gpu.last("CMD") == cpu.last("CMD") and gpu.last("USER") == cpu.last("USER")
+    assert [a for i, a in gpu.steps if i == "COPY"] == [a for i, a in cpu.steps if i == "COPY"]
 
 
 @pytest.mark.slow

@@ -98,8 +98,8 @@ def differences(expected, actual, path: str = "", key: str = "") -> list[str]:
         return [] if expected == actual else [f"{path}: {expected!r} != {actual!r}"]
     if isinstance(expected, (int, float)) and isinstance(actual, (int, float)) and not isinstance(actual, bool):
         tolerance = PIXELS if key in PIXEL_KEYS else DEGREES if key in ANGLE_KEYS else UNIT
-        if key in ("face_id",) or (isinstance(expected, int) and key in ("width", "height") and path.startswith(".image")):
-            tolerance = 0
+        if key == "face_id" or (key in ("width", "height") and path.startswith(".image")):
+            tolerance = 0  # counts and the image's own size: exact
         return [] if math.isclose(expected, actual, abs_tol=tolerance) else [f"{path}: {expected} != {actual}"]
     return [f"{path}: {expected!r} != {actual!r}"]
 

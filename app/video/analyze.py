@@ -47,6 +47,10 @@ from app.video.events import track_events
 from app.video.tracking import FrameRecord, Track, Tracker
 
 FrameCallback = Callable[[int, float, np.ndarray, list[tuple[int, FrameRecord]]], None]
+# On an accelerator (MICROFACS_PROVIDERS=cuda...), the AU and expression heads read the faces of this many frames in
+# one call (app/video/tracking.py: Tracker.flush); on the CPU each frame's faces are one call (a batch of frames
+# gains little there). MICROFACS_VIDEO_BATCH_FRAMES overrides both.
+DEVICE_BATCH_FRAMES = 16
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,15 @@ class VideoAnalyzer:
         self.analyzer._chosen_heads(heads)  # unknown heads are a 422 before anything is decoded
         return VideoOptions(face=face, every=every, series=series, heads=tuple(heads), max_frames=max_frames,
                             baseline=baseline)
+
+    @property
+    def batch_frames(self) -> int:
+        """Frames whose faces the heads read in one call (``MICROFACS_VIDEO_BATCH_FRAMES``; by default
+        ``DEVICE_BATCH_FRAMES`` when the models run on an accelerator, else 1: each frame on its own)."""
+        if self.settings.video_batch_frames is not None:
+            return self.settings.video_batch_frames
+        runtime = getattr(self.analyzer.models, "runtime", None)
+        return DEVICE_BATCH_FRAMES if runtime is not None and runtime.on_device else 1
 
     @property
     def limits(self) -> VideoLimits:
@@ -165,6 +178,7 @@ class VideoAnalyzer:
             redetect_every=s.video_redetect_every,
             confirm_hits=s.video_confirm_hits,
             max_lost_s=s.video_max_lost_s,
+            batch_frames=1 if on_frame is not None else self.batch_frames,  # on_frame reads each frame's heads
         )
         timings = tracker.timings
         start = time.perf_counter()
