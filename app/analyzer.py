@@ -31,13 +31,14 @@ from typing import Any
 import cv2
 import numpy as np
 
-from app import respond
+from app import prototypes, respond
 from app.align import AlignedFace, align_face
+from app.blendshape_aus import MAP_VERSION
 from app.decode import DecodeMemory, ImageLimits, decode_image
 from app.detect import FaceDetector
 from app.errors import ApiError
 from app.filters import OcclusionVerdict, filter_reasons
-from app.heads import AuHead, Head, build_heads, get_all
+from app.heads import AuHead, Head, OpenAuHead, build_heads, get_all
 from app.landmarks import LandmarkStage, roi_from_detection, roi_from_landmarks
 from app.model_zoo.blazeface import Detection
 from app.model_zoo.expression import PRIORS, ExpressionResult
@@ -50,6 +51,8 @@ from app.reference import (
     log_probs,
     not_neutral,
     reference_expression,
+    relative_au_probability,
+    relative_expression,
 )
 from app.registry import ModelRegistry
 from app.schemas import AnalysisResponse
@@ -182,10 +185,17 @@ class Analyzer:
         self.landmarks = self.landmarks_v2 if self.settings.landmark_model == "v2" else LandmarkStage(models.mesh)
         self.pitch_offset = PITCH_OFFSET_DEG_V2 if self.settings.landmark_model == "v2" else PITCH_OFFSET_DEG
         self.heads: dict[str, Head] = build_heads(models, self.settings)
-        thresholds = models.occlusion.thresholds
+        # The open profile has no occlusion network: no region is scored, so the filter never marks a face
+        # (GET /version says so: filters.occlusion = false).
+        thresholds = models.occlusion.thresholds if models.occlusion is not None else {}
         if self.settings.occlusion_threshold is not None:  # one setting overrides every region's threshold
             thresholds = {region: self.settings.occlusion_threshold for region in thresholds}
         self.occlusion_thresholds = thresholds
+
+    @property
+    def profile(self) -> str:
+        """The model profile this analyzer serves (``MICROFACS_PROFILE``: app/profiles.py)."""
+        return self.models.profile
 
     # -- the in-process API -------------------------------------------------------------------------------
 
@@ -222,7 +232,9 @@ class Analyzer:
         if reference is not None:
             options = self.with_reference(options, reference)
         analysis = self.run(self._source(source, channel_order), options, heads)
-        return respond.analysis_response(uuid.uuid4().hex, analysis, include_landmarks=landmarks)
+        response = respond.analysis_response(uuid.uuid4().hex, analysis, include_landmarks=landmarks)
+        response.profile = self.profile
+        return response
 
     def reference(
         self,
@@ -255,25 +267,65 @@ class Analyzer:
             reading = self.face_reading(analysis.image, face)
             logs.append(reading.log_probs)
             aus.append(reading.au_probability)
-        if not_neutral(self.models.expression, np.array(logs)):
+        if self._not_neutral(np.array(logs), np.array(aus)):
             warnings.append("reference_not_neutral: the reference does not read as neutral; the readings are "
                             "relative to the expression it shows")
         return Reference.average(np.array(logs), np.array(aus), self.reference_models(), warnings)
 
     def face_reading(self, image: np.ndarray, face: FaceAnalysis) -> FaceReading:
         """What a reference keeps of one face (its expression log-probabilities under FER+'s prior, each AU's
-        probability as the AU head gives it): for ``reference`` and automatic baselines (``app.reference``)."""
-        probs, _ = self.models.expression.read(face.aligned)
+        probability as the AU head gives it): for ``reference`` and automatic baselines (``app.reference``).
+        Open profile: the prototype scores of its AUs, and its AU values (app/blendshape_aus.py)."""
         self._run_irises(image, [face], ("au",), Timings())
+        if self.profile == "open":
+            open_au: OpenAuHead = self.heads["au"]  # type: ignore[assignment]
+            reading = open_au.reading(face)
+            scores = prototypes.read(reading.values, reading.sides).scores
+            return FaceReading(log_probs(np.array(list(scores.values()))), reading.vector)
+        probs, _ = self.models.require(self.models.expression, "expression network").read(face.aligned)
         au: AuHead = self.heads["au"]  # type: ignore[assignment]
         return FaceReading(log_probs(probs), au.probability(face)[0])
 
     def reference_models(self) -> dict[str, str]:
-        """The versions a reference depends on: the expression network and whatever gives the AU probabilities."""
-        models = {"expression": self.models.expression.version, "au_detector": self.models.au.version}
+        """The versions a reference depends on: the expression network and whatever gives the AU probabilities
+        (open profile: the blendshape model and the version of the AU map and rules)."""
+        if self.profile == "open":
+            return {"face_blendshapes": self.models.blendshapes.version, "blendshape_aus": MAP_VERSION}
+        models = {"expression": self.models.require(self.models.expression, "expression network").version,
+                  "au_detector": self.models.require(self.models.au, "AU detector").version}
         if self.settings.au_model == "fused" and self.models.au_fusion is not None:
             models["au_fusion"] = self.models.au_fusion.version
         return models
+
+    # -- the reference's readings, per profile (the research profile's rule is app/reference.py's) ------------------
+
+    def _not_neutral(self, logs: np.ndarray, aus: np.ndarray) -> bool:
+        """Whether the reference faces read as clearly not neutral (then a warning)."""
+        if self.profile == "open":  # the neutral prototype does not fit their mean AU values
+            return not prototypes.is_neutral(np.mean(aus, axis=0))
+        return not_neutral(self.models.require(self.models.expression, "expression network"), logs)
+
+    def reference_reading(self, reference: Reference, prior: str) -> ExpressionResult:
+        """The reference's own absolute reading (research: of its mean log-probabilities, under ``prior``; open:
+        the prototypes on its mean AU values)."""
+        if self.profile == "open":
+            return prototypes.read_vector(reference.au_probability)
+        return reference_expression(self.models.require(self.models.expression, "expression network"), reference,
+                                    prior)
+
+    def relative_reading(self, expression_probs: np.ndarray | None, au_probability: np.ndarray | None,
+                         reference: Reference, prior: str) -> ExpressionResult | None:
+        """A face's expression relative to ``reference`` from what a video frame keeps of it (the expression
+        network's probabilities, FER+ prior; the AU head's probabilities, its order); None when that is missing.
+        Open profile: the prototypes on the AU values relative to the reference's (the face's sides unknown)."""
+        if self.profile == "open":
+            if au_probability is None:
+                return None
+            return prototypes.read_vector(relative_au_probability(au_probability, reference))
+        if expression_probs is None:
+            return None
+        model = self.models.require(self.models.expression, "expression network")
+        return relative_expression(model, expression_probs, 0.0, reference, prior)
 
     def with_reference(self, options: FaceOptions, reference: Reference) -> FaceOptions:
         """``options`` that read every face relative to ``reference``; a reference these models cannot use
@@ -380,7 +432,7 @@ class Analyzer:
                   options: FaceOptions) -> ImageAnalysis:
         reading = None
         if options.reference is not None:
-            reading = reference_expression(self.models.expression, options.reference, options.expression_prior)
+            reading = self.reference_reading(options.reference, options.expression_prior)
         return ImageAnalysis(image=image, faces=faces, heads=chosen, timings=timings, reference=options.reference,
                              reference_reading=reading)
 
@@ -465,11 +517,15 @@ class Analyzer:
                 poses.append(head_pose(mesh.landmarks[:468], self.pitch_offset))
             with timings.stage("align"):
                 crops.append(align_face(image, mesh.landmarks[:468]))
-        with timings.stage("occlusion"):
-            scores = self.models.occlusion.predict_batch(crops)
+        network = self.models.occlusion
+        if network is None:  # open profile: no occlusion network, nothing scored
+            scores: list[dict[str, float]] = [{} for _ in crops]
+        else:
+            with timings.stage("occlusion"):
+                scores = network.predict_batch(crops)
         previous = previous_landmarks if previous_landmarks is not None else [None] * len(meshes)
-        return [self._face(image, detection, options, mesh, pose, aligned, occlusion, before)
-                for detection, mesh, pose, aligned, occlusion, before
+        return [self._face(image, detection, options, mesh, pose, aligned, region_scores, before)
+                for detection, mesh, pose, aligned, region_scores, before
                 in zip(detections, meshes, poses, crops, scores, previous)]
 
     def _face(
@@ -484,7 +540,8 @@ class Analyzer:
         previous_landmarks: np.ndarray | None,
     ) -> FaceAnalysis:
         landmarks, landmarks_v2 = mesh.landmarks[:468], (mesh.landmarks if len(mesh.landmarks) > 468 else None)
-        occlusion = OcclusionVerdict(scores=scores, thresholds=self.occlusion_thresholds)
+        thresholds = {} if self.models.occlusion is None else self.occlusion_thresholds
+        occlusion = OcclusionVerdict(scores=scores, thresholds=thresholds)
         reasons = filter_reasons(
             pose,
             occlusion,

@@ -42,9 +42,10 @@ async def send_error(
 ) -> None:
     """The same JSON error, sent by an ASGI middleware that answers before the app runs (no Request there)."""
     request_id = scope.get("state", {}).get("request_id", "")
-    body = json.dumps({"error": {"code": error.code, "message": error.message}, "request_id": request_id}).encode()
-    start = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]
-    start += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in error.headers.items()]
+    body = json.dumps({"error": {"code": error.code, "message": error.message}, "request_id": request_id},
+                      ensure_ascii=False, separators=(",", ":")).encode()  # JSONResponse's bytes
+    start = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in error.headers.items()]
+    start += [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json"), *headers]
     await send({"type": "http.response.start", "status": error.status, "headers": start})
     await send({"type": "http.response.body", "body": body})
 

@@ -16,7 +16,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from app import prototypes
 from app.activation import activations
+from app.blendshape_aus import OPEN_AUS, BlendshapeReading
+from app.blendshape_aus import action_units as blendshape_units
 from app.gaze import Gaze, gaze
 from app.model_zoo.au_detector import ActionUnit, AuDetector
 from app.model_zoo.au_fusion import AuFusion
@@ -158,20 +161,84 @@ def get_all(head: Head, faces: list[FaceAnalysis], options: list[FaceOptions]) -
 
 
 def au_head(models: ModelRegistry, settings: Settings) -> AuHead:
+    detector = models.require(models.au, "AU detector")
     if settings.au_model != "fused":
-        return AuHead(models.au)
+        return AuHead(detector)
     if models.au_fusion is None:  # a registry built for other settings
         raise ModelError("MICROFACS_AU_MODEL=fused, but the models were loaded without the AU fusion")
-    return AuHead(models.au, models.au_fusion, models.blendshapes)
+    return AuHead(detector, models.au_fusion, models.blendshapes)
 
 
 HEADS: dict[str, Callable[[ModelRegistry, Settings], Head]] = {  # in this order: the AU head reads the blendshapes
     "blendshapes": lambda models, settings: BlendshapeHead(models.blendshapes),
     "gaze": lambda models, settings: GazeHead(),
     "au": au_head,
-    "expression": lambda models, settings: ExpressionHead(models.expression),
+    "expression": lambda models, settings: ExpressionHead(models.require(models.expression, "expression network")),
 }
 
 
+# --- The open profile's heads (MICROFACS_PROFILE=open: app/profiles.py, models/OPEN_PROFILE.md) --------------------
+# No network of ours: the AUs are read from the blendshapes by a fixed map (app/blendshape_aus.py), the expression
+# from those AUs by the EMFACS prototypes (app/prototypes.py). Same names, fields and result types as research's.
+
+OWN_BLENDSHAPES = "_blendshapes"  # face.outputs key: the face's blendshapes, computed once for both open heads
+
+
+def face_blendshapes(face: FaceAnalysis, model: FaceBlendshapes) -> dict[str, float]:
+    """The face's blendshapes: the blendshape head's (when the call asked for them), else computed once and kept."""
+    shapes = face.outputs.get("blendshapes") or face.outputs.get(OWN_BLENDSHAPES)
+    if shapes is None:
+        shapes = face.outputs[OWN_BLENDSHAPES] = model.predict(irises_required(face))
+    return shapes
+
+
+@dataclass(frozen=True)
+class OpenAuHead:
+    """Action Units from the blendshapes: value = probability = activation, present from FACS grade B, the region
+    map's box when present; with a reference, relative to it by the same noisy-OR as research's AU head."""
+
+    model: FaceBlendshapes
+    field: str = "action_units"
+    needs_irises: bool = True
+
+    def reading(self, face: FaceAnalysis) -> BlendshapeReading:
+        """The face's AU values (``OPEN_AUS`` order: ``.vector`` is what a reference keeps) and left/right sides."""
+        return BlendshapeReading.of(face_blendshapes(face, self.model))
+
+    def get(self, face: FaceAnalysis, options: FaceOptions) -> list[ActionUnit]:
+        reading = self.reading(face)
+        if options.reference is None:
+            return blendshape_units(reading.values, face.landmarks, reading.sides)
+        relative = relative_au_probability(reading.vector, options.reference)
+        return blendshape_units(dict(zip(OPEN_AUS, relative)), face.landmarks, reading.sides, reading.values)
+
+
+@dataclass(frozen=True)
+class OpenExpressionHead:
+    """The expression by the EMFACS prototypes on the face's AUs (relative to the reference's, with one)."""
+
+    model: FaceBlendshapes
+    field: str = "expression"
+    needs_irises: bool = True
+
+    def get(self, face: FaceAnalysis, options: FaceOptions) -> ExpressionResult:
+        reading = BlendshapeReading.of(face_blendshapes(face, self.model))
+        absolute = prototypes.read(reading.values, reading.sides)
+        if options.reference is None:
+            return absolute
+        relative = relative_au_probability(reading.vector, options.reference)
+        return replace(prototypes.read_vector(relative, reading.sides), reference=True, absolute=absolute)
+
+
+OPEN_HEADS: dict[str, Callable[[ModelRegistry, Settings], Head]] = {  # the same names, in the same order
+    "blendshapes": lambda models, settings: BlendshapeHead(models.blendshapes),
+    "gaze": lambda models, settings: GazeHead(),
+    "au": lambda models, settings: OpenAuHead(models.blendshapes),
+    "expression": lambda models, settings: OpenExpressionHead(models.blendshapes),
+}
+# --- end of the open profile's heads ------------------------------------------------------------------------------
+
+
 def build_heads(models: ModelRegistry, settings: Settings) -> dict[str, Head]:
-    return {name: make(models, settings) for name, make in HEADS.items()}
+    heads = OPEN_HEADS if models.profile == "open" else HEADS
+    return {name: make(models, settings) for name, make in heads.items()}

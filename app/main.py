@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 
 from app import __version__
@@ -19,12 +20,14 @@ from app.metrics import AccessMiddleware, Metrics
 from app.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from app.model_zoo.base import load_manifest
 from app.persons import PersonStore
+from app.profiles import ProfileHeaderMiddleware, profile_manifest
 from app.registry import ModelRegistry
 from app.render_http import RENDER_RESPONSES, RenderMiddleware, render_option
 from app.routes import faces, health, metrics, persons, video
 from app.routes.demo import install_demo
+from app.routes.health import HealthzMiddleware
 from app.schemas import ErrorResponse
-from app.security import ProtectedPathsMiddleware, SecurityHeadersMiddleware, configured_keys, require_api_key
+from app.security import ApiKeyMiddleware, SecurityHeadersMiddleware, configured_keys, require_api_key
 from app.settings import Settings, get_settings
 
 ANALYSIS_ROUTERS = [faces.router]
@@ -39,6 +42,8 @@ Limits (settings, env prefix `MICROFACS_`), checked before the image is decoded:
 at least {min_image_side} px per side; JPEG, PNG, WebP, BMP. `GET /version` publishes them too.
 
 Every error is `{{"error": {{"code", "message"}}, "request_id"}}` with a 4xx status for the client's fault.
+Model profile: **{profile}** (`MICROFACS_PROFILE`; every response's `X-MicroFACS-Profile` header says it): `research`
+serves research-use-only networks, `open` only models licensed for commercial use (models/OPEN_PROFILE.md).
 Expression outputs say what a face *appears to show*; they are not a reading of anyone's feelings.
 """
 
@@ -78,7 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         },
     )
     app.state.settings = settings
-    app.state.manifest = load_manifest(settings.models_dir)
+    app.state.manifest = profile_manifest(load_manifest(settings.models_dir), settings.profile)  # its models only
     app.state.ready = False
     app.state.stopping = threading.Event()  # set at shutdown: long analyses stop (app/lifecycle.py)
     admission = Admission(settings.max_in_flight, settings.queue_limit, settings.request_timeout_s,
@@ -113,16 +118,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     shed_paths.add("/persons")  # POST: enrolment reads photos
     # bounds the uploads before their body is read; the analysis place is taken after it (Admission.run)
     app.add_middleware(AdmissionMiddleware, admission=admission, paths=shed_paths)
+    # Cheap answers before the admission and FastAPI layers (floods: BENCHMARKS.md "Floods"): GET /healthz,
+    # and the 401 of a wrong or missing key.
+    app.add_middleware(HealthzMiddleware)
+    if configured_keys(settings):
+        guarded = {route.path: route for r in [*ANALYSIS_ROUTERS, video.router, persons.router] for route in r.routes
+                   if isinstance(route, APIRoute) and "POST" in (route.methods or ())}
+        app.add_middleware(ApiKeyMiddleware, keys=configured_keys(settings), routes=guarded,
+                           prefixes=() if settings.public_docs else ApiKeyMiddleware.PROTECTED_PREFIXES,
+                           failure_delay_s=settings.auth_failure_delay_s)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"]
         )
-    if configured_keys(settings) and not settings.public_docs:
-        app.add_middleware(ProtectedPathsMiddleware, keys=configured_keys(settings))
     app.add_middleware(CancelledRequestMiddleware)  # 503 shutting_down when uvicorn cancels a request
     app.add_middleware(SecurityHeadersMiddleware)  # on every answer, the other middlewares' included
     app.add_middleware(AccessMiddleware, metrics=app.state.metrics)  # metrics and the access log: every answer
     app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(ProfileHeaderMiddleware, profile=settings.profile)  # X-MicroFACS-Profile on every answer
     return app
 
 

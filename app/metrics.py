@@ -94,6 +94,19 @@ class AccessMiddleware:
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app, self.metrics = app, metrics
+        # (method, route, status) -> the counter's and the histogram's children: prometheus_client's labels()
+        # locks and builds them on every call. Bounded: uvicorn's parser knows a fixed set of methods, routes
+        # are templates ("unmatched" for the rest), statuses are a few dozen.
+        self._series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+    def _observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        series = self._series.get((method, route, status))
+        if series is None:
+            labels = (method, route, str(status))
+            series = self._series[(method, route, status)] = (self.metrics.requests.labels(*labels),
+                                                               self.metrics.latency.labels(*labels))
+        series[0].inc()
+        series[1].observe(seconds)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -123,13 +136,13 @@ class AccessMiddleware:
         finally:
             seconds = time.perf_counter() - start
             method, route = scope.get("method", ""), route_of(scope)
-            # the caller's address: behind a proxy, uvicorn's --proxy-headers puts X-Forwarded-For's here
-            client = (scope.get("client") or ("", 0))[0]
-            self.metrics.requests.labels(method, route, str(status)).inc()
-            self.metrics.latency.labels(method, route, str(status)).observe(seconds)
-            access_log.info(
-                "%s %s %s %.1f ms", method, route, status, seconds * 1000.0,
-                extra={"access": {"method": method, "route": route, "status": status, "client": client,
-                                  "duration_ms": round(seconds * 1000.0, 2), "faces": state.get("faces"),
-                                  "bytes_in": bytes_in}},
-            )
+            self._observe(method, route, status, seconds)
+            if access_log.isEnabledFor(logging.INFO):  # MICROFACS_LOG_FORMAT=json; skip building the line else
+                # the caller's address: behind a proxy, uvicorn's --proxy-headers puts X-Forwarded-For's here
+                client = (scope.get("client") or ("", 0))[0]
+                access_log.info(
+                    "%s %s %s %.1f ms", method, route, status, seconds * 1000.0,
+                    extra={"access": {"method": method, "route": route, "status": status, "client": client,
+                                      "duration_ms": round(seconds * 1000.0, 2), "faces": state.get("faces"),
+                                      "bytes_in": bytes_in}},
+                )

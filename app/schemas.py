@@ -30,6 +30,9 @@ class GazeOut(BaseModel):
     combined: GazeAngles = Field(description="the mean direction of both eyes")
 
 
+PROFILE_FIELD = "the model profile that served it (MICROFACS_PROFILE): research or open (models/OPEN_PROFILE.md)"
+
+
 class OptIn(BaseModel):
     """A model whose ``opt_in`` fields are in its JSON only when they were set: the per-face fields a call
     asks for (null when the face is filtered), so that responses without ?blendshapes=true / ?gaze=true keep
@@ -103,7 +106,7 @@ FaceT = TypeVar("FaceT", bound=Face)
 class AnalysisResponse(OptIn, Generic[FaceT]):
     """What every analysis endpoint returns; the face type says which per-face results it carries."""
 
-    opt_in = ("reference",)
+    opt_in = ("reference", "profile")
 
     request_id: str
     image: ImageInfo
@@ -113,6 +116,7 @@ class AnalysisResponse(OptIn, Generic[FaceT]):
         None, description="only when the call gave a reference (multipart `reference` or ?person=): the "
         "person's neutral face every face was read against"
     )
+    profile: str | None = Field(None, description=PROFILE_FIELD)
 
     def to_dataframe(self, frame: int = 1, timestamp: float = 0.0, source: str = "") -> Any:
         """One row per face (a frame without a face: one ``success=0`` row) with the OpenFace-style
@@ -136,8 +140,10 @@ class ActionUnitOut(OptIn):
     au: str = Field(description="FACS code, e.g. AU12")
     name: str = Field(description="FACS name, e.g. Lip Corner Puller")
     probability: float = Field(ge=0.0, le=1.0, description="the AU detector's score for this AU on this face; with a "
-                               "reference, the probability that the AU is active beyond the person's neutral face")
-    present: bool = Field(description="probability >= the AU's threshold (chosen on subject-wise cross-validation)")
+                               "reference, the probability that the AU is active beyond the person's neutral face. "
+                               "Open profile: the AU's value from the blendshapes (0..1, not calibrated)")
+    present: bool = Field(description="probability >= the AU's threshold (chosen on subject-wise cross-validation; "
+                          "open profile: 0.4, FACS grade B, for every AU)")
     box: Box | None = Field(None, description="the AU's region in original image pixels; null when absent")
     activation: float | None = Field(
         None, ge=0.0, le=1.0, description="with ?blendshapes=true only, for AUs with a matching blendshape: the "
@@ -206,6 +212,7 @@ class PersonOut(BaseModel):
     models: dict[str, str] = Field(description="the model versions the reference was made with")
     expression: ExpressionOut = Field(description="how the reference itself reads (absolute)")
     warnings: list[str] = Field(description="as in an analysis response's `reference.warnings`")
+    profile: str | None = Field(None, description=PROFILE_FIELD)
 
 
 class ErrorDetail(BaseModel):
@@ -284,7 +291,8 @@ class Defaults(BaseModel):
     max_faces: int
     min_face_size: int
     prior: str = Field(description="the expression scores' class prior: balanced or ferplus")
-    au_model: str = Field("detector", description="AU decisions: detector, or fused (with the blendshapes)")
+    au_model: str = Field("detector", description="AU decisions: detector, or fused (with the blendshapes); "
+                          "blendshapes in the open profile")
 
 
 class ExecutionInfo(BaseModel):
@@ -301,7 +309,14 @@ class VersionResponse(BaseModel):
     models: dict[str, ModelInfo]
     limits: Limits
     defaults: Defaults
-    execution: ExecutionInfo | None = Field(None, description="null while the models load")
+    profile: str = Field("research", description="the model profile (MICROFACS_PROFILE): research (every model; "
+                         "the AU, expression and occlusion networks are research use only) or open (only models "
+                         "licensed for commercial use, listed in `models`): models/OPEN_PROFILE.md")
+    filters: dict[str, bool] | None = Field(
+        None, description="which pre-filters this profile has (side_face, occlusion): the open profile has no "
+        "occlusion network, so its `occlusion_filter` never marks a face"
+    )
+    execution: ExecutionInfo | None = Field(None, description="where the models run; null while they load")
 
 
 # --- Video analysis (POST /analyze-video) ---------------------------------------------------------------
@@ -377,3 +392,4 @@ class VideoAnalysisResponse(BaseModel):
     video: VideoInfo
     tracks: list[VideoTrack]
     timings_ms: dict[str, float] = Field(description="milliseconds per stage, summed over the clip")
+    profile: str | None = Field(None, description=PROFILE_FIELD)

@@ -4,16 +4,18 @@ Keys (``MICROFACS_API_KEY``, and ``MICROFACS_API_KEYS`` for several at once, e.g
 sends one as ``X-API-Key: <key>`` or ``Authorization: Bearer <key>``; it is compared with every configured
 key in constant time (``hmac.compare_digest``). Both schemes are declared in OpenAPI's ``securitySchemes``,
 so /docs' "Authorize" button can send the key. The analysis routes check it (``require_api_key``) before
-the upload is read. /healthz and /readyz are always public (probes); /metrics is public on the pod port
-(README: not exposed by the proxy); /docs, /redoc, /openapi.json, /demo and /version are public unless
-``MICROFACS_PUBLIC_DOCS=false`` (``ProtectedPathsMiddleware``): they reveal the API's shape, the limits and
-the models' versions and hashes, no data.
+the upload is read, and ``ApiKeyMiddleware`` refuses a wrong or missing key before the rest of the app runs
+(cheap to refuse: floods of wrong keys, BENCHMARKS.md "Floods"). /healthz and /readyz are always public
+(probes); /metrics is public on the pod port (README: not exposed by the proxy); /docs, /redoc, /openapi.json,
+/demo and /version are public unless ``MICROFACS_PUBLIC_DOCS=false`` (then ``ApiKeyMiddleware`` guards them
+too): they reveal the API's shape, the limits and the models' versions and hashes, no data.
 """
 from __future__ import annotations
 
 import hmac
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
+import anyio
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -42,11 +44,18 @@ def key_is_valid(given: str | None, keys: Sequence[str]) -> bool:
     return matched
 
 
-def key_from_headers(headers: dict[bytes, bytes]) -> str | None:
-    """The key a raw ASGI request sends, for the middleware (the dependencies below use FastAPI's schemes)."""
-    if b"x-api-key" in headers:
-        return headers[b"x-api-key"].decode("latin-1")
-    scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+def key_from_headers(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The key a raw ASGI request sends (its ``scope["headers"]``), read as the dependencies below read it: a
+    non-empty ``X-API-Key`` (the first one), else the token of ``Authorization: Bearer <token>``."""
+    api_key = authorization = None
+    for name, value in headers:
+        if name == b"x-api-key" and api_key is None:
+            api_key = value
+        elif name == b"authorization" and authorization is None:
+            authorization = value
+    if api_key:
+        return api_key.decode("latin-1")
+    scheme, _, token = (authorization or b"").decode("latin-1").partition(" ")
     return token.strip() if scheme.lower() == "bearer" else None
 
 
@@ -67,27 +76,42 @@ def presented_key(request: Request) -> str | None:
     what scopes a tenant's enrolled persons (app/persons.py)."""
     if not configured_keys(request.app.state.settings):
         return None
-    return key_from_headers({k.lower(): v for k, v in request.headers.raw})
+    return key_from_headers((k.lower(), v) for k, v in request.headers.raw)
 
 
-class ProtectedPathsMiddleware:
-    """With ``MICROFACS_PUBLIC_DOCS=false`` and a key set: the docs, the demo (page and its scripts) and
-    /version need the key too. Installed only then."""
+class ApiKeyMiddleware:
+    """Refuses a request without a valid key before anything else in the app runs for it, with the same 401 as
+    ``require_api_key`` (the middlewares outside this one add the request id, the security headers and the
+    metrics; the route's template is set for the metrics' ``route`` label). Guards the POSTs to the analysis
+    ``routes`` (path -> route) and, with ``MICROFACS_PUBLIC_DOCS=false``, every request under ``prefixes`` (the
+    docs, the demo and its scripts, /version). Installed only when a key is set, inside CORS (a preflight
+    carries no key, and a 401 to a browser needs its CORS headers) and outside the admission, body-limit and
+    FastAPI layers: a flood of wrong keys costs a header scan and a constant-time compare per request, holds
+    no admission place, and no upload byte is read. With ``failure_delay_s`` (``MICROFACS_AUTH_FAILURE_DELAY_S``)
+    the 401 is sent that much later: a client flooding wrong keys over a few keep-alive connections (requests on
+    one connection are served one after another) gets a few answers a second per connection. The routes keep
+    ``require_api_key`` as well (OpenAPI's security schemes, and a second check)."""
 
-    PREFIXES = ("/docs", "/redoc", "/openapi.json", "/static", "/demo", "/version")
+    PROTECTED_PREFIXES = ("/docs", "/redoc", "/openapi.json", "/static", "/demo", "/version")
 
-    def __init__(self, app: ASGIApp, keys: Sequence[str]) -> None:
-        self.app, self.keys = app, list(keys)
+    def __init__(self, app: ASGIApp, keys: Sequence[str], routes: Mapping[str, object],
+                 prefixes: tuple[str, ...] = (), failure_delay_s: float = 0.0) -> None:
+        self.app, self.keys, self.routes, self.prefixes = app, list(keys), dict(routes), prefixes
+        self.failure_delay_s = failure_delay_s  # MICROFACS_AUTH_FAILURE_DELAY_S: the 401 waits this long
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "")
-        if scope["type"] != "http" or not path.startswith(self.PREFIXES):
-            await self.app(scope, receive, send)
-            return
-        if key_is_valid(key_from_headers(dict(scope["headers"])), self.keys):
-            await self.app(scope, receive, send)
-            return
-        await send_error(scope, send, ApiError(401, "unauthorized", UNAUTHORIZED, headers=CHALLENGE))
+        if scope["type"] == "http":
+            path = scope["path"]
+            route = self.routes.get(path) if scope["method"] == "POST" else None
+            if ((route is not None or (self.prefixes and path.startswith(self.prefixes)))
+                    and not key_is_valid(key_from_headers(scope["headers"]), self.keys)):
+                if route is not None:
+                    scope["route"] = route  # the metrics' route label, as when the route answered
+                if self.failure_delay_s:  # a timer, no thread: the event loop serves the others meanwhile
+                    await anyio.sleep(self.failure_delay_s)
+                await send_error(scope, send, ApiError(401, "unauthorized", UNAUTHORIZED, headers=CHALLENGE))
+                return
+        await self.app(scope, receive, send)
 
 
 # Content-Security-Policy per kind of page: the API answers JSON or PNG and embeds nothing; the demo runs

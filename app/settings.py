@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +34,12 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MICROFACS_", env_file=None)
 
     models_dir: Path = Field(default_factory=default_models_dir, description="the ONNX files and manifest.json")
+    # --- Model profile (app/profiles.py) ---
+    profile: Literal["research", "open"] = Field(
+        "research", description="research: every model (AU detector, expression and occlusion networks: research use "
+        "only); open: only models whose weights and training data allow commercial use (MediaPipe, Apache-2.0), AUs "
+        "and expression from the blendshapes by published rules, no occlusion filter (models/OPEN_PROFILE.md)"
+    )
     onnx_threads: int = Field(1, ge=1, description="intra-op threads per ONNX session")
     # --- Execution providers (app/providers.py) ---
     providers: str = Field(
@@ -184,7 +190,7 @@ class Settings(BaseSettings):
     # Per worker. Beyond max_in_flight running + max_queue waiting, analysis requests get 503 "overloaded" with
     # Retry-After at once; a request still waiting request_timeout_s after it arrived gets it too.
     max_in_flight: int = Field(
-        default_factory=usable_cpus, ge=1, description="analyses running at once (default: usable CPUs)"
+        default_factory=usable_cpus, ge=1, description="analyses running at once (default: usable CPUs / workers)"
     )
     max_queue: int | None = Field(None, ge=0, description="requests waiting for a slot (default: max_in_flight)")
     request_timeout_s: float = Field(
@@ -219,6 +225,26 @@ class Settings(BaseSettings):
     def upload_limit(self) -> int:
         return 4 * (self.max_in_flight + self.queue_limit) if self.max_uploads is None else self.max_uploads
     # --- end of uploads and shutdown -------------------------------------------------------------------------
+
+    # --- Floods (BENCHMARKS.md "Floods"): worker processes, refused keys -----------------------------------------
+    workers: int = Field(
+        1, ge=1, description="uvicorn worker processes (the image passes it to `uvicorn --workers`): each has its own "
+        "event loop, so more workers use more cores for the request path and floods; each loads the models (memory "
+        "x N) and has its own admission limits, so the default max_in_flight is the usable CPUs divided by it"
+    )
+
+    auth_failure_delay_s: float = Field(
+        0.0, ge=0.0, le=10.0, description="a wrong or missing API key gets its 401 this much later (0: at once); "
+        "a client that floods wrong keys over a few connections then sends a few per second per connection, "
+        "while other requests go on being served"
+    )
+
+    @model_validator(mode="after")
+    def _split_cpus_between_workers(self) -> Settings:
+        if "max_in_flight" not in self.model_fields_set:
+            self.max_in_flight = max(1, usable_cpus() // self.workers)
+        return self
+    # --- end of floods ------------------------------------------------------------------------------------------
 
 
 @lru_cache

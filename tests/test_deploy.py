@@ -125,8 +125,18 @@ class Dockerfile:
     steps: list[tuple[str, str]] = field(default_factory=list)  # (INSTRUCTION, arguments), in order
 
     @classmethod
-    def parse(cls, text: str, stage: str | None = None) -> Dockerfile:
-        """The steps of one build stage: ``stage`` (its ``AS`` name), or the last one (``docker build``'s default)."""
+    def parse(cls, text: str, target: str | None = None) -> Dockerfile:
+        """The steps of one build stage: ``target`` (``FROM ... AS target``), or the last one (the default target).
+        Each stage of ours starts from the base image (no stage builds on another)."""
+        stages = cls._parse(text)
+        if target is None:
+            return cls(stages[-1])
+        named = [steps for steps in stages if steps[0][1].split()[-1] == target and " AS " in steps[0][1].upper()]
+        assert len(named) == 1, f"no stage {target!r} in the Dockerfile"
+        return cls(named[0])
+
+    @staticmethod
+    def _parse(text: str) -> list[list[tuple[str, str]]]:
         steps, current = [], ""
         for raw in text.splitlines():
             line = raw.strip()
@@ -141,10 +151,8 @@ class Dockerfile:
             instruction, _, args = current.partition(" ")
             steps.append((instruction.upper(), args.strip()))
             current = ""
-        starts = [n for n, (instruction, _) in enumerate(steps) if instruction == "FROM"]
-        names = [steps[n][1].split()[-1] if " AS " in steps[n][1].upper() else "" for n in starts]
-        n = len(starts) - 1 if stage is None else names.index(stage)
-        return cls(steps[starts[n]:starts[n + 1] if n + 1 < len(starts) else None])
+        starts = [i for i, (instruction, _) in enumerate(steps) if instruction == "FROM"]
+        return [steps[a:b] for a, b in zip(starts, [*starts[1:], len(steps)])]
 
     def env(self) -> dict[str, str]:
         out = {}
@@ -165,6 +173,12 @@ def models_missing() -> list[str]:
     return missing + [e["file"] for e in manifest.values() if not (REPO / "models" / e["file"]).is_file()]
 
 
+def open_models() -> dict[str, str]:
+    """Manifest name -> file of the models the open profile may load."""
+    manifest = json.loads((REPO / "models" / "manifest.json").read_text())["models"]
+    return {name: e["file"] for name, e in manifest.items() if "open" in e.get("profiles", [])}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -182,6 +196,26 @@ def test_dockerfile_parses_to_the_expected_steps():
     assert "models" in copied and "app" in copied
 
 
+def test_the_open_target_copies_only_the_open_models_and_matches_the_default_target():
+    """`docker build --target open`: the open profile's model files (manifest `profiles`) and nothing else, and
+    otherwise the same steps as the default target, so that a change to one cannot silently miss the other."""
+    text = (REPO / "Dockerfile").read_text()
+    default, open_stage = Dockerfile.parse(text), Dockerfile.parse(text, "open")
+    copied = [shlex.split(a)[:-1] for i, a in open_stage.steps if i == "COPY"]
+    model_sources = [src for sources in copied for src in sources if src.startswith("models")]
+    assert sorted(model_sources) == sorted(["models/manifest.json", "models/OPEN_PROFILE.md",
+                                            *(f"models/{f}" for f in open_models().values())])
+    assert set(open_models()) == {"face_detection_short_range", "face_detection_full_range", "face_landmark",
+                                  "face_landmarker", "face_blendshapes"}
+    assert open_stage.env().get("MICROFACS_PROFILE") == "open" and "MICROFACS_PROFILE" not in default.env()
+
+    def rest(stage: Dockerfile) -> list[tuple[str, str]]:  # every step but FROM, ENV and the models' COPY
+        return [(i, a) for i, a in stage.steps if i not in ("FROM", "ENV") and not (i == "COPY" and "models" in a)]
+
+    assert rest(open_stage) == rest(default)
+    assert {k: v for k, v in open_stage.env().items() if k != "MICROFACS_PROFILE"} == default.env()
+
+
 def test_dockerfile_gpu_target_runs_the_models_on_cuda():
     """The `gpu` stage (no GPU nor container engine here: checked as text): a CUDA base, onnxruntime-gpu in place of
     onnxruntime at a version the `gpu` extra allows, MICROFACS_PROVIDERS=cuda,cpu, the CPU image's command; and it is
@@ -192,7 +226,7 @@ def test_dockerfile_gpu_target_runs_the_models_on_cuda():
     text = (REPO / "Dockerfile").read_text()
     gpu, cpu = Dockerfile.parse(text, "gpu"), Dockerfile.parse(text)
     assert gpu.steps[0][1].startswith("nvidia/cuda:") and "cudnn" in gpu.steps[0][1]
-    assert cpu.steps[0][1].startswith("python:3.11-slim") and cpu.steps[0][1].endswith("AS cpu")
+    assert cpu.steps[0][1].startswith("python:3.11-slim")  # the default target stays the CPU image
     assert gpu.env()["MICROFACS_PROVIDERS"] == "cuda,cpu"
     runs = " && ".join(args for instruction, args in gpu.steps if instruction == "RUN")
     assert "pip uninstall -y onnxruntime" in runs
@@ -205,11 +239,13 @@ def test_dockerfile_gpu_target_runs_the_models_on_cuda():
 
 
 @pytest.mark.slow
-def test_dockerfile_replay_serves_readyz(tmp_path, astronaut):
+@pytest.mark.parametrize("stage", [None, "open"])
+def test_dockerfile_replay_serves_readyz(tmp_path, astronaut, stage):
     """Replays COPY / RUN / ENV / WORKDIR / CMD / HEALTHCHECK into a temp dir and a fresh venv (no engine).
-    Not replayed: FROM (this machine's Python instead of the image's), the user-creating RUN and USER."""
+    Not replayed: FROM (this machine's Python instead of the image's), the user-creating RUN and USER.
+    ``stage``: the default target (research profile), and ``--target open``."""
     assert not models_missing(), f"the Dockerfile bakes in models/, but these are missing: {models_missing()}"
-    docker = Dockerfile.parse((REPO / "Dockerfile").read_text())
+    docker = Dockerfile.parse((REPO / "Dockerfile").read_text(), stage)
     root, venv = tmp_path / "rootfs", tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     port = free_port()
@@ -281,6 +317,14 @@ def test_dockerfile_replay_serves_readyz(tmp_path, astronaut):
         demo = httpx.get(f"http://127.0.0.1:{port}/demo", timeout=5)
         assert demo.status_code == 200
         assert "server" not in demo.headers  # --no-server-header
+        version = httpx.get(f"http://127.0.0.1:{port}/version", timeout=5).json()
+        assert version["profile"] == (stage or "research")
+        if stage == "open":  # the image holds the open profile's model files and nothing else
+            assert set(version["models"]) == set(open_models())
+            assert {p.name for p in (workdir / "models").iterdir()} == {"manifest.json", "OPEN_PROFILE.md",
+                                                                       *open_models().values()}
+            installed = venv / "share" / "microfacs" / "models"
+            assert {p.name for p in installed.glob("*.onnx")} == set(open_models().values())
     finally:
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGTERM)
@@ -307,3 +351,53 @@ def test_nginx_reresolves_replicas_and_forwards_the_client():
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     assert compose["services"]["microfacs-replica"]["environment"]["MICROFACS_FORWARDED_ALLOW_IPS"] == "*"
     assert "ports" not in compose["services"]["microfacs-replica"]  # only nginx reaches the replicas
+
+
+def test_nginx_rate_limits_per_client_and_per_key():
+    """Checked as text (no nginx here): the zones, the per-key map on X-API-Key / Bearer, the limits applied to
+    every proxied location, and their 429 in the service's JSON error shape with Retry-After."""
+    conf = (REPO / "deploy" / "nginx.conf").read_text()
+    code = "\n".join(line.split("#", 1)[0] for line in conf.splitlines())
+    zones = dict(re.findall(r"limit_req_zone\s+(\S+)\s+zone=(\w+):\d+m\s+rate=\d+r/s;", code))
+    assert zones.get("$binary_remote_addr") and zones.get("$microfacs_api_key"), zones
+    per_client, per_key = zones["$binary_remote_addr"], zones["$microfacs_api_key"]
+    (conn_zone,) = re.findall(r"limit_conn_zone\s+\$binary_remote_addr\s+zone=(\w+):\d+m;", code)
+    # the key: X-API-Key when sent, else the Bearer token (the service accepts either)
+    maps = {source: target for source, target in re.findall(r"map\s+(\$\w+)\s+(\$\w+)\s*\{", code)}
+    assert maps["$http_x_api_key"] == "$microfacs_api_key" and maps["$http_authorization"] == "$microfacs_bearer"
+    key_map = re.search(r"map\s+\$http_x_api_key\s+\$microfacs_api_key\s*\{([^}]*)\}", code).group(1)
+    assert re.search(r'""\s+\$microfacs_bearer;', key_map) and re.search(r"default\s+\$http_x_api_key;", key_map)
+    bearer_map = re.search(r"map\s+\$http_authorization\s+\$microfacs_bearer\s*\{([^}]*)\}", code).group(1)
+    pattern, value = re.search(r'"~\*([^"]+)"\s+(\$\w+);', bearer_map).groups()
+    bearer = re.compile(pattern.replace("(?<", "(?P<"), re.I)  # nginx's PCRE named group, in Python's spelling
+    token = lambda header: (m := bearer.search(header)) and m.group(value[1:])
+    assert token("Bearer s3cret") == "s3cret" and token("bearer   s3cret ") == "s3cret"
+    assert not token("Basic czNjcmV0") and not token("s3cret")
+    # applied at the server level, so every proxied location (/ and /analyze-video) inherits them
+    server = code[code.index("server {"):]
+    assert not re.search(r"location[^{]*\{[^}]*limit_(req|conn)\s", server), "a location's own limits drop the server's"
+    assert re.search(rf"limit_req\s+zone={per_client}\s+burst=\d+\s+nodelay;", server)
+    assert re.search(rf"limit_req\s+zone={per_key}\s+burst=\d+\s+nodelay;", server)
+    assert re.search(rf"limit_conn\s+{conn_zone}\s+\d+;", server)
+    assert "limit_req_status 429;" in code and "limit_conn_status 429;" in code
+    assert "error_page 429 = @rate_limited;" in server
+    answer = server[server.index("location @rate_limited {"):].split("location ", 2)[1]
+    assert "add_header Retry-After 1 always;" in answer and "default_type application/json;" in answer
+    body = re.search(r"return 429 '([^']*)';", answer).group(1)
+    assert json.loads(body.replace("$microfacs_request_id", "r"))["error"]["code"] == "rate_limited"
+
+
+def test_nginx_accepts_the_config_when_installed(tmp_path):
+    """`nginx -t` on deploy/nginx.conf where an nginx binary is on PATH (CI installs none: skipped there; the
+    limits are checked as text above)."""
+    nginx = shutil.which("nginx")
+    if nginx is None:
+        pytest.skip("no nginx binary on PATH")
+    conf = (REPO / "deploy" / "nginx.conf").read_text()
+    paths = "".join(f"  {name}_temp_path {tmp_path / name};\n"
+                    for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    logs = f"  access_log {tmp_path / 'access.log'};\n"
+    (tmp_path / "nginx.conf").write_text(conf.replace("http {\n", f"http {{\n{paths}{logs}", 1))
+    done = subprocess.run([nginx, "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"),
+                           "-g", f"pid {tmp_path / 'nginx.pid'}; error_log stderr;"], capture_output=True, text=True)
+    assert done.returncode == 0 and "test is successful" in done.stderr, done.stderr

@@ -190,7 +190,7 @@ def test_analyze_video_endpoint_contract(client):
     response = post_video(client, sample("single_face.mp4"), every=3)
     assert response.status_code == 200, response.text
     body = response.json()
-    assert set(body) == {"request_id", "video", "tracks", "timings_ms"}
+    assert set(body) == {"request_id", "video", "tracks", "timings_ms", "profile"} and body["profile"] == "research"
     assert body["video"] == {"frames": 72, "analysed_frames": 24, "fps": 30.0, "width": 640, "height": 360,
                              "duration_s": pytest.approx(2.4, abs=0.05)}
     (track,) = body["tracks"]

@@ -17,7 +17,8 @@ an answer, one face per photo). Then, in numpy on those outputs:
   with the performer taken from the labels or, with ``--identity``, from identity clustering;
 * **design variants** declared before they were compared here (models/EXPRESSION.md lists them): R1 the
   anchored change alone, R2 score-space prototypes (Euclidean, Mahalanobis), R3 embedding-space prototypes,
-  R4 the anchored gate with the largest change, S the served rule. Their parameters come from FER+ Valid only.
+  R4 the anchored gate with the largest change, R5 the served rule times an AU -> expression map learnt from CK+'s
+  FACS codes, S the served rule. Their parameters come from FER+ Valid (R5: CK+) only.
 
 taiwanese_dev is VALIDATION ONLY: nothing here is fitted to it; it is read to report numbers.
 """
@@ -92,6 +93,32 @@ def read_taiwanese(analyzer: Analyzer) -> Outputs:
                    np.array(out["au"]), rows)
 
 
+def ckplus_au_classifier(au_classes: list[str]) -> tuple[list[str], np.ndarray]:
+    """R5's AU -> expression map: multinomial logistic regression from the CK+ peak frames' FACS codes (of the
+    detector's AUs) to their 7 expression labels (L2 1/N, scipy L-BFGS, convergence checked). FACS codes are
+    relative to the subject's neutral face by definition, so the map reads relative AU probabilities."""
+    from scipy.optimize import minimize
+
+    from training.data import CKPLUS_TO_FERPLUS, ckplus_rows
+
+    peaks = [r for r in ckplus_rows() if r.is_peak]
+    classes = [c for c in FERPLUS_CLASSES if c != "neutral"]
+    x = np.array([[float(r.aus.get(a, 0)) for a in au_classes] + [1.0] for r in peaks])
+    y = np.array([classes.index(CKPLUS_TO_FERPLUS[r.emotion]) for r in peaks])
+
+    def loss(w: np.ndarray) -> float:
+        weights = w.reshape(len(classes), -1)
+        z = x @ weights.T
+        z = z - z.max(1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+        return float(-logp[np.arange(len(y)), y].mean() + (weights[:, :-1] ** 2).sum() / len(y))
+
+    fit = minimize(loss, np.zeros(len(classes) * x.shape[1]), method="L-BFGS-B")
+    if not fit.success:
+        raise RuntimeError(f"the CK+ AU -> expression fit did not converge: {fit.message}")
+    return classes, fit.x.reshape(len(classes), -1)
+
+
 def ferplus_valid_statistics(analyzer: Analyzer, limit: int = 0) -> dict[str, np.ndarray]:
     """The variants' FER+ Valid statistics: class means and pooled covariance of log-probabilities and of
     embeddings, over the faces with a majority label (service path, face_crop)."""
@@ -146,6 +173,19 @@ def rules(analyzer: Analyzer, out: Outputs, stats: dict[str, np.ndarray], prior:
         d[NEUTRAL] = -np.inf
         return np.eye(len(model.classes))[int(np.argmax(d))]
 
+    au_expressions, au_weights = ckplus_au_classifier(list(analyzer.models.au.classes))
+
+    def with_aus(i: int, refs: np.ndarray) -> np.ndarray:  # R5: the served rule's split x the CK+ AU map
+        scores = served_rule(model, out.log_probs[i], reference(refs), prior)
+        rel = relative_au_probability(out.au[i], reference(refs))
+        z = au_weights @ np.append(rel, 1.0)
+        p_au = np.exp(z - z.max())
+        split = scores.copy()
+        others = [model.classes.index(c) for c in au_expressions]
+        split[others] *= p_au / p_au.sum()
+        split[others] *= (1.0 - scores[NEUTRAL]) / split[others].sum()
+        return split
+
     return {
         "R1 anchored change": anchored,
         "R2 score prototypes (Euclidean)": prototypes("log_probs", False),
@@ -153,6 +193,7 @@ def rules(analyzer: Analyzer, out: Outputs, stats: dict[str, np.ndarray], prior:
         "R3 embedding prototypes (Euclidean)": prototypes("embedding", False),
         "R3m embedding prototypes (Mahalanobis)": prototypes("embedding", True),
         "R4 anchored gate + largest change": gated,
+        "R5 served x CK+ AU->expression map": with_aus,
         "S served (anchored neutral + change split)": lambda i, refs: served_rule(
             model, out.log_probs[i], reference(refs), prior),
     }

@@ -161,6 +161,7 @@ class AnalysisRequest:
         self.request.state.faces = len(analysis.faces)  # for the access log
         self.request.app.state.metrics.observe_analysis(analysis.timings.ms, len(analysis.faces))
         response = analysis_response(request_id_of(self.request), analysis, self.include_landmarks)
+        response.profile = self.analyzer.profile  # which models served it (app/profiles.py)
         return Response(response.model_dump_json(by_alias=True), media_type="application/json")
 
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import __version__
 from app.analyzer import limits_of
@@ -18,6 +19,27 @@ async def healthz() -> Health:
     return Health(status="ok")
 
 
+class HealthzMiddleware:
+    """Answers ``GET /healthz`` itself, with the route's bytes (the route stays for OpenAPI): a probe, or a flood
+    of them, costs no routing, no validation and no serialisation. The middlewares outside it add the request
+    id, the security headers and the metrics, as for the route's answer (``route`` label ``/healthz``)."""
+
+    BODY = Health(status="ok").model_dump_json().encode()
+    HEADERS = [(b"content-length", str(len(BODY)).encode()), (b"content-type", b"application/json")]
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.route = next(r for r in router.routes if getattr(r, "path", None) == "/healthz")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != "/healthz" or scope["method"] != "GET":
+            await self.app(scope, receive, send)
+            return
+        scope["route"] = self.route
+        await send({"type": "http.response.start", "status": 200, "headers": list(self.HEADERS)})
+        await send({"type": "http.response.body", "body": self.BODY})
+
+
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
 async def readyz(request: Request):
     """Every model is loaded, checked against its sha256 and warmed up."""
@@ -29,7 +51,8 @@ async def readyz(request: Request):
 
 @router.get("/version", response_model=VersionResponse)
 async def version(request: Request) -> VersionResponse:
-    """Service and model versions, and the published upload limits."""
+    """Service and model versions, and the published upload limits. ``models``: only those of the server's profile
+    (``profile``; app/profiles.py), each with its licence."""
     settings = request.app.state.settings
     manifest = request.app.state.manifest
     registry = getattr(request.app.state, "registry", None)  # None while the models load
@@ -73,7 +96,10 @@ async def version(request: Request) -> VersionResponse:
             persons_ttl_s=settings.persons_ttl_s,
         ),
         defaults=Defaults(max_faces=settings.default_max_faces, min_face_size=settings.default_min_face_size,
-                          prior=settings.expression_prior, au_model=settings.au_model),
+                          prior=settings.expression_prior,
+                          au_model="blendshapes" if settings.profile == "open" else settings.au_model),
+        profile=settings.profile,
+        filters={"side_face": True, "occlusion": settings.profile == "research"},
         execution=execution_info(registry),
     )
 

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 
 from app.analyzer import Analyzer
 from app.persons import Person, PersonStore
-from app.reference import Reference, reference_expression
+from app.reference import Reference
 from app.respond import expression_out
 from app.routes.deps import analyzer_of, multipart_body, person_store, read_files, scope_of, settings_of
 from app.schemas import PersonOut
@@ -26,10 +26,10 @@ def iso(t: float) -> str:
 
 
 def person_out(person: Person, analyzer: Analyzer) -> PersonOut:
-    reading = reference_expression(analyzer.models.expression, person.reference, analyzer.settings.expression_prior)
+    reading = analyzer.reference_reading(person.reference, analyzer.settings.expression_prior)
     return PersonOut(person_id=person.person_id, faces=person.reference.faces, created_at=iso(person.created),
                      expires_at=iso(person.expires), models=person.reference.models, expression=expression_out(reading),
-                     warnings=list(person.reference.warnings))
+                     warnings=list(person.reference.warnings), profile=analyzer.profile)
 
 
 @router.post("/persons", response_model=PersonOut, status_code=201, openapi_extra=PERSON_BODY)

@@ -29,7 +29,7 @@ import numpy as np
 
 from app.analyzer import Analyzer, FaceOptions, Timings
 from app.errors import ApiError
-from app.reference import reference_expression, relative_au_probability, relative_expression, track_reference
+from app.reference import relative_au_probability, track_reference
 from app.respond import box_out, expression_out, unit_interval
 from app.schemas import (
     FrameExpression,
@@ -221,6 +221,7 @@ class VideoAnalyzer:
             ),
             tracks=tracks,
             timings_ms=timings.rounded(),
+            profile=self.analyzer.profile,
         )
 
     # -- per track ------------------------------------------------------------------------------------------
@@ -251,12 +252,13 @@ class VideoAnalyzer:
         if found is None:
             return records, None
         reference, chosen = found
-        model, prior = analyzer.models.expression, options.face.expression_prior
+        prior = options.face.expression_prior
         out = []
-        for r in records:
+        for r, au_probability in zip(records, aus):
             expression, units = r.expression, r.action_units
-            if r.expression_probs is not None:
-                e = relative_expression(model, r.expression_probs, 0.0, reference, prior)
+            e = None if expression is None else analyzer.relative_reading(r.expression_probs, au_probability,
+                                                                          reference, prior)
+            if e is not None:
                 expression = (e.label, e.confidence, e.scores)
             if units is not None:
                 rel = relative_au_probability(np.array(list(units.values())), reference)
@@ -264,7 +266,7 @@ class VideoAnalyzer:
             out.append(replace(r, expression=expression, action_units=units))
         frames = [records[i].frame for i in chosen]
         return out, TrackBaseline(frames=len(frames), first_frame=min(frames), last_frame=max(frames),
-                                  expression=expression_out(reference_expression(model, reference, prior)))
+                                  expression=expression_out(analyzer.reference_reading(reference, prior)))
 
     def events(self, records: list[FrameRecord]) -> list[VideoEvent]:
         """AU and expression events of one track, by onset."""
