@@ -5,6 +5,7 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio.to_thread
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
@@ -14,6 +15,8 @@ from app import __version__
 from app.admission import Admission, AdmissionMiddleware
 from app.analyzer import Analyzer
 from app.errors import install_error_handlers
+from app.jobs.queue import JobQueue
+from app.jobs.runner import JobRunner
 from app.lifecycle import CancelledRequestMiddleware, WorkDir
 from app.logs import configure_logging
 from app.metrics import AccessMiddleware, Metrics
@@ -23,7 +26,7 @@ from app.persons import PersonStore
 from app.profiles import ProfileHeaderMiddleware, profile_manifest
 from app.registry import ModelRegistry
 from app.render_http import RENDER_RESPONSES, RenderMiddleware, render_option
-from app.routes import faces, health, metrics, persons, video
+from app.routes import faces, health, jobs, metrics, persons, video
 from app.routes.demo import install_demo
 from app.routes.health import HealthzMiddleware
 from app.schemas import ErrorResponse
@@ -61,9 +64,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.registry = registry
             app.state.metrics.watch_models(registry)  # microfacs_model_provider: where each model runs
             app.state.analyzer = Analyzer(settings, registry)
+            app.state.jobs = start_jobs(settings, app.state.analyzer)
             app.state.ready = True
             yield
         finally:
+            if getattr(app.state, "jobs", None) is not None:  # running jobs stop and are re-queued
+                await anyio.to_thread.run_sync(app.state.jobs.stop)
             # uvicorn has waited --timeout-graceful-shutdown for the requests in flight and cancelled the rest:
             # stop the analyses still computing in threads (video checks between frames), then tidy up.
             app.state.ready = False
@@ -89,6 +95,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     admission = Admission(settings.max_in_flight, settings.queue_limit, settings.request_timeout_s,
                           settings.upload_limit)
     app.state.admission = admission
+    # synchronous videos have their own places: a video never holds one of the images' (job workers run apart)
+    video_admission = Admission(settings.video_max_in_flight, settings.video_max_queue, settings.request_timeout_s)
+    app.state.video_admission = video_admission
+    app.state.jobs = None
     app.state.persons = PersonStore(settings.persons_dir, settings.persons_ttl_s, settings.max_persons)
     app.state.metrics = Metrics(admission, app.state.manifest)
     install_error_handlers(app)
@@ -100,13 +110,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.include_router(video.router, dependencies=[Depends(require_api_key)])  # no ?render for videos
     app.include_router(persons.router, dependencies=[Depends(require_api_key)])
+    app.include_router(jobs.router, dependencies=[Depends(require_api_key)])
     install_demo(app)
     app.add_middleware(RenderMiddleware)
     app.add_middleware(
         BodyLimitMiddleware,
         max_upload_bytes=settings.max_upload_bytes,
         # an image endpoint's body may carry a `reference` photo beside the image; /persons several photos
-        path_limits={"/analyze-video": settings.max_video_upload_bytes,
+        path_limits={"/analyze-video": settings.max_video_upload_bytes, "/jobs": settings.jobs_max_upload_bytes,
                      "/persons": settings.max_reference_photos * settings.max_upload_bytes,
                      **{getattr(r, 'path', ''): 2 * settings.max_upload_bytes for r in faces.router.routes}},
         body_timeout_s=settings.body_timeout_s,
@@ -114,15 +125,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         min_upload_rate=settings.min_upload_rate,
         upload_rate_grace_s=settings.upload_rate_grace_s,
     )
-    shed_paths = {getattr(route, "path", "") for r in [*ANALYSIS_ROUTERS, video.router] for route in r.routes}
+    shed_paths = {getattr(route, "path", "") for r in ANALYSIS_ROUTERS for route in r.routes}
     shed_paths.add("/persons")  # POST: enrolment reads photos
     # bounds the uploads before their body is read; the analysis place is taken after it (Admission.run)
     app.add_middleware(AdmissionMiddleware, admission=admission, paths=shed_paths)
+    video_paths = {getattr(route, "path", "") for route in video.router.routes}
+    app.add_middleware(AdmissionMiddleware, admission=video_admission, paths=video_paths)
     # Cheap answers before the admission and FastAPI layers (floods: BENCHMARKS.md "Floods"): GET /healthz,
     # and the 401 of a wrong or missing key.
     app.add_middleware(HealthzMiddleware)
     if configured_keys(settings):
-        guarded = {route.path: route for r in [*ANALYSIS_ROUTERS, video.router, persons.router] for route in r.routes
+        guarded = {route.path: route for r in [*ANALYSIS_ROUTERS, video.router, persons.router, jobs.router]
+                   for route in r.routes
                    if isinstance(route, APIRoute) and "POST" in (route.methods or ())}
         app.add_middleware(ApiKeyMiddleware, keys=configured_keys(settings), routes=guarded,
                            prefixes=() if settings.public_docs else ApiKeyMiddleware.PROTECTED_PREFIXES,
@@ -137,6 +151,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(ProfileHeaderMiddleware, profile=settings.profile)  # X-MicroFACS-Profile on every answer
     return app
+
+
+def start_jobs(settings: Settings, analyzer: Analyzer) -> JobQueue:
+    """The job queue (app/jobs/): this process enqueues, and runs ``jobs_workers`` job threads (the embedded
+    mode's workers; in distributed mode, usually 0 here and the microfacs-worker processes run them)."""
+    queue = JobQueue(settings)
+    queue.start(JobRunner(analyzer), settings.jobs_workers)
+    return queue
 
 
 app = create_app()

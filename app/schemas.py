@@ -118,7 +118,7 @@ class AnalysisResponse(OptIn, Generic[FaceT]):
     )
     profile: str | None = Field(None, description=PROFILE_FIELD)
 
-    def to_dataframe(self, frame: int = 1, timestamp: float = 0.0, source: str = "") -> Any:
+    def to_dataframe(self, frame: int = 0, timestamp: float = 0.0, source: str = "") -> Any:
         """One row per face (a frame without a face: one ``success=0`` row) with the OpenFace-style
         columns of the CLI's CSV (``app/table.py``). Needs pandas: ``pip install "microfacs[dataframe]"``."""
         import pandas as pd
@@ -316,6 +316,7 @@ class VersionResponse(BaseModel):
         None, description="which pre-filters this profile has (side_face, occlusion): the open profile has no "
         "occlusion network, so its `occlusion_filter` never marks a face"
     )
+    jobs: JobLimits | None = Field(None, description="POST /jobs: its limits (the synchronous endpoints keep theirs)")
     execution: ExecutionInfo | None = Field(None, description="where the models run; null while they load")
 
 
@@ -385,6 +386,10 @@ class VideoTrack(OptIn):
     baseline: TrackBaseline | None = Field(
         None, description="only with ?baseline=auto: the track's frames and AUs are relative to these frames"
     )
+    summary: TrackSummary | None = Field(
+        None, description="what to read first: the share of time of each expression, the dominant one, each AU's "
+        "base rate and mean probability, events by kind (app/video/summary.py)"
+    )
 
 
 class VideoAnalysisResponse(BaseModel):
@@ -393,3 +398,60 @@ class VideoAnalysisResponse(BaseModel):
     tracks: list[VideoTrack]
     timings_ms: dict[str, float] = Field(description="milliseconds per stage, summed over the clip")
     profile: str | None = Field(None, description=PROFILE_FIELD)
+
+
+# --- Track summaries (app/video/summary.py) and jobs (POST /jobs, app/jobs/) ------------------------------
+
+
+class AuSummary(BaseModel):
+    base_rate: float = Field(ge=0.0, le=1.0, description="share of the track's analysed frames where the AU is "
+                             "present (probability >= threshold)")
+    mean_probability: float = Field(ge=0.0, le=1.0, description="mean AU probability over those frames")
+    threshold: float = Field(description="the probability from which the AU counts as present")
+
+
+class TrackSummary(BaseModel):
+    frames: int = Field(description="analysed frames the face was seen in")
+    analysed_frames: int = Field(description="of those, frames not filtered (the shares and rates are over these)")
+    seen_s: float = Field(description="seconds from the track's first to its last analysed frame")
+    dominant_expression: str | None = Field(
+        None, description="the expression that was the frame's label most often (null: none read)"
+    )
+    dominant_share: float | None = Field(None, description="its share of the analysed frames")
+    expression_share: dict[str, float] = Field(
+        description="per expression label: the share of analysed frames it was the frame's label (sums to 1)"
+    )
+    expression_mean_scores: dict[str, float] = Field(description="per expression: its mean score")
+    action_units: dict[str, AuSummary] = Field(description="per AU: base rate and mean probability")
+    events: dict[str, int] = Field(description="events by kind: au, expression, micro (either kind), total")
+    event_names: dict[str, int] = Field(description="events by name (AU code or expression)")
+
+
+class JobProgress(BaseModel):
+    done: int = Field(description="frames (video) or images (archive) analysed so far")
+    total: int | None = Field(None, description="how many there are (null until known)")
+    eta_s: float | None = Field(None, description="seconds left at the current pace")
+
+
+class JobOut(BaseModel):
+    id: str = Field(description="unguessable; only the API key that created the job can read it")
+    status: str = Field(description="queued, running, done, failed or cancelled")
+    kind: str = Field(description="video, zip or tar")
+    filename: str
+    progress: JobProgress
+    created_at: str
+    started_at: str | None = None
+    finished_at: str | None = None
+    error: ErrorDetail | None = Field(None, description="why it failed (code and message)")
+    attempts: int = Field(0, description="runs so far (a worker that died mid-job is replaced by another run)")
+    links: dict[str, str] = Field(description="self, result, cancel")
+
+
+class JobLimits(BaseModel):
+    mode: str = Field(description="embedded (SQLite queue, workers in the API) or distributed (Redis)")
+    max_upload_bytes: int
+    max_video_duration_s: float
+    max_video_frames: int
+    max_images: int
+    result_ttl_s: float
+    max_queued: int

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -234,7 +235,7 @@ class Settings(BaseSettings):
     )
 
     auth_failure_delay_s: float = Field(
-        0.0, ge=0.0, le=10.0, description="a wrong or missing API key gets its 401 this much later (0: at once); "
+        0.1, ge=0.0, le=10.0, description="a wrong or missing API key gets its 401 this much later (0: at once); "
         "a client that floods wrong keys over a few connections then sends a few per second per connection, "
         "while other requests go on being served"
     )
@@ -245,6 +246,36 @@ class Settings(BaseSettings):
             self.max_in_flight = max(1, usable_cpus() // self.workers)
         return self
     # --- end of floods ------------------------------------------------------------------------------------------
+
+    # --- Jobs (POST /jobs, app/jobs/): long videos and image archives on a task queue (huey) -------------------
+    jobs_url: str | None = Field(
+        None, description="unset: embedded jobs (a SQLite queue in jobs_dir, worker threads in the API process); "
+        "redis://host:6379/0: distributed, any number of `microfacs-worker` processes take the jobs"
+    )
+    jobs_dir: Path = Field(
+        Path(tempfile.gettempdir()) / "microfacs-jobs", description="uploads, job states and results (a volume "
+        "shared by the API and the workers in distributed mode); survives a restart"
+    )
+    jobs_workers: int = Field(
+        1, ge=0, le=64, description="job worker threads in this process (the API's in embedded mode, each "
+        "microfacs-worker's); 0: this API process runs no job (distributed mode with separate workers)"
+    )
+    jobs_max_upload_bytes: int = Field(4 * 1024**3, ge=1024, description="a job's upload (video or archive)")
+    jobs_max_duration_s: float = Field(4 * 3600.0, gt=0.0, description="a job video's duration")
+    jobs_max_frames: int = Field(4 * 3600 * 60, ge=1, description="a job video's decoded frames")
+    jobs_max_images: int = Field(100_000, ge=1, description="images in one archive job")
+    jobs_result_ttl_s: float = Field(7 * 24 * 3600.0, gt=0.0, description="a finished job is deleted this long "
+                                     "after it ended (upload, state and result)")
+    jobs_lease_s: float = Field(
+        30.0, gt=0.5, description="a running job's worker renews its claim every third of this; a claim not "
+        "renewed this long (worker killed) is taken over by another worker, which runs the job again"
+    )
+    jobs_max_attempts: int = Field(3, ge=1, description="runs of one job before it fails (worker_lost)")
+    jobs_max_queued: int = Field(1000, ge=1, description="jobs queued or running at once (beyond: 503)")
+    # synchronous /analyze-video: its own admission, apart from the images' (a video never takes an image slot)
+    video_max_in_flight: int = Field(1, ge=1, description="synchronous /analyze-video analyses at once per worker")
+    video_max_queue: int = Field(2, ge=0, description="synchronous /analyze-video requests waiting for a slot")
+    # --- end of jobs ------------------------------------------------------------------------------------------
 
 
 @lru_cache

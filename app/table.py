@@ -4,7 +4,8 @@ can tabulate results from a remote server as well as in-process ones.
 
 Columns, in order (OpenFace 2 names where OpenFace has the quantity):
 
-* ``frame`` (1-based), ``face_id``, ``timestamp`` (seconds), ``confidence`` (our face-detector score),
+* ``frame`` (0-based, as the API's video answers and the CLI's events file; a still image's place in the input
+  list), ``face_id``, ``timestamp`` (seconds), ``confidence`` (our face-detector score),
   ``success`` (1 when the face was analysed, 0 when a pre-filter excluded it or the frame has no face:
   such a frame gets one row with an empty ``face_id``),
 * ``source`` (the file), ``face_x, face_y, face_width, face_height`` (pixels),

@@ -40,6 +40,12 @@ class Progress:
     def __init__(self, total: int, enabled: bool, stream: IO[str] | None = None, width: int = 30) -> None:
         self.total, self.enabled, self.stream, self.width = total, enabled, stream or sys.stderr, width
         self.done, self.start, self.last = 0, time.monotonic(), 0.0
+        self.counted: dict[str, int] = {}  # units already counted per video, frame by frame
+
+    def count(self, source: str) -> None:
+        """One analysed frame of ``source``."""
+        self.counted[source] = self.counted.get(source, 0) + 1
+        self.update()
 
     def update(self, n: int = 1) -> None:
         self.done += n
@@ -268,13 +274,14 @@ def run_videos(videos: list[Path], args: argparse.Namespace, backend: Any, optio
         plot_dir.mkdir(parents=True, exist_ok=True)
     done: list[tuple[str, dict[str, Any]]] = []
     for path in videos:
+        expected = video_units(path, args)
         try:
-            result = analyse_video(runner, path, args, render_dir)
+            result = analyse_video(runner, path, args, render_dir, progress)
         except Exception as exc:  # ApiError in-process, MicroFACSError remote: same fields
             error = {"status": getattr(exc, "status", 0), "code": getattr(exc, "code", "invalid_input"),
                      "message": getattr(exc, "message", str(exc))}
-            writer.write({"source": str(path), "frame": 1, "timestamp": 0.0}, None, error)
-            progress.update()
+            writer.write({"source": str(path), "frame": 0, "timestamp": 0.0}, None, error)
+            progress.update(max(0, expected - progress.counted.pop(str(path), 0)))
             continue
         done.append((str(path), result))
         if args.format == "jsonl":
@@ -283,39 +290,81 @@ def run_videos(videos: list[Path], args: argparse.Namespace, backend: Any, optio
             writer.stream.write(video_out.to_jsonl(str(path), result) + "\n")
         else:
             for frame, t, frame_result in video_out.frame_results(result, args.every):
-                writer.write({"source": str(path), "frame": frame + 1, "timestamp": t}, frame_result, None)
+                writer.write({"source": str(path), "frame": frame, "timestamp": t}, frame_result, None)
         if plot_dir:
-            try:
-                video_out.plot_tracks(result, str(path), plot_dir)
-            except ImportError:
-                print('microfacs: --plot needs matplotlib: pip install "microfacs[plot]"', file=sys.stderr)
-                return 1
-        progress.update()
-    events = args.events or (f"{Path(args.output).with_suffix('')}.events.csv" if args.output else None)
+            video_out.plot_tracks(result, str(path), plot_dir)  # matplotlib was checked before starting
+        progress.update(max(0, expected - progress.counted.pop(str(path), 0)))
+    write_video_tables(done, args)
+    return 0
+
+
+def write_video_tables(done: list[tuple[str, dict[str, Any]]], args: argparse.Namespace) -> None:
+    """The events file and the per-track summary file (beside ``-o`` by default)."""
+    from microfacs_cli import video as video_out
+
+    stem = Path(args.output).with_suffix("") if args.output else None
+    events = args.events or (f"{stem}.events.csv" if stem else None)
     if events and done:
         with open(events, "w", newline="") as fh:
             n = video_out.write_events(fh, done)
         print(f"microfacs: {n} event(s) -> {events}", file=sys.stderr)
-    return 0
+    summary = args.summary or (f"{stem}.summary.csv" if stem else None)
+    if summary and done:
+        with open(summary, "w", newline="") as fh:
+            n = video_out.write_summary(fh, done)
+        print(f"microfacs: {n} track summar{'y' if n == 1 else 'ies'} -> {summary}", file=sys.stderr)
+    for source, result in done:
+        for track in result["tracks"]:
+            if track.get("summary"):
+                print(f"microfacs: {Path(source).name} track {track['track_id']}: "
+                      f"{video_out.summary_line(track['summary'])}", file=sys.stderr)
 
 
-def analyse_video(runner: Any, path: Path, args: argparse.Namespace, render_dir: Path | None) -> dict[str, Any]:
+def video_units(path: Path, args: argparse.Namespace) -> int:
+    """The progress bar's units for one video: the frames it will analyse (from its header)."""
+    frames = sources.video_info(path)[0]
+    n = (frames + args.every - 1) // args.every if frames else 1
+    return max(1, min(n, args.max_frames) if args.max_frames else n)
+
+
+def analyse_video(runner: Any, path: Path, args: argparse.Namespace, render_dir: Path | None,
+                  progress: Progress | None = None) -> dict[str, Any]:
+    """One video; in-process, the progress bar moves with each analysed frame."""
     local = hasattr(runner, "video")
-    if local and (args.max_frames or render_dir):
+    if local:
         from dataclasses import replace
 
         from app.render import draw_analysis
         from app.video.analyze import frame_out
 
-        def draw(frame: int, t: float, image: np.ndarray, seen: list) -> None:
+        def step(frame: int, t: float, image: np.ndarray, seen: list) -> None:
+            if progress is not None:
+                progress.count(str(path))
+            if render_dir is None:
+                return
             faces = [{"face_id": track_id, **frame_out(record).model_dump(mode="json")} for track_id, record in seen]
             for face in faces:
                 face["action_units"] = None  # boxes and ids only: per-frame AU boxes are not kept for videos
-            cv2.imwrite(str(render_dir / f"{path.stem}_f{frame + 1:06d}.png"), draw_analysis(image, {"faces": faces}))
+            cv2.imwrite(str(render_dir / f"{path.stem}_f{frame:06d}.png"), draw_analysis(image, {"faces": faces}))
 
         options = replace(runner.options, max_frames=args.max_frames)
-        return runner.video.analyze(path, options, on_frame=draw if render_dir else None).model_dump(mode="json")
+        return runner.video.analyze(path, options, on_frame=step).model_dump(mode="json")
     return runner.analyse(path)
+
+
+def check_dependencies(args: argparse.Namespace) -> str | None:
+    """What an option needs that is not installed, before any work starts (else None)."""
+    import importlib.util
+
+    needs = []
+    if args.plot:
+        needs.append(("matplotlib", "--plot", "microfacs[plot]"))
+    if args.url:
+        needs.append(("microfacs_client", "--url", "./clients/python"))
+    for module, option, package in needs:
+        if importlib.util.find_spec(module) is None:
+            return f'{option} needs {module}: pip install "{package}"'
+    return None
 
 
 def read_persons(path: Path) -> dict[str, str]:
@@ -350,6 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--render", metavar="DIR", help="also write annotated PNGs here")
     parser.add_argument("--events", metavar="FILE", help="videos: write their events (CSV) here "
                         "(default with -o: beside it, <output>.events.csv)")
+    parser.add_argument("--summary", metavar="FILE", help="videos: write one row per track (share of time of each "
+                        "expression, AU base rates, events by kind) here (default with -o: <output>.summary.csv)")
+    parser.add_argument("--no-recursive", action="store_true", help="folders: do not look into their subfolders")
     parser.add_argument("--plot", metavar="DIR", help="videos: a PNG timeline per track here (needs matplotlib)")
     parser.add_argument("--no-side-face-filter", action="store_true", help="analyse side faces too")
     parser.add_argument("--no-occlusion-filter", action="store_true", help="analyse occluded faces too")
@@ -387,7 +439,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.every < 1:
         print("microfacs: --every must be at least 1", file=sys.stderr)
         return 2
-    paths = sources.expand(args.inputs)
+    missing_dependency = check_dependencies(args)
+    if missing_dependency:
+        print(f"microfacs: {missing_dependency}", file=sys.stderr)
+        return 2
+    paths = sources.expand(args.inputs, recursive=not args.no_recursive)
     missing = [p for p in paths if not p.exists()]
     if missing:
         print(f"microfacs: no such file: {missing[0]}", file=sys.stderr)
@@ -444,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"microfacs: --baseline auto without --persons needs the identity model: {exc}", file=sys.stderr)
                 return 1
             print(f"microfacs: automatic baselines for {people} person(s)", file=sys.stderr)
-        progress = Progress(len(stills) + len(videos), show)
+        progress = Progress(len(stills) + sum(video_units(p, args) for p in videos), show)
         if videos:
             code = run_videos(videos, args, backend, options, writer, render_dir, progress)
             if code:

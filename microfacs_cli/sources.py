@@ -14,8 +14,8 @@ VIDEO_EXTS = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", 
 
 @dataclass
 class Item:
-    """One image to analyse. ``frame`` is 1-based (OpenFace's convention): the video frame number, or the
-    image's place in the input list. ``timestamp`` is seconds into the video (0 for still images).
+    """One image to analyse. ``frame`` is 0-based, as in the API's video answers and the events file: the video
+    frame number, or the image's place in the input list. ``timestamp`` is seconds into the video (0 for still images).
     ``data`` is the bytes to upload; ``image`` the decoded BGR pixels when already at hand (video)."""
 
     source: str
@@ -26,13 +26,16 @@ class Item:
     error: str | None = None
 
 
-def expand(inputs: list[str]) -> list[Path]:
-    """Files as given; folders as their images and videos (sorted, not recursive)."""
+def expand(inputs: list[str], recursive: bool = True) -> list[Path]:
+    """Files as given; folders as their images and videos, sorted, with their subfolders' (``recursive``; hidden
+    files and folders are skipped)."""
     out: list[Path] = []
     for raw in inputs:
         path = Path(raw)
         if path.is_dir():
-            out.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS | VIDEO_EXTS))
+            found = path.rglob("*") if recursive else path.iterdir()
+            out.extend(sorted(p for p in found if p.suffix.lower() in IMAGE_EXTS | VIDEO_EXTS and p.is_file()
+                              and not any(part.startswith(".") for part in p.relative_to(path).parts)))
         else:
             out.append(path)
     return out
@@ -65,7 +68,7 @@ def count_items(paths: list[Path], every: int, max_frames: int | None) -> int:
 def iter_video(path: Path, every: int, max_frames: int | None = None) -> Iterator[Item]:
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
-        yield Item(str(path), 1, 0.0, error=f"cannot open video {path}")
+        yield Item(str(path), 0, 0.0, error=f"cannot open video {path}")
         return
     fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0) or 30.0
     index, emitted = 0, 0
@@ -75,7 +78,7 @@ def iter_video(path: Path, every: int, max_frames: int | None = None) -> Iterato
                 ok, frame = capture.read()
                 if not ok:
                     break
-                yield Item(str(path), index + 1, round(index / fps, 4), image=frame)  # constant frame rate
+                yield Item(str(path), index, round(index / fps, 4), image=frame)  # constant frame rate
                 emitted += 1
             elif not capture.grab():
                 break
@@ -90,8 +93,8 @@ def iter_items(paths: list[Path], every: int, max_frames: int | None = None) -> 
         if is_video(path):
             yield from iter_video(path, every, max_frames)
             continue
-        still += 1
         try:
             yield Item(str(path), still, 0.0, data=path.read_bytes())
         except OSError as exc:
             yield Item(str(path), still, 0.0, error=f"cannot read {path}: {exc.strerror or exc}")
+        still += 1

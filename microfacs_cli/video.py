@@ -2,9 +2,10 @@
 ``app.video.analyze.VideoAnalyzer`` in this process, or by a server's ``POST /analyze-video`` (``--url``).
 
 Outputs: the CSV rows (one per analysed frame and face, ``face_id`` = the track id, as OpenFace's
-FeatureExtraction; ``frame`` 1-based as in the CLI's other rows, the JSON's frames are 0-based), or one JSON
-line per video; an events file (CSV, one row per event, frames 0-based as in the API); with ``--plot`` a PNG
-timeline per track (needs matplotlib: ``pip install "microfacs[plot]"``).
+FeatureExtraction; ``frame`` 0-based everywhere: the CSV, the JSON, the events file and rendered file names),
+or one JSON line per video; an events file (CSV, one row per event); a summary file (CSV, one row per track:
+the share of time of each expression, the dominant one, AU base rates and mean probabilities, events by kind);
+with ``--plot`` a PNG timeline per track (needs matplotlib: ``pip install "microfacs[plot]"``).
 """
 from __future__ import annotations
 
@@ -13,6 +14,10 @@ import json
 from pathlib import Path
 from typing import IO, Any
 
+EXPRESSION_LABELS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt")
+SUMMARY_HEAD = ["source", "face_id", "first_frame", "last_frame", "frames", "analysed_frames", "seen_s",
+                "dominant_expression", "dominant_share", *[f"share_{label}" for label in EXPRESSION_LABELS],
+                "events_au", "events_expression", "events_micro", "events_total"]
 EVENT_COLUMNS = ["source", "face_id", "kind", "name", "onset_frame", "apex_frame", "offset_frame", "onset_s",
                  "apex_s", "offset_s", "duration_s", "peak", "micro"]
 
@@ -128,3 +133,49 @@ def plot_tracks(result: dict[str, Any], source: str, directory: Path, max_aus: i
 
 def to_jsonl(source: str, result: dict[str, Any]) -> str:
     return json.dumps({"source": source, **result}, separators=(",", ":"))
+
+
+def summary_columns() -> list[str]:
+    """A fixed schema: every expression label, and per AU of the CSV's fixed list its base rate and mean."""
+    from microfacs_cli.output import CSV_AUS, au_column
+
+    aus = sorted(CSV_AUS, key=lambda au: int(au[2:]))
+    return [*SUMMARY_HEAD, *[f"{au_column(au)}_base_rate" for au in aus], *[f"{au_column(au)}_mean_p" for au in aus]]
+
+
+def write_summary(stream: IO[str], results: list[tuple[str, dict[str, Any]]]) -> int:
+    """One row per track (``<name>.summary.csv``): what a person reads first."""
+    from microfacs_cli.output import au_column
+
+    writer = csv.DictWriter(stream, fieldnames=summary_columns(), extrasaction="ignore", restval="",
+                            lineterminator="\n")
+    writer.writeheader()
+    n = 0
+    for source, result in results:
+        for track in result["tracks"]:
+            summary = track.get("summary") or {}
+            row: dict[str, Any] = {"source": source, "face_id": track["track_id"], "first_frame": track["first_frame"],
+                                   "last_frame": track["last_frame"]}
+            for key in ("frames", "analysed_frames", "seen_s", "dominant_expression", "dominant_share"):
+                row[key] = "" if summary.get(key) is None else summary[key]
+            for label, share in (summary.get("expression_share") or {}).items():
+                row[f"share_{label}"] = share
+            for kind, count in (summary.get("events") or {}).items():
+                row[f"events_{kind}"] = count
+            for au, numbers in (summary.get("action_units") or {}).items():
+                row[f"{au_column(au)}_base_rate"] = numbers["base_rate"]
+                row[f"{au_column(au)}_mean_p"] = numbers["mean_probability"]
+            writer.writerow(row)
+            n += 1
+    return n
+
+
+def summary_line(summary: dict[str, Any], top: int = 2) -> str:
+    """One line for a person: the expressions that were the label most of the time (as the demo's headline)."""
+    shares = sorted((summary.get("expression_share") or {}).items(), key=lambda kv: -kv[1])
+    if not shares or summary.get("dominant_expression") is None:
+        return "no expression read"
+    shown = [f"{name} {share:.0%}" for name, share in shares[:top] if share >= 0.1] or [f"{shares[0][0]}"]
+    events = summary.get("events") or {}
+    return (f"mostly appears to show {', then '.join(shown)} of the analysed time; "
+            f"{events.get('total', 0)} event(s) ({events.get('micro', 0)} micro)")

@@ -139,3 +139,25 @@ def test_video_heads_that_read_the_irises_are_not_deferred(analyzer):
     assert tracker.batch_frames == 1 and tracker.frame_heads == ("blendshapes", "au")
     assert Tracker(analyzer, FaceOptions(), ("au",), redetect_every=10, confirm_hits=3, max_lost_s=1.0,
                    batch_frames=8).frame_heads == ()
+
+
+def test_a_video_job_batches_frames_too_and_answers_as_frame_by_frame(analyzer, calls):
+    """Jobs' progress callback only counts frames: with batched frames their answer is the frame-by-frame one."""
+    import threading
+
+    from app.jobs.runner import JobRunner
+
+    clip = requires_data(SAMPLES / "single_face.mp4")
+    answers, counted = {}, {}
+    for frames in (1, 8):
+        runner = JobRunner(analyzer)
+        runner.video.settings = Settings(video_batch_frames=frames)
+        progress: list[int] = []
+        calls.clear()
+        result = runner.run_video(clip, {"every": 2}, "job", lambda done, total, seen=progress: seen.append(done),
+                                  threading.Event())
+        answers[frames], counted[frames] = result, calls["expression"]
+        assert progress[-1] == result["video"]["analysed_frames"] == 36
+    for result in answers.values():
+        result.pop("timings_ms")
+    assert answers[1] == answers[8] and counted[8] * 4 <= counted[1]

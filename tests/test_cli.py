@@ -54,7 +54,7 @@ def test_folder_to_csv_in_process(folder, tmp_path, capsys):
     assert set(by_file) == {"a_astronaut.jpg", "b_cameraman.png", "c_blank.png", "d_broken.jpg"}
     astro = by_file["a_astronaut.jpg"]
     assert len(astro) == 1 and astro[0]["face_id"] == "0" and astro[0]["success"] == "1"
-    assert astro[0]["frame"] == "1" and float(astro[0]["confidence"]) > 0.5
+    assert astro[0]["frame"] == "0" and float(astro[0]["confidence"]) > 0.5
     assert abs(float(astro[0]["pose_Ry"])) < 0.5, "radians"
     if any(c.endswith("_c") for c in header):
         assert any(c.endswith("_p") for c in header) and not any(c.endswith("_r") for c in header)
@@ -64,6 +64,8 @@ def test_folder_to_csv_in_process(folder, tmp_path, capsys):
     blank = by_file["c_blank.png"]
     assert len(blank) == 1 and blank[0]["face_id"] == "" and blank[0]["success"] == "0"
     assert by_file["d_broken.jpg"][0]["filter_reasons"] == "error:invalid_image"
+    error = by_file["d_broken.jpg"][0]["error"]
+    assert error.startswith("invalid_image: ") and len(error) > len("invalid_image: ") + 5  # the message too
     assert sorted(p.name for p in (tmp_path / "overlays").iterdir()) == [
         "a_astronaut.png", "b_cameraman.png", "c_blank.png"]
     drawn = cv2.imread(str(tmp_path / "overlays" / "a_astronaut.png"))
@@ -78,7 +80,7 @@ def test_video_to_csv_every_n_frames(tmp_path):
     assert main([str(video), "--every", "24", "--max-frames", "3", "--format", "csv", "-o", str(out),
                  "--no-progress", "--render", str(tmp_path / "frames")]) == 0
     rows = read_csv(out)
-    assert [r["frame"] for r in rows] == ["1", "25", "49"]
+    assert [r["frame"] for r in rows] == ["0", "24", "48"]  # 0-based, as in the JSON and the events file
     assert [float(r["timestamp"]) for r in rows] == pytest.approx([0.0, 0.8, 1.6], abs=0.01)  # 30 fps
     assert all(r["face_id"] == "0" and r["success"] == "1" for r in rows)
     assert len(list((tmp_path / "frames").glob("single_face_f*.png"))) == 3
@@ -166,3 +168,54 @@ def test_merge_combines_endpoints_per_face():
     assert merged["faces"][0]["expression"]["label"] == "neutral" and merged["faces"][0]["action_units"]
     assert merged["faces"][1].get("expression") is None
     assert merged["timings_ms"] == {"detect": 3.0, "expression": 1.0}
+
+
+def test_folders_are_searched_recursively_unless_told_not_to(tmp_path, astronaut, capsys):
+    (tmp_path / "session" / "day2").mkdir(parents=True)
+    (tmp_path / "session" / "top.jpg").write_bytes(encode(astronaut))
+    (tmp_path / "session" / "day2" / "deep.jpg").write_bytes(encode(astronaut))
+    (tmp_path / "session" / ".hidden").mkdir()
+    (tmp_path / "session" / ".hidden" / "skip.jpg").write_bytes(encode(astronaut))
+    out = tmp_path / "all.csv"
+    assert main([str(tmp_path / "session"), "--format", "csv", "-o", str(out), "--no-progress"]) == 0
+    assert sorted(r["source"].rsplit("/", 1)[-1] for r in read_csv(out)) == ["deep.jpg", "top.jpg"]
+    assert main([str(tmp_path / "session"), "--no-recursive", "--format", "csv", "-o", str(out),
+                 "--no-progress"]) == 0
+    assert [r["source"].rsplit("/", 1)[-1] for r in read_csv(out)] == ["top.jpg"]
+
+
+def test_csv_schema_is_fixed_whatever_the_content(tmp_path, folder):
+    """The same columns whether faces were found, none were, or nothing could be analysed at all."""
+    headers = []
+    for name in ("a_astronaut.jpg", "c_blank.png", "d_broken.jpg"):
+        out = tmp_path / f"{name}.csv"
+        main([str(folder / name), "--format", "csv", "-o", str(out), "--no-progress"])
+        with open(out, newline="") as handle:
+            headers.append(next(csv.reader(handle)))
+    assert headers[0] == headers[1] == headers[2]
+    assert headers[0][-1] == "error" and "AU12_p" in headers[0] and "expr_happiness" in headers[0]
+
+
+def test_missing_optional_dependency_fails_before_any_work(monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    video = requires_data(SAMPLES / "single_face.mp4")
+    assert main([str(video), "--plot", "plots", "--no-progress"]) == 2
+    captured = capsys.readouterr()
+    assert "--plot needs matplotlib" in captured.err and captured.out == ""
+
+
+def test_video_summary_file_and_per_frame_progress(tmp_path, capsys):
+    video = requires_data(SAMPLES / "single_face.mp4")
+    out = tmp_path / "clip.csv"
+    assert main([str(video), "--every", "4", "--format", "csv", "-o", str(out), "--progress"]) == 0
+    (row,) = read_csv(tmp_path / "clip.summary.csv")
+    assert row["face_id"] == "0" and row["frames"] == "18"
+    assert row["dominant_expression"] in EXPRESSION_LABELS
+    assert sum(float(row[f"share_{label}"]) for label in EXPRESSION_LABELS) == pytest.approx(1.0, abs=1e-3)
+    assert 0.0 <= float(row["AU12_base_rate"]) <= 1.0 and row["AU43_base_rate"] == ""
+    err = capsys.readouterr().err
+    assert "18/18" in err, "the bar counts the video's analysed frames"
+    assert "mostly appears to show" in err

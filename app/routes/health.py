@@ -7,7 +7,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from app import __version__
 from app.analyzer import limits_of
 from app.decode import SUPPORTED_FORMATS, max_pixels_by_layout
-from app.schemas import Defaults, ExecutionInfo, Health, Limits, ModelInfo, Readiness, VersionResponse
+from app.schemas import Defaults, ExecutionInfo, Health, JobLimits, Limits, ModelInfo, Readiness, VersionResponse
 from app.video.decode import VIDEO_FORMATS
 
 router = APIRouter(tags=["service"])
@@ -100,6 +100,11 @@ async def version(request: Request) -> VersionResponse:
                           au_model="blendshapes" if settings.profile == "open" else settings.au_model),
         profile=settings.profile,
         filters={"side_face": True, "occlusion": settings.profile == "research"},
+        jobs=JobLimits(mode="distributed" if settings.jobs_url else "embedded",
+                       max_upload_bytes=settings.jobs_max_upload_bytes,
+                       max_video_duration_s=settings.jobs_max_duration_s, max_video_frames=settings.jobs_max_frames,
+                       max_images=settings.jobs_max_images, result_ttl_s=settings.jobs_result_ttl_s,
+                       max_queued=settings.jobs_max_queued),
         execution=execution_info(registry),
     )
 

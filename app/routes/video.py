@@ -63,6 +63,7 @@ async def analyze_video(
         return Response(result.model_dump_json(by_alias=True), media_type="application/json")
 
     try:
-        return await request.app.state.admission.run(request, analyse)
+        admission = getattr(request.app.state, "video_admission", None) or request.app.state.admission
+        return await admission.run(request, analyse)
     finally:
         await request.close()

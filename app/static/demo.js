@@ -369,10 +369,22 @@ function trackSummary(track, fps) {
   const seen = track.frames.length ? `, ${track.frames.length} analysed frames` : "";
   const timeOf = (frame) => (track.frames.find((f) => f.frame === frame) || { t: frame / (fps || 30) }).t;
   const from = timeOf(track.first_frame).toFixed(2), to = timeOf(track.last_frame).toFixed(2);
-  const shown = [...new Set(track.events.filter((e) => e.kind === "expression").map((e) => e.name))];
-  const expr = shown.length ? ` — appears to show ${shown.join(", ")} at times` : "";
   return `Track ${track.track_id}: frames ${track.first_frame}–${track.last_frame} (≈${from}–${to} s${seen}), ` +
-         `${track.events.length} event(s)${expr}`;
+         `${summaryHeadline(track)}`;
+}
+
+// The headline comes from the track's summary (what the face showed most of the time), not from its events:
+// events are departures from the person's own resting face, so a face that smiles most of the clip has few
+// happiness events and its rarer departures must not become the headline.
+function summaryHeadline(track) {
+  const s = track.summary;
+  const events = `${track.events.length} event(s)`;
+  if (!s || !s.dominant_expression) return events;
+  const ranked = Object.entries(s.expression_share).sort((a, b) => b[1] - a[1]);
+  const shown = ranked.slice(0, 2).filter(([, share]) => share >= 0.1).map(([name, share]) =>
+    `${name} ${Math.round(share * 100)}%`);
+  const micro = s.events && s.events.micro ? `, ${s.events.micro} micro` : "";
+  return `mostly appears to show ${shown.join(", then ")} of the analysed time — ${events}${micro}`;
 }
 
 // Which curves to draw: the AUs that have events (highest peak first, at most MAX_AU_CURVES), else the three

@@ -44,6 +44,7 @@ from app.schemas import (
 from app.video.budget import BudgetMeter, VideoBudget, stride_for
 from app.video.decode import VideoFrame, VideoHeader, VideoLimits, VideoReader, spool_upload
 from app.video.events import track_events
+from app.video.summary import au_thresholds, track_summary
 from app.video.tracking import FrameRecord, Track, Tracker
 
 FrameCallback = Callable[[int, float, np.ndarray, list[tuple[int, FrameRecord]]], None]
@@ -163,10 +164,13 @@ class VideoAnalyzer:
         on_frame: FrameCallback | None = None,
         meter: BudgetMeter | None = None,
         cancel: threading.Event | None = None,
+        batch_frames: int | None = None,
     ) -> VideoAnalysisResponse:
         """Frames in presentation order (``VideoReader.frames()``); every ``options.every``-th is analysed
         (``meter``: counts the work against the budget and stops it). ``cancel``, checked before each frame,
-        stops it (503 ``shutting_down``)."""
+        stops it (503 ``shutting_down``). ``batch_frames``: frames whose faces the heads read in one call (default:
+        ``self.batch_frames``, or 1 with an ``on_frame``, whose records then already hold the frame's readings; a
+        callback that only counts frames may ask for ``self.batch_frames``)."""
         options = options or VideoOptions()
         every = options.every or 1
         s = self.settings
@@ -178,7 +182,7 @@ class VideoAnalyzer:
             redetect_every=s.video_redetect_every,
             confirm_hits=s.video_confirm_hits,
             max_lost_s=s.video_max_lost_s,
-            batch_frames=1 if on_frame is not None else self.batch_frames,  # on_frame reads each frame's heads
+            batch_frames=batch_frames or (1 if on_frame is not None else self.batch_frames),
         )
         timings = tracker.timings
         start = time.perf_counter()
@@ -232,12 +236,14 @@ class VideoAnalyzer:
         fields: dict = {}
         if options.baseline == "auto":
             records, fields["baseline"] = self.relative_records(records, options)
+        events = self.events(records)
         return VideoTrack(
             track_id=track.track_id,
             first_frame=records[0].frame,
             last_frame=records[-1].frame,
             frames=[frame_out(r) for r in records] if options.series else [],
-            events=self.events(records),
+            events=events,
+            summary=track_summary(records, events, au_thresholds(self.analyzer)),
             **fields,
         )
 

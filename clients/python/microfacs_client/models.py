@@ -193,6 +193,28 @@ class TrackBaseline(_Model):
     expression: Expression
 
 
+class AuSummary(_Model):
+    base_rate: float  # share of the track's analysed frames where the AU is present
+    mean_probability: float
+    threshold: float = 0.5
+
+
+class TrackSummary(_Model):
+    """What to read first about a track: the share of time of each expression label, the dominant one, each
+    AU's base rate and mean probability, events by kind (au, expression, micro, total)."""
+
+    frames: int = 0
+    analysed_frames: int = 0
+    seen_s: float = 0.0
+    dominant_expression: Optional[str] = None
+    dominant_share: Optional[float] = None
+    expression_share: dict[str, float] = Field(default_factory=dict)
+    expression_mean_scores: dict[str, float] = Field(default_factory=dict)
+    action_units: dict[str, AuSummary] = Field(default_factory=dict)
+    events: dict[str, int] = Field(default_factory=dict)
+    event_names: dict[str, int] = Field(default_factory=dict)
+
+
 class VideoTrack(_Model):
     track_id: int
     first_frame: int
@@ -200,6 +222,7 @@ class VideoTrack(_Model):
     frames: list[TrackFrame] = Field(default_factory=list)
     events: list[VideoEvent] = Field(default_factory=list)
     baseline: Optional[TrackBaseline] = None
+    summary: Optional[TrackSummary] = None  # servers before track summaries send none
 
 
 class VideoResult(_Model):
