@@ -100,7 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.video_admission = video_admission
     app.state.jobs = None
     app.state.persons = PersonStore(settings.persons_dir, settings.persons_ttl_s, settings.max_persons)
-    app.state.metrics = Metrics(admission, app.state.manifest)
+    app.state.metrics = Metrics(admission, app.state.manifest, video_admission)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(metrics.router)
@@ -131,6 +131,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(AdmissionMiddleware, admission=admission, paths=shed_paths)
     video_paths = {getattr(route, "path", "") for route in video.router.routes}
     app.add_middleware(AdmissionMiddleware, admission=video_admission, paths=video_paths)
+    # job uploads (up to jobs_max_upload_bytes each, spooled to the temp folder) have their own, small bound
+    jobs_uploads = Admission(1, 0, settings.request_timeout_s, settings.jobs_max_uploads)
+    app.add_middleware(AdmissionMiddleware, admission=jobs_uploads, paths={"/jobs"})
     # Cheap answers before the admission and FastAPI layers (floods: BENCHMARKS.md "Floods"): GET /healthz,
     # and the 401 of a wrong or missing key.
     app.add_middleware(HealthzMiddleware)

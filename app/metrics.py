@@ -22,7 +22,7 @@ FACE_BUCKETS = (0, 1, 2, 3, 5, 10, 20, 50, 100)
 
 
 class Metrics:
-    def __init__(self, admission: Admission, manifest: Mapping) -> None:
+    def __init__(self, admission: Admission, manifest: Mapping, video_admission: Admission | None = None) -> None:
         self.registry = r = CollectorRegistry(auto_describe=True)
         labels = ("method", "route", "status")
         self.requests = Counter("microfacs_requests", "HTTP requests answered", labels, registry=r)
@@ -38,6 +38,11 @@ class Metrics:
         for reason in ("full", "deadline", "uploads"):
             self.shed.labels(reason)  # present at 0 from the start
         Gauge("microfacs_in_flight", "analyses running now", registry=r).set_function(lambda: admission.running)
+        if video_admission is not None:  # synchronous /analyze-video has its own places
+            Gauge("microfacs_video_in_flight", "synchronous video analyses running now",
+                  registry=r).set_function(lambda: video_admission.running)
+            Gauge("microfacs_video_queued", "synchronous video requests whose upload is in, waiting for a place",
+                  registry=r).set_function(lambda: video_admission.waiting)
         Gauge("microfacs_queued", "analysis requests whose upload is in, waiting for a slot",
               registry=r).set_function(lambda: admission.waiting)
         Gauge("microfacs_uploading", "analysis requests receiving their body (no analysis place yet)",

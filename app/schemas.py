@@ -455,3 +455,4 @@ class JobLimits(BaseModel):
     max_images: int
     result_ttl_s: float
     max_queued: int
+    max_uploads: int | None = Field(None, description="POST /jobs bodies received at once per API worker")

@@ -272,6 +272,10 @@ class Settings(BaseSettings):
     )
     jobs_max_attempts: int = Field(3, ge=1, description="runs of one job before it fails (worker_lost)")
     jobs_max_queued: int = Field(1000, ge=1, description="jobs queued or running at once (beyond: 503)")
+    jobs_max_uploads: int = Field(
+        2, ge=1, description="POST /jobs bodies received at once per API worker (each up to jobs_max_upload_bytes, "
+        "spooled to the temp folder): beyond, 503 with Retry-After before reading"
+    )
     # synchronous /analyze-video: its own admission, apart from the images' (a video never takes an image slot)
     video_max_in_flight: int = Field(1, ge=1, description="synchronous /analyze-video analyses at once per worker")
     video_max_queue: int = Field(2, ge=0, description="synchronous /analyze-video requests waiting for a slot")

@@ -6,6 +6,7 @@
     microfacs photos/ --url http://localhost:8000        # against a server (the microfacs-client SDK)
     microfacs clip.mp4 --render overlays/                # also write annotated PNGs
     microfacs smiles/ --reference neutral.jpg            # relative to the person's neutral face
+    microfacs long.mp4 photos/ --url URL --job -o out.csv  # as background jobs on the server (POST /jobs)
     microfacs session/ --baseline auto --persons who.csv # each person's most neutral faces as their reference
 
 Without ``--url`` the CLI runs the service's own ``app.analyzer.Analyzer`` in this process (frames go to
@@ -284,18 +285,26 @@ def run_videos(videos: list[Path], args: argparse.Namespace, backend: Any, optio
             progress.update(max(0, expected - progress.counted.pop(str(path), 0)))
             continue
         done.append((str(path), result))
-        if args.format == "jsonl":
-            writer.images += 1
-            writer.faces += len(result["tracks"])
-            writer.stream.write(video_out.to_jsonl(str(path), result) + "\n")
-        else:
-            for frame, t, frame_result in video_out.frame_results(result, args.every):
-                writer.write({"source": str(path), "frame": frame, "timestamp": t}, frame_result, None)
-        if plot_dir:
-            video_out.plot_tracks(result, str(path), plot_dir)  # matplotlib was checked before starting
+        write_video(writer, str(path), result, args, plot_dir)
         progress.update(max(0, expected - progress.counted.pop(str(path), 0)))
     write_video_tables(done, args)
     return 0
+
+
+def write_video(writer: output.Writer, source: str, result: dict[str, Any], args: argparse.Namespace,
+                plot_dir: Path | None) -> None:
+    """One video's result: a JSON line, or CSV rows per analysed frame and track; its plots with --plot."""
+    from microfacs_cli import video as video_out
+
+    if args.format == "jsonl":
+        writer.images += 1
+        writer.faces += len(result["tracks"])
+        writer.stream.write(video_out.to_jsonl(source, result) + "\n")
+    else:
+        for frame, t, frame_result in video_out.frame_results(result, args.every):
+            writer.write({"source": source, "frame": frame, "timestamp": t}, frame_result, None)
+    if plot_dir:
+        video_out.plot_tracks(result, source, plot_dir)  # matplotlib was checked before starting
 
 
 def write_video_tables(done: list[tuple[str, dict[str, Any]]], args: argparse.Namespace) -> None:
@@ -423,6 +432,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--persons", metavar="CSV",
                         help="with --baseline auto: a CSV with columns file,person (the largest face of each file "
                              "is that person); without it, faces are grouped by identity clustering")
+    parser.add_argument("--job", action="store_true",
+                        help="with --url: send each video, and each folder's images as one zip, to the server's "
+                             "POST /jobs (background jobs; progress per job on stderr), then write their results "
+                             "as usual; Ctrl-C cancels the unfinished jobs")
+    parser.add_argument("--poll", type=float, default=1.0, help="--job: seconds between progress reads (default 1)")
     parser.add_argument("--api-key", help="sent as X-API-Key (default: $MICROFACS_API_KEY)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request (--url)")
     parser.add_argument("--concurrency", type=int, default=2, help="requests in flight (--url; default 2)")
@@ -454,6 +468,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.baseline == "auto" and (args.url or args.reference or args.person):
         print("microfacs: --baseline auto runs in-process and replaces --reference/--person", file=sys.stderr)
         return 2
+    if args.job:
+        from microfacs_cli.jobs import conflicts
+
+        problem = conflicts(args)
+        if problem:
+            print(f"microfacs: {problem}", file=sys.stderr)
+            return 2
     if args.person and not args.url:
         print("microfacs: --person names a server's enrolled person: give --url too (or --reference)", file=sys.stderr)
         return 2
@@ -482,13 +503,20 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # no server, models missing, invalid options, ...
             print(f"microfacs: cannot start: {getattr(exc, 'message', exc)}", file=sys.stderr)
             return 1
-        endpoints = backend.endpoints
+        endpoints = ["jobs (as analyze)"] if args.job else backend.endpoints  # a job reads AUs and expression
         stream = stack.enter_context(open(args.output, "w", newline="")) if args.output else sys.stdout
         writer = output.Writer(stream, args.format,
-                               with_aus=any(e in ("analyze", "detect_au") for e in endpoints),
-                               with_expression=any(e in ("analyze", "recognize_expression") for e in endpoints),
+                               with_aus=args.job or any(e in ("analyze", "detect_au") for e in endpoints),
+                               with_expression=args.job or any(e in ("analyze", "recognize_expression")
+                                                               for e in endpoints),
                                with_blendshapes=args.blendshapes, with_gaze=args.gaze)
         show = args.progress or (not args.no_progress and sys.stderr.isatty())
+        if args.job:
+            from microfacs_cli.jobs import run_jobs
+
+            run_jobs(backend.client, args, writer, show)
+            writer.close()
+            return finish(writer, endpoints)
         videos = [p for p in paths if sources.is_video(p)]
         stills = [p for p in paths if not sources.is_video(p)]
         if args.baseline == "auto":
@@ -515,6 +543,10 @@ def main(argv: list[str] | None = None) -> int:
             progress.update()
         writer.close()
         progress.close()
+    return finish(writer, endpoints)
+
+
+def finish(writer: output.Writer, endpoints: list[str]) -> int:
     print(f"microfacs: {writer.images} image(s)/frame(s), {writer.faces} face(s), {writer.errors} error(s); "
           f"endpoint(s): {', '.join(endpoints)}", file=sys.stderr)
     return 0 if writer.errors == 0 else 3

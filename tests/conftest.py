@@ -17,11 +17,12 @@ def client() -> TestClient:
 
 
 @pytest.fixture(scope="session")
-def live_url() -> str:
-    """The real app served by uvicorn on a free 127.0.0.1 port (for the SDK and CLI tests)."""
+def live_url(tmp_path_factory) -> str:
+    """The real app served by uvicorn on a free 127.0.0.1 port (for the SDK and CLI tests); its jobs (POST /jobs)
+    in a folder of its own, not in a queue another test run on this machine shares."""
     from tests.helpers import LiveServer
 
-    with LiveServer(create_app(Settings())) as url:
+    with LiveServer(create_app(Settings(jobs_dir=tmp_path_factory.mktemp("live-jobs")))) as url:
         yield url
 
 

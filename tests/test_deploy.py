@@ -74,14 +74,24 @@ def k8s_documents() -> list[tuple[str, dict]]:
     return docs
 
 
+# Custom resources that kubernetes-validate has no schema for (KEDA's CRDs): checked as structure in
+# test_keda_scales_the_workers_on_hueys_queue instead.
+CUSTOM_KINDS = {("keda.sh/v1alpha1", "ScaledObject")}
+
+
+def builtin_documents() -> list[tuple[str, dict]]:
+    return [(n, d) for n, d in k8s_documents() if (d["apiVersion"], d["kind"]) not in CUSTOM_KINDS]
+
+
 def test_kubernetes_manifests_match_their_schemas():
     import kubernetes_validate
 
     kinds = {}
-    for _name, doc in k8s_documents():
+    for _name, doc in builtin_documents():
         kubernetes_validate.validate(doc, kubernetes_validate.utils.latest_version(), strict=True)
-        kinds[doc["kind"]] = doc
-    assert {"Deployment", "Service", "HorizontalPodAutoscaler"} <= set(kinds)
+        if doc["metadata"]["name"] == "microfacs" or doc["kind"] not in kinds:
+            kinds[doc["kind"]] = doc  # the API's own objects where there are several of a kind
+    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "PersistentVolumeClaim"} <= set(kinds)
     pod = kinds["Deployment"]["spec"]["template"]["spec"]
     container = pod["containers"][0]
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
@@ -110,11 +120,87 @@ def test_kubernetes_gpu_example_requests_a_gpu():
 def test_kubernetes_validation_is_strict():
     import kubernetes_validate
 
-    _, doc = next((n, d) for n, d in k8s_documents() if d["kind"] == "Deployment")
+    doc = by_name("Deployment")["microfacs"]
     bad = json.loads(json.dumps(doc))
     bad["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["pth"] = "/readyz"
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(bad, kubernetes_validate.utils.latest_version(), strict=True)
+
+
+def by_name(kind: str) -> dict[str, dict]:
+    return {d["metadata"]["name"]: d for _, d in k8s_documents() if d["kind"] == kind}
+
+
+def env_of(container: dict) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+
+
+def gib(quantity: str) -> float:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+    number, unit = re.fullmatch(r"(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti)", quantity).groups()
+    return float(number) * units[unit] / 2**30
+
+
+def test_jobs_run_distributed_on_a_shared_volume_with_room_for_the_published_limits():
+    """The API and the workers: the same Redis queue and jobs folder, on one ReadWriteMany claim; /tmp and the
+    claim sized for the job limits GET /version publishes (the settings' defaults unless the manifest sets them)."""
+    from app.settings import Settings
+
+    deployments, claims, services = by_name("Deployment"), by_name("PersistentVolumeClaim"), by_name("Service")
+    api = deployments["microfacs"]["spec"]["template"]["spec"]
+    worker = deployments["microfacs-worker"]["spec"]["template"]["spec"]
+    api_env, worker_env = env_of(api["containers"][0]), env_of(worker["containers"][0])
+    assert worker["containers"][0]["command"] == ["microfacs-worker"]
+    assert api_env["MICROFACS_JOBS_URL"] == worker_env["MICROFACS_JOBS_URL"]
+    assert api_env["MICROFACS_JOBS_DIR"] == worker_env["MICROFACS_JOBS_DIR"]
+    assert api_env["MICROFACS_JOBS_WORKERS"] == "0"
+    host = re.fullmatch(r"redis://([\w-]+):(\d+)/\d+", api_env["MICROFACS_JOBS_URL"]).group(1)
+    redis = services[host]
+    assert redis["spec"]["selector"] == deployments[host]["spec"]["selector"]["matchLabels"]
+    for pod, env in ((api, api_env), (worker, worker_env)):
+        (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] == env["MICROFACS_JOBS_DIR"]]
+        (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+        claim = claims[volume["persistentVolumeClaim"]["claimName"]]
+        assert claim["spec"]["accessModes"] == ["ReadWriteMany"]  # pods on several nodes write it
+    settings = Settings(**{k[len("MICROFACS_"):].lower(): v for k, v in api_env.items()
+                           if k.startswith("MICROFACS_JOBS_MAX")})
+    upload = settings.jobs_max_upload_bytes / 2**30
+    tmp = next(v for v in api["volumes"] if v["name"] == "tmp")["emptyDir"]["sizeLimit"]
+    assert gib(tmp) >= 1.6 + 2 * upload  # the synchronous spool budget plus two full-size job uploads at once
+    assert gib(claim["spec"]["resources"]["requests"]["storage"]) >= 10 * upload  # ten queued full-size uploads
+    assert next(v for v in worker["volumes"] if v["name"] == "tmp")["emptyDir"]["sizeLimit"]
+    assert worker["securityContext"]["runAsNonRoot"] and worker["containers"][0]["resources"]["limits"]
+
+
+def test_keda_scales_the_workers_on_hueys_queue():
+    """No schema for KEDA's ScaledObject in kubernetes-validate: its structure checked here. The list it counts must
+    be the one huey's RedisHuey pushes the app's jobs onto (its storage's ``queue_key``, no Redis needed)."""
+    from app.jobs.queue import make_huey
+    from app.settings import Settings
+
+    (scaled,) = by_name("ScaledObject").values()
+    assert scaled["apiVersion"] == "keda.sh/v1alpha1"
+    spec = scaled["spec"]
+    assert set(spec) <= {"scaleTargetRef", "minReplicaCount", "maxReplicaCount", "pollingInterval", "cooldownPeriod",
+                         "idleReplicaCount", "advanced", "fallback", "triggers"}
+    target = spec["scaleTargetRef"]
+    assert target["kind"] == "Deployment" and target["name"] in by_name("Deployment")
+    assert by_name("Deployment")[target["name"]]["spec"]["template"]["spec"]["containers"][0]["command"] == [
+        "microfacs-worker"]
+    assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]  # never zero: the list omits running jobs
+    (trigger,) = spec["triggers"]
+    meta = trigger["metadata"]
+    assert trigger["type"] == "redis" and all(isinstance(v, str) for v in meta.values())  # KEDA wants strings
+    assert int(meta["listLength"]) >= 1
+    worker = by_name("Deployment")[target["name"]]["spec"]["template"]["spec"]["containers"][0]
+    url = env_of(worker)["MICROFACS_JOBS_URL"]
+    huey = make_huey(Settings(jobs_url=url))
+    assert meta["listName"] == huey.storage.queue_key == "huey.redis.microfacsjobs"
+    host, port, db = re.fullmatch(r"redis://([\w-]+):(\d+)/(\d+)", url).groups()
+    assert meta["address"].split(".")[0] == host and meta["address"].endswith(f":{port}")
+    assert meta["databaseIndex"] == db
+    behavior = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]
+    assert behavior["stabilizationWindowSeconds"] >= 300
 
 
 # -------------------------------------------------------------------------------------------- replay

@@ -227,3 +227,21 @@ def test_images_are_served_while_jobs_run(jobs_client, astronaut):
         assert response.status_code == 200 and len(response.json()["faces"]) == 1
     assert jobs_client.get(f"/jobs/{job_id}").json()["status"] == "running"
     jobs_client.delete(f"/jobs/{job_id}")
+
+
+def test_job_uploads_are_bounded_before_their_body_is_read():
+    """POST /jobs bodies (up to gigabytes each, spooled) have their own bound: beyond it, 503 before reading."""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from app.settings import Settings
+
+    app = create_app(Settings(jobs_max_uploads=1))
+    uploads = next(m for m in app.user_middleware if m.kwargs.get("paths") == {"/jobs"})
+    admission = uploads.kwargs["admission"]
+    admission.uploading = 1  # one job upload under way
+    with TestClient(app) as client:
+        r = client.post("/jobs", files={"file": ("v.mp4", b"\x00" * 10)})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "overloaded"
+        assert "receiving too many uploads (1 at once)" in r.json()["error"]["message"]
+        assert client.get("/version").json()["jobs"]["max_uploads"] == 1

@@ -113,7 +113,7 @@ def test_sigterm_with_a_long_video_in_flight_ends_cleanly(tmp_path):
         client = threading.Thread(target=post)
         client.start()
         deadline = time.monotonic() + 30
-        while metric(url, "microfacs_in_flight") < 1 or not list(work.glob("microfacs-video-*")):
+        while metric(url, "microfacs_video_in_flight") < 1 or not list(work.glob("microfacs-video-*")):
             assert time.monotonic() < deadline, "the video analysis never started"  # (its spooled upload)
             time.sleep(0.1)
         time.sleep(0.5)
@@ -135,7 +135,10 @@ def test_sigterm_with_a_long_video_in_flight_ends_cleanly(tmp_path):
     assert answer["body"]["error"]["code"] == "shutting_down" and answer["body"]["request_id"]
     assert "Traceback" not in output and "Exception in ASGI application" not in output, output[-3000:]
     assert "cancelled by the server (shutting down)" in output
-    assert not [p.name for p in tmp.iterdir() if "microfacs" in p.name], "temporary files left behind"
+    # the embedded job queue's state (MICROFACS_JOBS_DIR, by default under the temp folder) is meant to outlive
+    # the process: accepted jobs survive a restart; nothing else may stay
+    left = [p.name for p in tmp.iterdir() if "microfacs" in p.name and p.name != "microfacs-jobs"]
+    assert not left, f"temporary files left behind: {left}"
     print(f"stopped {stopped_s:.1f} s after SIGTERM (graceful timeout {graceful_s:g} s)")
 
 

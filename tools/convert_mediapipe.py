@@ -126,6 +126,10 @@ def optimise_mesh_graph(source: Path, target: Path) -> int:
 
     model = onnx.load(str(source))
     count = rewrite_prelu(model)
+    used = {name for node in model.graph.node for name in node.input}
+    kept = [init for init in model.graph.initializer if init.name in used]  # the PRelu slopes are no longer read
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
     for value in [*model.graph.input, *model.graph.output]:
         value.type.tensor_type.shape.dim[0].dim_param = "batch"
     onnx.checker.check_model(model)

@@ -104,7 +104,7 @@ async def version(request: Request) -> VersionResponse:
                        max_upload_bytes=settings.jobs_max_upload_bytes,
                        max_video_duration_s=settings.jobs_max_duration_s, max_video_frames=settings.jobs_max_frames,
                        max_images=settings.jobs_max_images, result_ttl_s=settings.jobs_result_ttl_s,
-                       max_queued=settings.jobs_max_queued),
+                       max_queued=settings.jobs_max_queued, max_uploads=settings.jobs_max_uploads),
         execution=execution_info(registry),
     )
 

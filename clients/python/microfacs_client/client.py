@@ -14,7 +14,8 @@ import httpx
 
 from microfacs_client.errors import MicroFACSError
 from microfacs_client.images import ImageInput, describe, to_upload
-from microfacs_client.models import AnalysisResult, Person, Readiness, Version, VideoResult
+from microfacs_client.jobs import AsyncJob, Job, job_upload
+from microfacs_client.models import AnalysisResult, JobStatus, Person, Readiness, Version, VideoResult
 
 DEFAULT_URL = "http://localhost:8000"
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
@@ -271,6 +272,35 @@ class Client(_Base):
             raise _error_from(response)
         return VideoResult.model_validate(response.json())
 
+    def submit(self, upload: Any, *, filename: Optional[str] = None, every: Optional[int] = None,
+               max_faces: Optional[int] = None, side_face_filter: Optional[bool] = None,
+               occlusion_filter: Optional[bool] = None, series: Optional[bool] = None,
+               baseline: Optional[str] = None, timeout: float = VIDEO_TIMEOUT, **extra: Any) -> Job:
+        """``POST /jobs``: a long video or a zip/tar of images as a background job; returns at once with a ``Job``
+        (``.status()``, ``.wait(progress=...)``, ``.result()``, ``.cancel()``). ``upload``: a path, bytes or a
+        binary file (the server tells a video from an archive by its content; ``filename`` names bytes). The
+        options are ``analyze_video``'s. Not retried (an upload may be large): errors raise ``MicroFACSError``
+        (e.g. 503 ``overloaded`` when the server's queue is full, 413 past its job limits: ``version().jobs``)."""
+        files, opened = job_upload(upload, filename)
+        params = _params(dict(every=every, max_faces=max_faces, side_face_filter=side_face_filter,
+                              occlusion_filter=occlusion_filter, series=series, baseline=baseline, **extra))
+        try:
+            response = self._http.post("/jobs", files=files, headers=self.headers, params=params, timeout=timeout)
+        except httpx.HTTPError as exc:
+            raise _transport_error(exc) from exc
+        finally:
+            if opened is not None:
+                opened.close()
+        if response.status_code >= 400:
+            raise _error_from(response)
+        return Job(self, JobStatus.model_validate(response.json()))
+
+    def job(self, job_id: str) -> Job:
+        """A job submitted earlier (by this or another process, with the same API key), by its id."""
+        job = Job(self, JobStatus(id=job_id, status="unknown"))
+        job.status()
+        return job
+
     def render(self, image: ImageInput, endpoint: str = "detect_faces", **options: Any) -> bytes:
         """The server's annotated PNG (``?render=true``) for ``endpoint``."""
         response = self._request("POST", ENDPOINTS.get(endpoint, endpoint), files=self._files(image),
@@ -419,6 +449,32 @@ class AsyncClient(_Base):
         if response.status_code >= 400:
             raise _error_from(response)
         return VideoResult.model_validate(response.json())
+
+    async def submit(self, upload: Any, *, filename: Optional[str] = None, every: Optional[int] = None,
+                     max_faces: Optional[int] = None, side_face_filter: Optional[bool] = None,
+                     occlusion_filter: Optional[bool] = None, series: Optional[bool] = None,
+                     baseline: Optional[str] = None, timeout: float = VIDEO_TIMEOUT, **extra: Any) -> AsyncJob:
+        """``POST /jobs`` (see ``Client.submit``): an ``AsyncJob`` whose calls are awaitable."""
+        files, opened = job_upload(upload, filename)  # a file is streamed from disk, not read whole
+        params = _params(dict(every=every, max_faces=max_faces, side_face_filter=side_face_filter,
+                              occlusion_filter=occlusion_filter, series=series, baseline=baseline, **extra))
+        try:
+            response = await self._http.post("/jobs", files=files, headers=self.headers, params=params,
+                                             timeout=timeout)
+        except httpx.HTTPError as exc:
+            raise _transport_error(exc) from exc
+        finally:
+            if opened is not None:
+                opened.close()
+        if response.status_code >= 400:
+            raise _error_from(response)
+        return AsyncJob(self, JobStatus.model_validate(response.json()))
+
+    async def job(self, job_id: str) -> AsyncJob:
+        """A job submitted earlier, by its id (see ``Client.job``)."""
+        job = AsyncJob(self, JobStatus(id=job_id, status="unknown"))
+        await job.status()
+        return job
 
     async def render(self, image: ImageInput, endpoint: str = "detect_faces", **options: Any) -> bytes:
         response = await self._request("POST", ENDPOINTS.get(endpoint, endpoint), files=self._files(image),

@@ -230,3 +230,63 @@ class VideoResult(_Model):
     video: VideoInfo
     tracks: list[VideoTrack] = Field(default_factory=list)
     timings_ms: dict[str, float] = Field(default_factory=dict)
+
+
+# --- POST /jobs: long videos and image archives as background jobs ------------------------------------------
+
+JOB_TERMINAL_STATES = ("done", "failed", "cancelled")
+
+
+class JobProgress(_Model):
+    """Frames (video) or images (archive) analysed so far, of ``total`` (None until known), and the seconds left
+    at the current pace."""
+
+    done: int = 0
+    total: Optional[int] = None
+    eta_s: Optional[float] = None
+
+    @property
+    def fraction(self) -> Optional[float]:
+        return min(self.done / self.total, 1.0) if self.total else None
+
+
+class JobError(_Model):
+    code: str
+    message: str = ""
+
+
+class JobStatus(_Model):
+    """``GET /jobs/{id}``: ``status`` is queued, running, done, failed or cancelled; ``error`` when it failed."""
+
+    id: str
+    status: str
+    kind: str = ""  # video, zip or tar
+    filename: str = ""
+    progress: JobProgress = Field(default_factory=JobProgress)
+    created_at: str = ""
+    started_at: Optional[str] = None
+    finished_at: Optional[str] = None
+    error: Optional[JobError] = None
+    attempts: int = 0
+    links: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        """True once the job will not change any more (done, failed or cancelled)."""
+        return self.status in JOB_TERMINAL_STATES
+
+
+class ArchiveImage(_Model):
+    """One image of an archive job: its ``name`` in the archive, and its ``result`` or its ``error``."""
+
+    name: str
+    result: Optional[AnalysisResult] = None
+    error: Optional[JobError] = None
+
+
+class ArchiveResult(_Model):
+    """An archive job's result: every image in name order, and counts (images, faces, errors)."""
+
+    request_id: str = ""
+    images: list[ArchiveImage] = Field(default_factory=list)
+    summary: dict[str, int] = Field(default_factory=dict)
