@@ -38,10 +38,11 @@ from app.decode import DecodeMemory, ImageLimits, decode_image
 from app.detect import FaceDetector
 from app.errors import ApiError
 from app.filters import OcclusionVerdict, filter_reasons
-from app.heads import AuHead, Head, OpenAuHead, build_heads
-from app.landmarks import LandmarkStage
+from app.heads import AuHead, Head, OpenAuHead, build_heads, get_all
+from app.landmarks import LandmarkStage, roi_from_detection, roi_from_landmarks
 from app.model_zoo.blazeface import Detection
 from app.model_zoo.expression import PRIORS, ExpressionResult
+from app.model_zoo.face_mesh import MeshResult, Roi
 from app.pose import PITCH_OFFSET_DEG, PITCH_OFFSET_DEG_V2, HeadPose, head_pose
 from app.reference import (
     FaceReading,
@@ -406,7 +407,7 @@ class Analyzer:
         the face is still there). ``image``: a BGR uint8 array. One face per entry, in order."""
         chosen = self._chosen_heads(heads)
         timings = timings if timings is not None else Timings()
-        faces = [self._face_stage(image, None, options, timings, previous) for previous in previous_landmarks]
+        faces = self._face_stages(image, [None] * len(previous_landmarks), options, timings, previous_landmarks)
         self._run_heads(image, faces, chosen, options, timings)
         return self._analysis(image, faces, chosen, timings, options)
 
@@ -423,7 +424,7 @@ class Analyzer:
         image is one face), e.g. a video tracker that keeps only the detections no track explains."""
         chosen = self._chosen_heads(heads)
         timings = timings if timings is not None else Timings()
-        faces = [self._face_stage(image, detection, options, timings) for detection in detections]
+        faces = self._face_stages(image, detections, options, timings)
         self._run_heads(image, faces, chosen, options, timings, detections, face_references)
         return self._analysis(image, faces, chosen, timings, options)
 
@@ -455,11 +456,19 @@ class Analyzer:
         if face_references is not None:
             for face, reference in zip(faces, face_references):
                 per_face[id(face)] = options if reference is None else self.with_reference(options, reference)
-        for name in chosen if analysed else ():
+        self.run_heads_on(analysed, chosen, [per_face[id(face)] for face in analysed], timings)
+
+    def run_heads_on(self, faces: list[FaceAnalysis], chosen: Sequence[str], options: Sequence[FaceOptions],
+                     timings: Timings) -> None:
+        """The ``chosen`` heads on ``faces`` (unfiltered; one options each), which may come from several images
+        (a video's frames): every face in one call per head where the head batches (``app.heads.get_all``).
+        Heads that read the irises need ``face.landmarks_v2`` already (``_run_irises``, on the face's image)."""
+        for name in chosen if faces else ():
             head = self.heads[name]
             with timings.stage(head.field):
-                for face in analysed:
-                    face.outputs[name] = head.get(face, per_face[id(face)])
+                results = get_all(head, faces, list(options))
+            for face, result in zip(faces, results):
+                face.outputs[name] = result
 
     def _run_irises(
         self, image: np.ndarray, faces: list[FaceAnalysis], chosen: Sequence[str], timings: Timings,
@@ -468,44 +477,71 @@ class Analyzer:
         """Landmarks v2 for the unfiltered faces when one of the ``chosen`` heads reads the irises."""
         if any(getattr(self.heads[name], "needs_irises", False) for name in chosen):
             regions = detections if detections is not None else [None] * len(faces)
+            todo: list[tuple[FaceAnalysis, Roi]] = []
             for face, detection in zip(faces, regions):
                 if face.filtered or face.landmarks_v2 is not None:
                     continue
-                with timings.stage("landmarks_v2"):
-                    if detection is not None:
-                        mesh = self.landmarks_v2.from_detection(image, detection.box, detection.keypoints)
-                    elif detections is not None:  # face_crop: the whole image is the face
-                        mesh = self.landmarks_v2.from_face_crop(image)
-                    else:
-                        mesh = self.landmarks_v2.from_landmarks(image, face.landmarks)
+                if detection is not None:
+                    todo.append((face, roi_from_detection(detection.box, detection.keypoints)))
+                elif detections is not None:  # face_crop: the whole image is the face (two passes)
+                    with timings.stage("landmarks_v2"):
+                        face.landmarks_v2 = self.landmarks_v2.from_face_crop(image).landmarks
+                else:
+                    todo.append((face, roi_from_landmarks(face.landmarks)))
+            if todo:
+                with timings.stage("landmarks_v2"):  # every face in one call
+                    meshes = self.landmarks_v2.from_regions(image, [roi for _, roi in todo])
+                for (face, _), mesh in zip(todo, meshes):
                     face.landmarks_v2 = mesh.landmarks
 
-    def _face_stage(
+    def _face_stages(
+        self,
+        image: np.ndarray,
+        detections: Sequence[Detection | None],
+        options: FaceOptions,
+        timings: Timings,
+        previous_landmarks: Sequence[np.ndarray] | None = None,
+    ) -> list[FaceAnalysis]:
+        """The face stage of every face of one image, in order: one landmark call and one occlusion call for them
+        all (a face per ``detections`` entry: None = the whole image is the face; or one per previous mesh)."""
+        with timings.stage("landmarks"):
+            if previous_landmarks is not None:
+                meshes = self.landmarks.from_regions(image, [roi_from_landmarks(p) for p in previous_landmarks])
+            else:
+                found = iter(self.landmarks.from_regions(
+                    image, [roi_from_detection(d.box, d.keypoints) for d in detections if d is not None]))
+                meshes = [self.landmarks.from_face_crop(image) if d is None else next(found) for d in detections]
+        poses, crops = [], []
+        for mesh in meshes:
+            with timings.stage("pose"):
+                poses.append(head_pose(mesh.landmarks[:468], self.pitch_offset))
+            with timings.stage("align"):
+                crops.append(align_face(image, mesh.landmarks[:468]))
+        network = self.models.occlusion
+        if network is None:  # open profile: no occlusion network, nothing scored
+            scores: list[dict[str, float]] = [{} for _ in crops]
+        else:
+            with timings.stage("occlusion"):
+                scores = network.predict_batch(crops)
+        previous = previous_landmarks if previous_landmarks is not None else [None] * len(meshes)
+        return [self._face(image, detection, options, mesh, pose, aligned, region_scores, before)
+                for detection, mesh, pose, aligned, region_scores, before
+                in zip(detections, meshes, poses, crops, scores, previous)]
+
+    def _face(
         self,
         image: np.ndarray,
         detection: Detection | None,
         options: FaceOptions,
-        timings: Timings,
-        previous_landmarks: np.ndarray | None = None,
+        mesh: MeshResult,
+        pose: HeadPose,
+        aligned: AlignedFace,
+        scores: dict[str, float],
+        previous_landmarks: np.ndarray | None,
     ) -> FaceAnalysis:
-        with timings.stage("landmarks"):
-            if previous_landmarks is not None:
-                mesh = self.landmarks.from_landmarks(image, previous_landmarks)
-            elif detection is None:
-                mesh = self.landmarks.from_face_crop(image)
-            else:
-                mesh = self.landmarks.from_detection(image, detection.box, detection.keypoints)
         landmarks, landmarks_v2 = mesh.landmarks[:468], (mesh.landmarks if len(mesh.landmarks) > 468 else None)
-        with timings.stage("pose"):
-            pose = head_pose(landmarks, self.pitch_offset)
-        with timings.stage("align"):
-            aligned = align_face(image, landmarks)
-        if self.models.occlusion is None:  # open profile: no occlusion network, nothing scored
-            occlusion = OcclusionVerdict(scores={}, thresholds={})
-        else:
-            with timings.stage("occlusion"):
-                scores = self.models.occlusion.predict(aligned)
-                occlusion = OcclusionVerdict(scores=scores, thresholds=self.occlusion_thresholds)
+        thresholds = {} if self.models.occlusion is None else self.occlusion_thresholds
+        occlusion = OcclusionVerdict(scores=scores, thresholds=thresholds)
         reasons = filter_reasons(
             pose,
             occlusion,

@@ -2,7 +2,8 @@
 
 A head follows one small protocol (like insightface's ``model.get(img, face)``): ``get(face, options)`` reads
 the face stage's result (the aligned crop, the landmarks, ...) and the call's options, and returns a typed
-result in *image* space.
+result in *image* space. A head whose network can read several faces at once also has
+``get_batch(faces, options)`` (one options per face): the analyzer calls it once per image (``get_all``).
 Every head is registered in ``HEADS`` (the one place), under the name callers choose it by
 (``Analyzer.run(..., heads={"au", "expression"})``); its ``field`` names the response field and the
 timing it is reported under.
@@ -62,14 +63,29 @@ class AuHead:
     def probability(self, face: FaceAnalysis) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per AU the probability (the detector's, or the fusion's), its best box (aligned-crop pixels) and the
         threshold it is decided against."""
-        probability, boxes = self.model.scores(face.aligned)
-        if self.fusion is None or self.blendshapes is None:
-            return probability, boxes, self.model.thresholds
-        shapes = face.outputs.get("blendshapes") or self.blendshapes.predict(irises_required(face))
-        return self.fusion.fuse(probability, shapes), boxes, self.fusion.thresholds
+        return self.probabilities([face])[0]
+
+    def probabilities(self, faces: list[FaceAnalysis]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """``probability`` of several faces: the detector reads them all in one call."""
+        out = []
+        for face, (probability, boxes) in zip(faces, self.model.scores_batch([face.aligned for face in faces])):
+            if self.fusion is None or self.blendshapes is None:
+                out.append((probability, boxes, self.model.thresholds))
+                continue
+            shapes = face.outputs.get("blendshapes") or self.blendshapes.predict(irises_required(face))
+            out.append((self.fusion.fuse(probability, shapes), boxes, self.fusion.thresholds))
+        return out
 
     def get(self, face: FaceAnalysis, options: FaceOptions) -> list[ActionUnit]:
-        probability, boxes, thresholds = self.probability(face)
+        return self.get_batch([face], [options])[0]
+
+    def get_batch(self, faces: list[FaceAnalysis], options: list[FaceOptions]) -> list[list[ActionUnit]]:
+        """``get`` for several faces (each with its own options: its own reference), the detector in one call."""
+        return [self._units(face, face_options, *read)
+                for face, face_options, read in zip(faces, options, self.probabilities(faces))]
+
+    def _units(self, face: FaceAnalysis, options: FaceOptions, probability: np.ndarray, boxes: np.ndarray,
+               thresholds: np.ndarray) -> list[ActionUnit]:
         units = self.model.units(probability, boxes, thresholds)
         if options.reference is not None:  # relative to the person's neutral face (app/reference.py)
             units = relative_units(units, relative_au_probability(probability, options.reference), thresholds)
@@ -89,10 +105,18 @@ class ExpressionHead:
     field: str = "expression"
 
     def get(self, face: FaceAnalysis, options: FaceOptions) -> ExpressionResult:
-        probs, distance = self.model.read(face.aligned)
-        if options.reference is not None:
-            return relative_expression(self.model, probs, distance, options.reference, options.expression_prior)
-        return self.model.result(probs, distance, options.expression_prior)
+        return self.get_batch([face], [options])[0]
+
+    def get_batch(self, faces: list[FaceAnalysis], options: list[FaceOptions]) -> list[ExpressionResult]:
+        """``get`` for several faces (each with its own options: prior, reference), the network in one call."""
+        out = []
+        for face_options, (probs, distance) in zip(options, self.model.read_batch([f.aligned for f in faces])):
+            if face_options.reference is not None:
+                out.append(relative_expression(self.model, probs, distance, face_options.reference,
+                                               face_options.expression_prior))
+            else:
+                out.append(self.model.result(probs, distance, face_options.expression_prior))
+        return out
 
 
 def irises_required(face: FaceAnalysis) -> np.ndarray:
@@ -125,6 +149,15 @@ class GazeHead:
 
     def get(self, face: FaceAnalysis, options: FaceOptions) -> Gaze:
         return gaze(irises_required(face))
+
+
+def get_all(head: Head, faces: list[FaceAnalysis], options: list[FaceOptions]) -> list[Any]:
+    """``head.get`` for each face with its options: one ``get_batch`` call where the head has one (its network
+    reads every face in one call), else one ``get`` per face."""
+    batch = getattr(head, "get_batch", None)
+    if batch is not None:
+        return batch(faces, options)
+    return [head.get(face, face_options) for face, face_options in zip(faces, options)]
 
 
 def au_head(models: ModelRegistry, settings: Settings) -> AuHead:

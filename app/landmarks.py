@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from app.model_zoo.face_landmarker import FaceLandmarker
-from app.model_zoo.face_mesh import FaceMesh, MeshResult
+from app.model_zoo.face_mesh import FaceMesh, MeshResult, Roi
 
 # Mesh indices used to place the region of interest and by the later stages.
 RIGHT_EYE_OUTER, RIGHT_EYE_INNER, LEFT_EYE_INNER, LEFT_EYE_OUTER = 33, 133, 362, 263
@@ -38,6 +38,10 @@ def roi_from_landmarks(landmarks: np.ndarray) -> tuple[np.ndarray, float, float]
 class LandmarkStage:
     def __init__(self, mesh: FaceMesh | FaceLandmarker) -> None:
         self.mesh = mesh
+
+    def from_regions(self, image: np.ndarray, regions: list[Roi]) -> list[MeshResult]:
+        """The mesh on several faces' regions (``roi_from_detection`` / ``roi_from_landmarks``): one call."""
+        return self.mesh.predict_batch(image, regions)
 
     def from_detection(self, image: np.ndarray, box: np.ndarray, keypoints: np.ndarray) -> MeshResult:
         return self.mesh.predict(image, *roi_from_detection(box, keypoints))

@@ -62,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             registry = ModelRegistry(settings)
             registry.warm_up()
             app.state.registry = registry
+            app.state.metrics.watch_models(registry)  # microfacs_model_provider: where each model runs
             app.state.analyzer = Analyzer(settings, registry)
             app.state.jobs = start_jobs(settings, app.state.analyzer)
             app.state.ready = True

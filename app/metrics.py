@@ -7,6 +7,7 @@ import time
 from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import GaugeMetricFamily
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import __version__
@@ -54,11 +55,37 @@ class Metrics:
         for name, entry in manifest.get("models", {}).items():
             models.labels(name).info({"version": str(entry.get("version", "")), "sha256": str(entry.get("sha256", ""))})
         admission.on_shed = lambda reason: self.shed.labels(reason).inc()
+        self._providers: ProviderCollector | None = None
+
+    def watch_models(self, models) -> None:
+        """``microfacs_model_provider{model, provider} 1`` for each loaded model (``app.registry.ModelRegistry``),
+        read at each scrape: the identity model appears once it has loaded."""
+        if self._providers is not None:  # the app started again (tests): the new models replace the old
+            self.registry.unregister(self._providers)
+        self._providers = ProviderCollector(models)
+        self.registry.register(self._providers)
 
     def observe_analysis(self, timings_ms: Mapping[str, float], faces: int) -> None:
         for stage, ms in timings_ms.items():
             self.stages.labels(stage).observe(ms / 1000.0)
         self.faces.observe(faces)
+
+
+class ProviderCollector:
+    """Which onnxruntime execution provider each loaded model's session runs on (MICROFACS_PROVIDERS)."""
+
+    def __init__(self, models) -> None:
+        self.models = models
+
+    def describe(self) -> list:
+        return []  # no fixed series: the registry need not call collect() when this is registered
+
+    def collect(self):
+        family = GaugeMetricFamily("microfacs_model_provider", "1 for the execution provider each loaded model runs "
+                                   "on (MICROFACS_PROVIDERS; app/providers.py)", labels=["model", "provider"])
+        for name, provider in sorted(self.models.providers().items()):
+            family.add_metric([name, provider], 1.0)
+        yield family
 
 
 def route_of(scope: Scope) -> str:

@@ -15,6 +15,7 @@ from app.model_zoo.face_landmarker import FaceBlendshapes, FaceLandmarker
 from app.model_zoo.face_mesh import FaceMesh
 from app.model_zoo.occlusion import OCCLUSION_MODELS, OcclusionClassifier
 from app.profiles import entry_profiles
+from app.providers import Runtime
 from app.settings import Settings
 
 T = TypeVar("T")
@@ -22,7 +23,9 @@ T = TypeVar("T")
 
 class ModelRegistry:
     def __init__(self, settings: Settings) -> None:
-        models_dir, threads = settings.models_dir, settings.onnx_threads
+        # threads: the sessions' runtime (intra-op threads and MICROFACS_PROVIDERS' execution providers)
+        models_dir, threads = settings.models_dir, Runtime.resolve(settings.providers, settings.onnx_threads)
+        self.runtime = threads
         self.profile = settings.profile
         self.full_range = BlazeFaceFullRange(models_dir, threads)
         self.short_range = BlazeFaceShortRange(models_dir, threads)
@@ -74,6 +77,10 @@ class ModelRegistry:
 
     def loaded(self) -> dict[str, OnnxModel]:
         return {m.entry.name: m for m in vars(self).values() if isinstance(m, OnnxModel)}
+
+    def providers(self) -> dict[str, str]:
+        """Model name -> the execution provider its session runs on (the identity model once loaded)."""
+        return {name: model.provider for name, model in self.loaded().items()}
 
     def warm_up(self) -> None:
         for model in self.loaded().values():

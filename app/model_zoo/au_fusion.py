@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
-from app.model_zoo.base import OnnxModel
+from app.model_zoo.base import OnnxModel, Runtime
 
 
 class AuFusion(OnnxModel):
     manifest_name = "au_fusion"
 
-    def __init__(self, models_dir: Path, threads: int = 1) -> None:
+    def __init__(self, models_dir: Path, threads: int | Runtime = 1) -> None:
         super().__init__(models_dir, threads)
         extra = self.entry.extra
         self.classes: list[str] = list(extra["classes"])

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 
 from app.boxes import box_iou
-from app.model_zoo.base import OnnxModel
+from app.model_zoo.base import OnnxModel, Runtime
 
 # Keypoint order of BlazeFace: the subject's right eye, left eye, nose tip, mouth centre,
 # right ear tragion, left ear tragion.
@@ -56,7 +56,7 @@ class BlazeFace(OnnxModel):
     strides: list[int] = []
     anchors_per_cell: list[int] = []
 
-    def __init__(self, models_dir: Path, threads: int = 1) -> None:
+    def __init__(self, models_dir: Path, threads: int | Runtime = 1) -> None:
         super().__init__(models_dir, threads)
         self.size = int(self.input_shape[2])
         self.anchors = ssd_anchors(self.size, self.strides, self.anchors_per_cell)

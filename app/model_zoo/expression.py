@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from app.align import grey_input
-from app.model_zoo.base import ModelError, OnnxModel, sha256_of
+from app.model_zoo.base import ModelError, OnnxModel, Runtime, sha256_of
 
 INPUT_SIZE = 48
 PRIORS = ("balanced", "ferplus")
@@ -48,7 +48,7 @@ class ExpressionResult:
 class ExpressionRecognizer(OnnxModel):
     manifest_name = "expression"
 
-    def __init__(self, models_dir, threads: int = 1) -> None:
+    def __init__(self, models_dir, threads: int | Runtime = 1) -> None:
         super().__init__(models_dir, threads)
         extra = self.entry.extra
         self.classes: list[str] = list(extra["classes"])
@@ -94,7 +94,7 @@ class ExpressionRecognizer(OnnxModel):
     def predict_batch(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(N, H, W[, 3]) uint8 aligned crops -> (probabilities (N, C), unit embeddings (N, d))."""
         tensor = np.stack([preprocess(c, self.size) for c in crops])[:, None]
-        probs, emb = self.run(tensor.astype(np.float32))
+        probs, emb = self.run_batch(tensor.astype(np.float32))
         emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
         return probs, emb
 
@@ -117,10 +117,15 @@ class ExpressionRecognizer(OnnxModel):
     def read(self, aligned) -> tuple[np.ndarray, float]:
         """The network's probabilities (C,) under FER+'s prior and the distance to the nearest prototype.
         ``aligned``: app.align.AlignedFace (BGR crop) or a grey/BGR crop array."""
-        image = getattr(aligned, "image", aligned)
-        probs, emb = self.predict_batch(np.asarray(image)[None])
+        return self.read_batch([aligned])[0]
+
+    def read_batch(self, faces: list) -> list[tuple[np.ndarray, float]]:
+        """``read`` for several faces (crops of one size), in one call when the graph allows."""
+        if not faces:
+            return []
+        probs, emb = self.predict_batch(np.stack([np.asarray(getattr(face, "image", face)) for face in faces]))
         _, dist = self.nearest_prototype(emb)
-        return probs[0], float(dist[0])
+        return [(probs[n], float(dist[n])) for n in range(len(faces))]
 
     def predict(self, aligned, prior: str = "ferplus") -> ExpressionResult:
         """``aligned``: app.align.AlignedFace (BGR crop) or a grey/BGR crop array."""

@@ -20,7 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from app.model_zoo.base import ModelError, OnnxModel
+from app.model_zoo.base import ModelError, OnnxModel, Runtime
 
 SIZE = 224
 # Each side of the face box grows by this fraction of the box's width / height. The authors add 10 pixels
@@ -82,7 +82,7 @@ class FaceIdentity(OnnxModel):
 
     manifest_name = "face_identity"
 
-    def __init__(self, models_dir: Path, threads: int = 1) -> None:
+    def __init__(self, models_dir: Path, threads: int | Runtime = 1) -> None:
         super().__init__(models_dir, threads)
         self.size = int(self.input_shape[2])
         self.dim = int(self.session.get_outputs()[0].shape[-1])

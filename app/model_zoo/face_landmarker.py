@@ -8,11 +8,10 @@ iris and 474-477 its contour (MediaPipe's FACEMESH_RIGHT_IRIS / FACEMESH_LEFT_IR
 """
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
 from app.model_zoo.base import OnnxModel
-from app.model_zoo.face_mesh import MeshResult, roi_transform
+from app.model_zoo.face_mesh import MeshModel
 
 NUM_LANDMARKS = 478
 MESH_POINTS = 468
@@ -51,29 +50,12 @@ BLENDSHAPE_NAMES = (
 )
 
 
-class FaceLandmarker(OnnxModel):
+class FaceLandmarker(MeshModel):
     """Same interface as ``FaceMesh``: ``predict(image, centre, size, angle)`` -> ``MeshResult`` whose
-    landmarks are (478, 3): x, y in image pixels, z in pixels (smaller = nearer the camera)."""
+    landmarks are (478, 3): x, y in image pixels, z in pixels (smaller = nearer the camera); ``predict_batch``."""
 
     manifest_name = "face_landmarker"
-
-    def __init__(self, models_dir, threads: int = 1) -> None:
-        super().__init__(models_dir, threads)
-        self.size = int(self.input_shape[2])
-
-    def predict(self, image_bgr: np.ndarray, centre: np.ndarray, size: float, angle_rad: float) -> MeshResult:
-        matrix = roi_transform(np.asarray(centre, dtype=np.float64), size, angle_rad, self.size)
-        crop = cv2.warpAffine(
-            image_bgr, matrix, (self.size, self.size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
-        )
-        tensor = cv2.cvtColor(crop, cv2.COLOR_BGR2RGB).astype(np.float32).transpose(2, 0, 1)[None] / 255.0
-        raw, presence_logit, _ = self.run(tensor)
-        points = raw.reshape(NUM_LANDMARKS, 3).astype(np.float64)
-        inverse = cv2.invertAffineTransform(matrix)
-        xy = points[:, :2] @ inverse[:, :2].T + inverse[:, 2]
-        z = points[:, 2:3] * (size / self.size)
-        presence = float(1.0 / (1.0 + np.exp(-float(presence_logit.reshape(-1)[0]))))
-        return MeshResult(landmarks=np.hstack([xy, z]), presence=presence)
+    num_landmarks = NUM_LANDMARKS
 
 
 class FaceBlendshapes(OnnxModel):

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from app.align import AlignedFace, grey_input
-from app.model_zoo.base import ModelError, OnnxModel
+from app.model_zoo.base import ModelError, OnnxModel, Runtime
 
 REGIONS = ("eyes", "nose", "mouth", "brows")
 UPSAMPLING = {"linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC}
@@ -64,7 +64,7 @@ OCCLUSION_MODELS = {"single": "occlusion", "ensemble": "occlusion_ensemble"}
 class OcclusionClassifier(OnnxModel):
     manifest_name = "occlusion"
 
-    def __init__(self, models_dir: Path, threads: int = 1, name: str = "occlusion") -> None:
+    def __init__(self, models_dir: Path, threads: int | Runtime = 1, name: str = "occlusion") -> None:
         self.manifest_name = name  # which manifest entry: "occlusion" or "occlusion_ensemble" (same contract)
         super().__init__(models_dir, threads)
         self.size = int(self.input_shape[2])
@@ -88,6 +88,13 @@ class OcclusionClassifier(OnnxModel):
 
     def predict(self, aligned: AlignedFace) -> dict[str, float]:
         """Probability that each region is occluded, keyed by region name."""
-        probs = self.run(np.ascontiguousarray(self.preprocess(aligned.image)))[0]
-        probs = probs.max(0) if self.prep.mirror == "max" else probs.mean(0)  # one row unless mirrored
-        return {r: float(p) for r, p in zip(REGIONS, probs)}
+        return self.predict_batch([aligned])[0]
+
+    def predict_batch(self, faces: list[AlignedFace]) -> list[dict[str, float]]:
+        """``predict`` for several faces, in one call when the graph allows."""
+        if not faces:
+            return []
+        inputs = [self.preprocess(face.image) for face in faces]  # (1, or 2 with the mirror, 1, size, size) each
+        probs = self.run_batch(np.ascontiguousarray(np.concatenate(inputs)))[0].reshape(len(faces), -1, len(REGIONS))
+        probs = probs.max(1) if self.prep.mirror == "max" else probs.mean(1)  # one row a face unless mirrored
+        return [{r: float(p) for r, p in zip(REGIONS, row)} for row in probs]

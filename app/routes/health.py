@@ -7,7 +7,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from app import __version__
 from app.analyzer import limits_of
 from app.decode import SUPPORTED_FORMATS, max_pixels_by_layout
-from app.schemas import Defaults, Health, JobLimits, Limits, ModelInfo, Readiness, VersionResponse
+from app.schemas import Defaults, ExecutionInfo, Health, JobLimits, Limits, ModelInfo, Readiness, VersionResponse
 from app.video.decode import VIDEO_FORMATS
 
 router = APIRouter(tags=["service"])
@@ -55,11 +55,14 @@ async def version(request: Request) -> VersionResponse:
     (``profile``; app/profiles.py), each with its licence."""
     settings = request.app.state.settings
     manifest = request.app.state.manifest
+    registry = getattr(request.app.state, "registry", None)  # None while the models load
+    providers = registry.providers() if registry is not None else {}
     return VersionResponse(
         service="microfacs",
         version=__version__,
         models={
-            name: ModelInfo(version=e["version"], sha256=e["sha256"], licence=e.get("licence", ""))
+            name: ModelInfo(version=e["version"], sha256=e["sha256"], licence=e.get("licence", ""),
+                            provider=providers.get(name))
             for name, e in manifest["models"].items()
         },
         limits=Limits(
@@ -102,4 +105,15 @@ async def version(request: Request) -> VersionResponse:
                        max_video_duration_s=settings.jobs_max_duration_s, max_video_frames=settings.jobs_max_frames,
                        max_images=settings.jobs_max_images, result_ttl_s=settings.jobs_result_ttl_s,
                        max_queued=settings.jobs_max_queued, max_uploads=settings.jobs_max_uploads),
+        execution=execution_info(registry),
     )
+
+
+def execution_info(registry) -> ExecutionInfo | None:
+    if registry is None:
+        return None
+    import onnxruntime as ort
+
+    runtime = registry.runtime
+    return ExecutionInfo(requested=list(runtime.requested), used=runtime.names,
+                         available=list(ort.get_available_providers()))

@@ -48,6 +48,10 @@ from app.video.summary import au_thresholds, track_summary
 from app.video.tracking import FrameRecord, Track, Tracker
 
 FrameCallback = Callable[[int, float, np.ndarray, list[tuple[int, FrameRecord]]], None]
+# On an accelerator (MICROFACS_PROVIDERS=cuda...), the AU and expression heads read the faces of this many frames in
+# one call (app/video/tracking.py: Tracker.flush); on the CPU each frame's faces are one call (a batch of frames
+# gains little there). MICROFACS_VIDEO_BATCH_FRAMES overrides both.
+DEVICE_BATCH_FRAMES = 16
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,15 @@ class VideoAnalyzer:
         self.analyzer._chosen_heads(heads)  # unknown heads are a 422 before anything is decoded
         return VideoOptions(face=face, every=every, series=series, heads=tuple(heads), max_frames=max_frames,
                             baseline=baseline)
+
+    @property
+    def batch_frames(self) -> int:
+        """Frames whose faces the heads read in one call (``MICROFACS_VIDEO_BATCH_FRAMES``; by default
+        ``DEVICE_BATCH_FRAMES`` when the models run on an accelerator, else 1: each frame on its own)."""
+        if self.settings.video_batch_frames is not None:
+            return self.settings.video_batch_frames
+        runtime = getattr(self.analyzer.models, "runtime", None)
+        return DEVICE_BATCH_FRAMES if runtime is not None and runtime.on_device else 1
 
     @property
     def limits(self) -> VideoLimits:
@@ -151,10 +164,13 @@ class VideoAnalyzer:
         on_frame: FrameCallback | None = None,
         meter: BudgetMeter | None = None,
         cancel: threading.Event | None = None,
+        batch_frames: int | None = None,
     ) -> VideoAnalysisResponse:
         """Frames in presentation order (``VideoReader.frames()``); every ``options.every``-th is analysed
         (``meter``: counts the work against the budget and stops it). ``cancel``, checked before each frame,
-        stops it (503 ``shutting_down``)."""
+        stops it (503 ``shutting_down``). ``batch_frames``: frames whose faces the heads read in one call (default:
+        ``self.batch_frames``, or 1 with an ``on_frame``, whose records then already hold the frame's readings; a
+        callback that only counts frames may ask for ``self.batch_frames``)."""
         options = options or VideoOptions()
         every = options.every or 1
         s = self.settings
@@ -166,6 +182,7 @@ class VideoAnalyzer:
             redetect_every=s.video_redetect_every,
             confirm_hits=s.video_confirm_hits,
             max_lost_s=s.video_max_lost_s,
+            batch_frames=batch_frames or (1 if on_frame is not None else self.batch_frames),
         )
         timings = tracker.timings
         start = time.perf_counter()

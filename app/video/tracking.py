@@ -105,6 +105,21 @@ def assign(cost: np.ndarray) -> list[tuple[int, int]]:
     return [(int(r), int(c)) for r, c in zip(rows, cols) if np.isfinite(cost[r, c])]
 
 
+def head_fields(face: FaceAnalysis) -> tuple[dict[str, float] | None, tuple[str, float, dict[str, float]] | None,
+                                             np.ndarray | None]:
+    """A frame record's head readings of ``face``: AU probabilities, expression (label, confidence, scores) and
+    the network's own probabilities; None where the head did not run (or the face is filtered)."""
+    aus = expression = probs = None
+    if not face.filtered:
+        if "au" in face.outputs:
+            aus = {u.au: float(u.probability) for u in face.outputs["au"]}
+        if "expression" in face.outputs:
+            e = face.outputs["expression"]
+            expression = (e.label, float(e.confidence), {k: float(v) for k, v in e.scores.items()})
+            probs = e.probs
+    return aus, expression, probs
+
+
 class Tracker:
     def __init__(
         self,
@@ -115,8 +130,15 @@ class Tracker:
         redetect_every: int,
         confirm_hits: int,
         max_lost_s: float,
+        batch_frames: int = 1,
     ) -> None:
         self.analyzer, self.options, self.heads = analyzer, options, tuple(heads)
+        # Heads deferred and run on the faces of ``batch_frames`` frames at once (one network call per head: what
+        # a GPU wants); not for heads that read the irises (landmarks v2 runs on the frame's own image).
+        irises = any(getattr(analyzer.heads[name], "needs_irises", False) for name in self.heads)
+        self.batch_frames = 1 if irises else max(1, batch_frames)
+        self.pending: list[tuple[FaceAnalysis, FrameRecord]] = []  # faces whose heads have not run yet
+        self.pending_frames = 0
         self.redetect_every, self.confirm_hits, self.max_lost_s = redetect_every, confirm_hits, max_lost_s
         self.presence_threshold = analyzer.settings.landmark_presence_threshold
         self.live: list[Track] = []
@@ -130,12 +152,32 @@ class Tracker:
 
     # -- one frame ------------------------------------------------------------------------------------------
 
+    @property
+    def frame_heads(self) -> tuple[str, ...]:
+        """The heads each frame's analysis runs itself: none when they are deferred to ``flush``."""
+        return () if self.batch_frames > 1 else self.heads
+
     def step(self, image: np.ndarray, frame: int, t: float) -> None:
         seen: set[int] = set()
         self.shape = image.shape
+        self._step(image, frame, t, seen)
+        self.pending_frames += 1
+        if self.pending_frames >= self.batch_frames:
+            self.flush()
+
+    def flush(self) -> None:
+        """The deferred heads on every face seen since the last flush, in one call per head, and their readings
+        into those faces' frame records. Call it before reading the records (``tracks`` does)."""
+        pending, self.pending, self.pending_frames = self.pending, [], 0
+        faces = [face for face, _ in pending]
+        self.analyzer.run_heads_on(faces, self.heads, [self.options] * len(faces), self.timings)
+        for face, record in pending:
+            record.action_units, record.expression, record.expression_probs = head_fields(face)
+
+    def _step(self, image: np.ndarray, frame: int, t: float, seen: set[int]) -> None:
         if self.live:
             analysis = self.analyzer.run_from_landmarks(
-                image, [tr.landmarks for tr in self.live], self.options, self.heads, self.timings
+                image, [tr.landmarks for tr in self.live], self.options, self.frame_heads, self.timings
             )
             for track, face in zip(self.live, analysis.faces):
                 if face.landmark_confidence >= self.presence_threshold:
@@ -173,7 +215,7 @@ class Tracker:
                 recover.append((track, detections[j]))
         if recover:
             analysis = self.analyzer.run_from_detections(
-                image, [d for _, d in recover], self.options, self.heads, self.timings
+                image, [d for _, d in recover], self.options, self.frame_heads, self.timings
             )
             for (track, _), face in zip(recover, analysis.faces):
                 if face.landmark_confidence >= self.presence_threshold:
@@ -187,7 +229,7 @@ class Tracker:
         room = self.options.max_faces - len(self.live)
         new = [d for j, d in enumerate(detections) if j not in matched_detections][: max(room, 0)]
         if new:
-            analysis = self.analyzer.run_from_detections(image, new, self.options, self.heads, self.timings)
+            analysis = self.analyzer.run_from_detections(image, new, self.options, self.frame_heads, self.timings)
             for face in analysis.faces:
                 if face.landmark_confidence >= self.presence_threshold:
                     track = Track(self.next_key, face.landmarks, mesh_box(face.landmarks, image.shape), t)
@@ -215,14 +257,7 @@ class Tracker:
         size = float(max(track.box[2] - track.box[0], track.box[3] - track.box[1], 1.0))
         smooth = track.landmark_filter(face.landmarks, t, scale=size)
         pose = track.pose_filter(np.array([face.pose.yaw, face.pose.pitch, face.pose.roll]), t)
-        aus = expression = probs = None
-        if not face.filtered:
-            if "au" in face.outputs:
-                aus = {u.au: float(u.probability) for u in face.outputs["au"]}
-            if "expression" in face.outputs:
-                e = face.outputs["expression"]
-                expression = (e.label, float(e.confidence), {k: float(v) for k, v in e.scores.items()})
-                probs = e.probs
+        aus, expression, probs = head_fields(face)
         record = FrameRecord(
             frame=frame,
             t=t,
@@ -234,6 +269,8 @@ class Tracker:
             expression=expression,
             expression_probs=probs,
         )
+        if self.batch_frames > 1 and not face.filtered:
+            self.pending.append((face, record))  # its head fields are filled by flush()
         if track.records and track.records[-1].frame == frame:  # recovered in the same frame: keep the latest
             track.records[-1] = record
         else:
@@ -262,6 +299,7 @@ class Tracker:
         self.live = sorted(kept, key=lambda tr: tr.key)
 
     def tracks(self) -> list[Track]:
-        """Every confirmed track of the clip so far, by id."""
+        """Every confirmed track of the clip so far, by id (the deferred heads run first)."""
+        self.flush()
         done = self.finished + [tr for tr in self.live if tr.confirmed]
         return sorted(done, key=lambda tr: tr.track_id if tr.track_id is not None else -1)
