@@ -228,10 +228,12 @@ def captured_parser(module: str) -> argparse.ArgumentParser:
 
 
 def documented_commands() -> list[tuple[str, str, list[str]]]:
-    """(where, module, options) of every `python -m training|experiments|tools|scripts.X` the README, BENCHMARKS
-    and the model cards quote, continuation lines joined; blocks that quote the variants' commit are skipped."""
+    """(where, module, options) of every `python -m training|experiments|tools|scripts.X` the README, BENCHMARKS,
+    the model cards and docs/ (the notebooks included) quote, continuation lines joined; blocks that quote the
+    variants' commit are skipped."""
     out = []
-    for doc in [REPO / "README.md", REPO / "BENCHMARKS.md", *sorted((REPO / "models").glob("*.md"))]:
+    for doc in [REPO / "README.md", REPO / "BENCHMARKS.md", *sorted((REPO / "models").glob("*.md")),
+                *sorted((REPO / "docs").rglob("*.md"))]:
         text = doc.read_text()
         blocks = re.split(r"^```", text, flags=re.M)
         for i, block in enumerate(blocks):
