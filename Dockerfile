@@ -46,7 +46,7 @@ EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import os, sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('MICROFACS_PORT', '8000'), timeout=4).status != 200)"]
 
-CMD ["sh", "-c", "exec uvicorn app.main:app --host \"$MICROFACS_HOST\" --port \"$MICROFACS_PORT\" --workers \"$MICROFACS_WORKERS\" --proxy-headers --forwarded-allow-ips \"$MICROFACS_FORWARDED_ALLOW_IPS\" --no-server-header --timeout-keep-alive 5 --timeout-graceful-shutdown 20"]
+CMD ["sh", "-c", "exec uvicorn app.main:create_app --factory --host \"$MICROFACS_HOST\" --port \"$MICROFACS_PORT\" --workers \"$MICROFACS_WORKERS\" --proxy-headers --forwarded-allow-ips \"$MICROFACS_FORWARDED_ALLOW_IPS\" --no-server-header --timeout-keep-alive 5 --timeout-graceful-shutdown 20"]
 
 # --- target `gpu`: CUDA 12 + cuDNN 9 runtime (what onnxruntime-gpu 1.2x/1.3x is built against) and Ubuntu 22.04's
 # Python 3.11 in a venv. onnxruntime-gpu stands in for onnxruntime (both install the `onnxruntime` module); it has no
@@ -96,7 +96,7 @@ EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import os, sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('MICROFACS_PORT', '8000'), timeout=4).status != 200)"]
 
-CMD ["sh", "-c", "exec uvicorn app.main:app --host \"$MICROFACS_HOST\" --port \"$MICROFACS_PORT\" --workers \"$MICROFACS_WORKERS\" --proxy-headers --forwarded-allow-ips \"$MICROFACS_FORWARDED_ALLOW_IPS\" --no-server-header --timeout-keep-alive 5 --timeout-graceful-shutdown 20"]
+CMD ["sh", "-c", "exec uvicorn app.main:create_app --factory --host \"$MICROFACS_HOST\" --port \"$MICROFACS_PORT\" --workers \"$MICROFACS_WORKERS\" --proxy-headers --forwarded-allow-ips \"$MICROFACS_FORWARDED_ALLOW_IPS\" --no-server-header --timeout-keep-alive 5 --timeout-graceful-shutdown 20"]
 
 # --- default target: the research profile (every model in models/).
 FROM python:3.11-slim-bookworm
@@ -139,4 +139,4 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
 # On SIGTERM uvicorn lets the requests in flight finish for up to 20 s, then cancels them (503 shutting_down) and
 # the app stops its analyses and removes its temporary files: compose's stop_grace_period and the pod's
 # terminationGracePeriodSeconds are longer (tests/test_shutdown.py checks the three agree).
-CMD ["sh", "-c", "exec uvicorn app.main:app --host \"$MICROFACS_HOST\" --port \"$MICROFACS_PORT\" --workers \"$MICROFACS_WORKERS\" --proxy-headers --forwarded-allow-ips \"$MICROFACS_FORWARDED_ALLOW_IPS\" --no-server-header --timeout-keep-alive 5 --timeout-graceful-shutdown 20"]
+CMD ["sh", "-c", "exec uvicorn app.main:create_app --factory --host \"$MICROFACS_HOST\" --port \"$MICROFACS_PORT\" --workers \"$MICROFACS_WORKERS\" --proxy-headers --forwarded-allow-ips \"$MICROFACS_FORWARDED_ALLOW_IPS\" --no-server-header --timeout-keep-alive 5 --timeout-graceful-shutdown 20"]

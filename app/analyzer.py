@@ -19,12 +19,9 @@ head outputs in image pixels) for callers that need more than the JSON. Every st
 """
 from __future__ import annotations
 
-import time
 import uuid
-from collections import defaultdict
-from collections.abc import Collection, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from collections.abc import Collection, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +30,13 @@ import numpy as np
 
 from app import prototypes, respond
 from app.align import AlignedFace, align_face
+from app.analysis import FaceAnalysis, FaceOptions, ImageAnalysis, ImageSource, Timings
 from app.blendshape_aus import MAP_VERSION
 from app.decode import DecodeMemory, ImageLimits, decode_image
 from app.detect import FaceDetector
 from app.errors import ApiError
 from app.filters import OcclusionVerdict, filter_reasons
-from app.heads import AuHead, Head, OpenAuHead, build_heads, get_all
+from app.heads import SPECS, AuHead, Head, OpenAuHead, build_heads, get_all
 from app.landmarks import LandmarkStage, roi_from_detection, roi_from_landmarks
 from app.model_zoo.blazeface import Detection
 from app.model_zoo.expression import PRIORS, ExpressionResult
@@ -57,81 +55,6 @@ from app.reference import (
 from app.registry import ModelRegistry
 from app.schemas import AnalysisResponse
 from app.settings import Settings
-
-ImageSource = str | Path | bytes | np.ndarray
-
-
-@dataclass(frozen=True)
-class FaceOptions:
-    """Per-call options (the analysis endpoints' query parameters): the face stage's, and the heads'."""
-
-    side_face_filter: bool = True
-    occlusion_filter: bool = True
-    max_faces: int = 20
-    min_face_size: int = 20
-    face_crop: bool = False
-    expression_prior: str = "balanced"  # the expression head's class prior: "balanced" or "ferplus"
-    # the person's neutral face: the AU and expression heads read each face relative to it (app/reference.py)
-    reference: Reference | None = field(default=None, compare=False)
-
-
-@dataclass
-class FaceAnalysis:
-    box: np.ndarray  # x0, y0, x1, y1, image pixels
-    confidence: float
-    landmarks: np.ndarray  # (468, 3), image pixels
-    landmark_confidence: float
-    pose: HeadPose
-    aligned: AlignedFace
-    occlusion: OcclusionVerdict
-    filter_reasons: list[str]
-    outputs: dict[str, Any] = field(default_factory=dict)  # head name -> its result; empty when filtered
-    # (478, 3) FaceLandmarker v2 points, image pixels: the face stage's own with landmarks v2 (then
-    # landmarks == landmarks_v2[:468]); with v1, filled only for the heads that need them (blendshapes, gaze)
-    landmarks_v2: np.ndarray | None = None
-
-    @property
-    def irises(self) -> np.ndarray | None:
-        """(10, 3): the subject's right iris (centre + 4 contour points), then the left; None without v2."""
-        return None if self.landmarks_v2 is None else self.landmarks_v2[468:]
-
-    @property
-    def filtered(self) -> bool:
-        return bool(self.filter_reasons)
-
-
-@dataclass
-class Timings:
-    ms: dict[str, float] = field(default_factory=lambda: defaultdict(float))
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.ms[name] += (time.perf_counter() - start) * 1000.0
-
-    def rounded(self) -> dict[str, float]:
-        return {k: round(v, 2) for k, v in self.ms.items()}
-
-
-@dataclass
-class ImageAnalysis:
-    image: np.ndarray  # the decoded BGR image the faces were found in
-    faces: list[FaceAnalysis]
-    heads: tuple[str, ...]  # the heads that were asked for (each unfiltered face has their outputs)
-    timings: Timings
-    reference: Reference | None = None  # the reference the heads read the faces against, if any
-    reference_reading: ExpressionResult | None = None  # the reference's own absolute reading (call's prior)
-
-    @property
-    def width(self) -> int:
-        return int(self.image.shape[1])
-
-    @property
-    def height(self) -> int:
-        return int(self.image.shape[0])
 
 
 def limits_of(settings: Settings) -> ImageLimits:
@@ -379,7 +302,7 @@ class Analyzer:
         ``image``: encoded bytes (decoded under the settings' limits) or a BGR uint8 array.
         ``face_references``: one reference (or None) per face, in the order the faces are found (largest first),
         for batches whose faces belong to different people (automatic baselines); else ``options.reference``."""
-        self._chosen_heads(heads)  # unknown heads fail before any decoding
+        self.chosen_heads(heads)  # unknown heads fail before any decoding
         timings = Timings()
         if isinstance(image, (bytes, bytearray, memoryview)):
             with timings.stage("decode"):
@@ -388,10 +311,18 @@ class Analyzer:
             detections: list[Detection | None] = [None]
         else:
             with timings.stage("detect"):
-                detections = list(self.detector.detect(
-                    image, self.settings.detection_threshold, options.min_face_size, options.max_faces
-                ))
+                detections = list(self.detect(image, options))
         return self.run_from_detections(image, detections, options, heads, timings, face_references)
+
+    def detect(self, image: np.ndarray, options: FaceOptions = FaceOptions()) -> list[Detection]:
+        """The faces of a BGR image, largest first, at most ``options.max_faces`` of at least ``options.min_face_size``
+        pixels (the detection threshold is the settings')."""
+        return list(self.detector.detect(image, self.settings.detection_threshold, options.min_face_size,
+                                         options.max_faces))
+
+    def needs_irises(self, heads: Collection[str]) -> bool:
+        """Whether one of ``heads`` reads the irises (landmarks v2 per face)."""
+        return any(getattr(self.heads[name], "needs_irises", False) for name in heads)
 
     def run_from_landmarks(
         self,
@@ -405,7 +336,7 @@ class Analyzer:
         the region its previous landmarks ((468, 3) image pixels, e.g. the last video frame's) give. The
         face's box is its mesh's extent and its confidence the mesh presence (the caller decides whether
         the face is still there). ``image``: a BGR uint8 array. One face per entry, in order."""
-        chosen = self._chosen_heads(heads)
+        chosen = self.chosen_heads(heads)
         timings = timings if timings is not None else Timings()
         faces = self._face_stages(image, [None] * len(previous_landmarks), options, timings, previous_landmarks)
         self._run_heads(image, faces, chosen, options, timings)
@@ -420,9 +351,9 @@ class Analyzer:
         timings: Timings | None = None,
         face_references: Sequence[Reference | None] | None = None,
     ) -> ImageAnalysis:
-        """``run`` for detections the caller already has (``self.detector.detect``; ``None`` = the whole
+        """``run`` for detections the caller already has (``self.detect``; ``None`` = the whole
         image is one face), e.g. a video tracker that keeps only the detections no track explains."""
-        chosen = self._chosen_heads(heads)
+        chosen = self.chosen_heads(heads)
         timings = timings if timings is not None else Timings()
         faces = self._face_stages(image, detections, options, timings)
         self._run_heads(image, faces, chosen, options, timings, detections, face_references)
@@ -436,7 +367,8 @@ class Analyzer:
         return ImageAnalysis(image=image, faces=faces, heads=chosen, timings=timings, reference=options.reference,
                              reference_reading=reading)
 
-    def _chosen_heads(self, heads: Collection[str]) -> tuple[str, ...]:
+    def chosen_heads(self, heads: Collection[str]) -> tuple[str, ...]:
+        """``heads`` in the registry's order (app/heads.py ``SPECS``: stable output); an unknown one is a 422."""
         unknown = sorted(set(heads) - set(self.heads))
         if unknown:
             raise ApiError(422, "invalid_request", f"unknown heads {unknown}; known: {sorted(self.heads)}")
@@ -465,7 +397,7 @@ class Analyzer:
         Heads that read the irises need ``face.landmarks_v2`` already (``_run_irises``, on the face's image)."""
         for name in chosen if faces else ():
             head = self.heads[name]
-            with timings.stage(head.field):
+            with timings.stage(SPECS[name].field):
                 results = get_all(head, faces, list(options))
             for face, result in zip(faces, results):
                 face.outputs[name] = result
@@ -475,7 +407,7 @@ class Analyzer:
         detections: Sequence[Detection | None] | None = None,
     ) -> None:
         """Landmarks v2 for the unfiltered faces when one of the ``chosen`` heads reads the irises."""
-        if any(getattr(self.heads[name], "needs_irises", False) for name in chosen):
+        if self.needs_irises(chosen):
             regions = detections if detections is not None else [None] * len(faces)
             todo: list[tuple[FaceAnalysis, Roi]] = []
             for face, detection in zip(faces, regions):

@@ -4,22 +4,27 @@ A head follows one small protocol (like insightface's ``model.get(img, face)``):
 the face stage's result (the aligned crop, the landmarks, ...) and the call's options, and returns a typed
 result in *image* space. A head whose network can read several faces at once also has
 ``get_batch(faces, options)`` (one options per face): the analyzer calls it once per image (``get_all``).
-Every head is registered in ``HEADS`` (the one place), under the name callers choose it by
-(``Analyzer.run(..., heads={"au", "expression"})``); its ``field`` names the response field and the
-timing it is reported under.
+Every head is declared once, in ``SPECS`` (the one place): the name callers choose it by
+(``Analyzer.run(..., heads={"au", "expression"})``), its response field (also the timing it is reported under),
+the formatter of its result (app/formats.py), whether it is opt-in (any endpoint adds it with its query flag,
+``?gaze=true``, and the CLI with ``--gaze``) or chosen by the endpoint (app/respond.py ``ENDPOINTS``), and how each
+profile builds it. The response stage, the query flags (app/routes/deps.py), the table (app/table.py) and the CLI
+derive from it.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from app import prototypes
 from app.activation import activations
+from app.analysis import FaceAnalysis, FaceOptions
 from app.blendshape_aus import OPEN_AUS, BlendshapeReading
 from app.blendshape_aus import action_units as blendshape_units
+from app.formats import action_units_out, blendshapes_out, expression_out, gaze_out
 from app.gaze import Gaze, gaze
 from app.model_zoo.au_detector import ActionUnit, AuDetector
 from app.model_zoo.au_fusion import AuFusion
@@ -30,15 +35,8 @@ from app.reference import relative_au_probability, relative_expression, relative
 from app.registry import ModelRegistry
 from app.settings import Settings
 
-if TYPE_CHECKING:
-    from app.analyzer import FaceAnalysis, FaceOptions
-
 
 class Head(Protocol):
-    @property
-    def field(self) -> str:  # the response field (and the timing key) this head fills
-        ...
-
     def get(self, face: FaceAnalysis, options: FaceOptions) -> Any: ...
 
 
@@ -52,7 +50,6 @@ class AuHead:
     model: AuDetector
     fusion: AuFusion | None = None
     blendshapes: FaceBlendshapes | None = None  # the fusion's input, when the call did not ask for them
-    field: str = "action_units"
     # With the blendshapes (registered before this head, so computed first when asked for), each AU gets
     # a continuous ``activation`` from its matching coefficients: not a FACS intensity (app/activation.py).
 
@@ -102,7 +99,6 @@ class ExpressionHead:
     label, ``uncertain``; with a reference, relative to the person's neutral face (app/reference.py)."""
 
     model: ExpressionRecognizer
-    field: str = "expression"
 
     def get(self, face: FaceAnalysis, options: FaceOptions) -> ExpressionResult:
         return self.get_batch([face], [options])[0]
@@ -133,7 +129,6 @@ class BlendshapeHead:
     The AU head derives each AU's ``activation`` from them when both run."""
 
     model: FaceBlendshapes
-    field: str = "blendshapes"
     needs_irises: bool = True
 
     def get(self, face: FaceAnalysis, options: FaceOptions) -> dict[str, float]:
@@ -144,7 +139,6 @@ class BlendshapeHead:
 class GazeHead:
     """Eye gaze (degrees, per eye and combined) from the iris landmarks (``app/gaze.py``); no network."""
 
-    field: str = "gaze"
     needs_irises: bool = True
 
     def get(self, face: FaceAnalysis, options: FaceOptions) -> Gaze:
@@ -169,12 +163,6 @@ def au_head(models: ModelRegistry, settings: Settings) -> AuHead:
     return AuHead(detector, models.au_fusion, models.blendshapes)
 
 
-HEADS: dict[str, Callable[[ModelRegistry, Settings], Head]] = {  # in this order: the AU head reads the blendshapes
-    "blendshapes": lambda models, settings: BlendshapeHead(models.blendshapes),
-    "gaze": lambda models, settings: GazeHead(),
-    "au": au_head,
-    "expression": lambda models, settings: ExpressionHead(models.require(models.expression, "expression network")),
-}
 
 
 # --- The open profile's heads (MICROFACS_PROFILE=open: app/profiles.py, models/OPEN_PROFILE.md) --------------------
@@ -198,7 +186,6 @@ class OpenAuHead:
     map's box when present; with a reference, relative to it by the same noisy-OR as research's AU head."""
 
     model: FaceBlendshapes
-    field: str = "action_units"
     needs_irises: bool = True
 
     def reading(self, face: FaceAnalysis) -> BlendshapeReading:
@@ -218,7 +205,6 @@ class OpenExpressionHead:
     """The expression by the EMFACS prototypes on the face's AUs (relative to the reference's, with one)."""
 
     model: FaceBlendshapes
-    field: str = "expression"
     needs_irises: bool = True
 
     def get(self, face: FaceAnalysis, options: FaceOptions) -> ExpressionResult:
@@ -230,13 +216,44 @@ class OpenExpressionHead:
         return replace(prototypes.read_vector(relative, reading.sides), reference=True, absolute=absolute)
 
 
-OPEN_HEADS: dict[str, Callable[[ModelRegistry, Settings], Head]] = {  # the same names, in the same order
-    "blendshapes": lambda models, settings: BlendshapeHead(models.blendshapes),
-    "gaze": lambda models, settings: GazeHead(),
-    "au": lambda models, settings: OpenAuHead(models.blendshapes),
-    "expression": lambda models, settings: OpenExpressionHead(models.blendshapes),
-}
 # --- end of the open profile's heads ------------------------------------------------------------------------------
+
+
+Factory = Callable[[ModelRegistry, Settings], Head]
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """One head, declared once."""
+
+    name: str  # what callers choose it by: Analyzer.run(heads=...), ?<name>=true, --<name>
+    field: str  # its response field (app/schemas.py), also the timing it is reported under
+    format: Callable[[Any], Any]  # its result -> the response field's value (app/formats.py)
+    research: Factory  # how the research profile builds it
+    open: Factory  # how the open profile builds it (app/profiles.py)
+    opt_in: bool = False  # True: any endpoint adds it with the query flag; False: endpoints choose it
+    help: str = ""  # the query flag's description (opt-in heads), the CLI flag's too
+
+
+# In this order: the analyzer runs them so (the AU head reads the blendshapes when the call asked for them).
+SPECS: dict[str, HeadSpec] = {spec.name: spec for spec in (
+    HeadSpec("blendshapes", "blendshapes", blendshapes_out,
+             research=lambda models, settings: BlendshapeHead(models.blendshapes),
+             open=lambda models, settings: BlendshapeHead(models.blendshapes),
+             opt_in=True, help="add MediaPipe's 52 blendshape coefficients to each analysed face"),
+    HeadSpec("gaze", "gaze", gaze_out,
+             research=lambda models, settings: GazeHead(), open=lambda models, settings: GazeHead(),
+             opt_in=True, help="add the eye gaze (per eye and combined) to each analysed face"),
+    HeadSpec("au", "action_units", action_units_out, research=au_head,
+             open=lambda models, settings: OpenAuHead(models.blendshapes)),
+    HeadSpec("expression", "expression", expression_out,
+             research=lambda models, settings: ExpressionHead(models.require(models.expression, "expression network")),
+             open=lambda models, settings: OpenExpressionHead(models.blendshapes)),
+)}
+OPT_IN: tuple[str, ...] = tuple(name for name, spec in SPECS.items() if spec.opt_in)  # ?blendshapes=, ?gaze=
+TYPED: frozenset[str] = frozenset(name for name, spec in SPECS.items() if not spec.opt_in)  # endpoints choose them
+HEADS: dict[str, Factory] = {name: spec.research for name, spec in SPECS.items()}
+OPEN_HEADS: dict[str, Factory] = {name: spec.open for name, spec in SPECS.items()}  # the same names and order
 
 
 def build_heads(models: ModelRegistry, settings: Settings) -> dict[str, Head]:

@@ -1,4 +1,6 @@
-"""The FastAPI application: ``uvicorn app.main:app`` serves it."""
+"""The FastAPI application: ``uvicorn app.main:create_app --factory`` serves it. Importing this module builds no
+app (tests and embedders call ``create_app(settings)``); ``uvicorn app.main:app`` still works: the module attribute
+``app`` is built from the environment's settings the first time it is read (``__getattr__`` below)."""
 from __future__ import annotations
 
 import threading
@@ -164,4 +166,14 @@ def start_jobs(settings: Settings, analyzer: Analyzer) -> JobQueue:
     return queue
 
 
-app = create_app()
+_app: FastAPI | None = None
+
+
+def __getattr__(name: str) -> FastAPI:
+    """``app.main.app``: one app from the environment's settings, built when first read (not at import)."""
+    global _app
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if _app is None:
+        _app = create_app()
+    return _app

@@ -1,8 +1,9 @@
 """Draws an analysis result over its image: the one drawing module, shared by ``?render=true`` on the
 analysis endpoints and by the CLI's ``--render``.
 
-It reads the *JSON shape* of a response (a dict, as the API returns it), so the CLI can draw results
-that came from a remote server as well as in-process ones. Needs only numpy and OpenCV.
+It draws a typed result (``app.schemas.AnalysisResponse``, what ``?render=true`` holds) or the *JSON shape* of one
+(a dict, as the API returns it: the CLI draws results that came from a remote server as well as in-process
+ones). Needs only numpy, OpenCV and the schemas.
 
 Colours (RGB; the web demo in ``app/static/demo.js`` uses the same ones):
 face kept for analysis = lime ``#00ff00``, face excluded by a pre-filter = red ``#ff3b30``,
@@ -10,10 +11,12 @@ Action Unit box = amber ``#ffb000``.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import cv2
 import numpy as np
+from pydantic import BaseModel
 
 # BGR, as OpenCV draws.
 FACE_KEPT = (0, 255, 0)
@@ -56,8 +59,13 @@ def expression_text(expression: dict[str, Any]) -> str:
     return text + " (uncertain)" if expression.get("uncertain") else text
 
 
-def draw_analysis(image: np.ndarray, result: dict[str, Any]) -> np.ndarray:
-    """A copy of the BGR ``image`` with every face of ``result`` (a response body) drawn on it."""
+Result = BaseModel | Mapping[str, Any]
+
+
+def draw_analysis(image: np.ndarray, result: Result) -> np.ndarray:
+    """A copy of the BGR ``image`` with every face of ``result`` (a typed response, or a response body) drawn on it."""
+    if isinstance(result, BaseModel):
+        result = result.model_dump(mode="json", by_alias=True)
     canvas = image.copy()
     if canvas.ndim == 2:
         canvas = cv2.cvtColor(canvas, cv2.COLOR_GRAY2BGR)
@@ -96,5 +104,5 @@ def encode_png(image: np.ndarray) -> bytes:
     return buffer.tobytes()
 
 
-def render_png(image: np.ndarray, result: dict[str, Any]) -> bytes:
+def render_png(image: np.ndarray, result: Result) -> bytes:
     return encode_png(draw_analysis(image, result))

@@ -1,12 +1,12 @@
 """``?render=true`` (or ``Accept: image/png``) on an analysis endpoint: the annotated PNG instead of JSON.
 
-The endpoint runs as usual and produces its JSON; this ASGI middleware buffers that JSON and, when it is
-a 200, draws it over the decoded image (``request.state.image``, set by ``routes.deps.image_upload``)
-with ``app.render``. Errors stay JSON whatever was asked for. Every analysis endpoint gets it for free.
+The endpoint runs as usual and produces its JSON; this ASGI middleware holds that answer back and, when it is
+a 200, draws the typed result (``request.state.result``, an ``app.schemas.AnalysisResponse``) over the decoded
+image (``request.state.image``), both set by ``app.routes.deps.AnalysisRequest``, with ``app.render``: the JSON is
+not parsed again. Errors stay JSON whatever was asked for. Every analysis endpoint gets it for free.
 """
 from __future__ import annotations
 
-import json
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -67,11 +67,10 @@ class RenderMiddleware:
 
         await self.app(scope, receive, capture)
         headers = dict(start.get("headers", []))
-        image = state.get("image")
+        image, result = state.get("image"), state.get("result")
         is_json = headers.get(b"content-type", b"").startswith(b"application/json")
-        if start.get("status") == 200 and is_json and image is not None:
-            body = json.loads(b"".join(m.get("body", b"") for m in messages))
-            png = await anyio.to_thread.run_sync(render_png, image, body)
+        if start.get("status") == 200 and is_json and image is not None and result is not None:
+            png = await anyio.to_thread.run_sync(render_png, image, result)
             out = [(k, v) for k, v in start["headers"] if k.lower() not in (b"content-type", b"content-length")]
             out += [(b"content-type", b"image/png"), (b"content-length", str(len(png)).encode())]
             await send({"type": "http.response.start", "status": 200, "headers": out})

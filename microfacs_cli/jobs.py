@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from app.heads import OPT_IN
 from microfacs_cli import output, sources
 
 # Options of the synchronous calls that POST /jobs does not take: refused before anything is sent.
 NOT_FOR_JOBS = (("max_frames", "--max-frames"), ("render", "--render"), ("reference", "--reference"),
                 ("person", "--person"), ("min_face_size", "--min-face-size"), ("prior", "--prior"),
-                ("blendshapes", "--blendshapes"), ("gaze", "--gaze"))
+                *((name, f"--{name}") for name in OPT_IN))
 
 
 def conflicts(args: argparse.Namespace) -> str | None:
@@ -195,7 +196,7 @@ def wait_all(submitted: list[Submission], show: bool, poll: float) -> None:
 
 
 def run_jobs(client: Any, args: argparse.Namespace, writer: output.Writer, show: bool) -> None:
-    from microfacs_cli.main import write_video, write_video_tables
+    from microfacs_cli.video import write_video, write_video_tables
 
     options = {k: v for k, v in dict(
         every=args.every, max_faces=args.max_faces, series=True,

@@ -30,9 +30,13 @@ from typing import IO, Any
 import cv2
 import numpy as np
 
+from app.heads import OPT_IN, SPECS, TYPED
+from app.respond import ENDPOINTS
 from microfacs_cli import output, sources
+from microfacs_cli.video import write_video, write_video_tables
 
-ENDPOINT_NAMES = {"auto", "analyze", "detect-faces", "detect-au", "recognize-expression"}
+# The server's image endpoints (app/respond.py ENDPOINTS), by their paths: --endpoint detect-au
+ENDPOINT_NAMES = {"auto"} | {path.strip("/") for path in ENDPOINTS}
 
 
 class Progress:
@@ -76,9 +80,8 @@ class Progress:
             self.stream.flush()
 
 
-# CLI endpoint name -> the heads the in-process analyzer runs for it.
-HEADS_OF = {"analyze": {"au", "expression"}, "detect_faces": set(), "detect_au": {"au"},
-            "recognize_expression": {"expression"}}
+# CLI endpoint name (the SDK's) -> the heads the in-process analyzer runs for it.
+HEADS_OF: dict[str, set[str]] = {e.name: set(e.heads) for e in ENDPOINTS.values()}
 
 
 class LocalBackend:
@@ -92,7 +95,7 @@ class LocalBackend:
         settings = Settings(max_upload_bytes=512 * 1024 * 1024, api_key=None, onnx_threads=args.threads)
         self.analyzer = Analyzer(settings)
         self.endpoints = ["analyze" if endpoint == "auto" else endpoint.replace("-", "_")]
-        self.heads = HEADS_OF[self.endpoints[0]] | {h for h in ("blendshapes", "gaze") if getattr(args, h, False)}
+        self.heads = HEADS_OF[self.endpoints[0]] | {h for h in OPT_IN if getattr(args, h, False)}
         self.options = self.analyzer.options(**options)
         if getattr(args, "reference", None):  # one person's neutral photo(s): every face is read against them
             reference = self.analyzer.reference(args.reference, side_face_filter=self.options.side_face_filter,
@@ -109,11 +112,14 @@ class LocalBackend:
         from app.identity import same_person_groups
         from app.reference import automatic_references
 
-        keys, readings, groups, embeddings = [], [], [], []
+        keys: list[tuple[str, int]] = []
+        readings: list[Any] = []
+        groups: list[Any] = []  # a person per face: --persons' names, or identity clusters
+        embeddings: list[np.ndarray] = []
         for item in sources.iter_items(stills, 1, None):
             if item.error:
                 continue
-            analysis = self.analyzer.run(item.data if item.image is None else item.image, self.options)
+            analysis = self.analyzer.run(item.payload(), self.options)
             for index, face in enumerate(analysis.faces):
                 if face.filtered:
                     continue
@@ -146,8 +152,8 @@ class LocalBackend:
         if item.error:
             return None, {"status": 0, "code": "invalid_input", "message": item.error}, None
         try:
-            source = item.image if item.image is not None else item.data
-            analysis = self.analyzer.run(source, self.options, self.heads, self.face_references.get(item.source))
+            references = self.face_references.get(item.source)
+            analysis = self.analyzer.run(item.payload(), self.options, self.heads, references)
         except ApiError as exc:
             return None, {"status": exc.status, "code": exc.code, "message": exc.message}, None
         response = analysis_response(uuid.uuid4().hex, analysis, include_landmarks=False)
@@ -175,7 +181,8 @@ class RemoteBackend:
 
         if item.error:
             return None, {"status": 0, "code": "invalid_input", "message": item.error}, None
-        data = item.data if item.data is not None else jpeg_bytes(item.image)
+        payload = item.payload()
+        data = payload if isinstance(payload, bytes) else jpeg_bytes(payload)
         try:
             results = [getattr(self.client, name)(data, **self.options).model_dump(exclude_unset=True)
                        for name in self.endpoints]
@@ -204,7 +211,7 @@ def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
         by_id = {f["face_id"]: f for f in other.get("faces", [])}
         for face in merged.get("faces", []):
             extra = by_id.get(face["face_id"], {})
-            for key in ("action_units", "expression"):
+            for key in sorted(SPECS[name].field for name in TYPED):  # what each endpoint adds
                 if extra.get(key) is not None:
                     face[key] = extra[key]
         for key, ms in other.get("timings_ms", {}).items():
@@ -224,6 +231,8 @@ def decoded(item: sources.Item) -> np.ndarray | None:
         return item.image
     from app.decode import ImageLimits, decode_image
 
+    if item.data is None:
+        return None
     try:
         return decode_image(item.data, ImageLimits(max_bytes=1 << 31, max_pixels=1 << 31, max_side=1 << 16, min_side=1))
     except Exception:
@@ -289,44 +298,6 @@ def run_videos(videos: list[Path], args: argparse.Namespace, backend: Any, optio
         progress.update(max(0, expected - progress.counted.pop(str(path), 0)))
     write_video_tables(done, args)
     return 0
-
-
-def write_video(writer: output.Writer, source: str, result: dict[str, Any], args: argparse.Namespace,
-                plot_dir: Path | None) -> None:
-    """One video's result: a JSON line, or CSV rows per analysed frame and track; its plots with --plot."""
-    from microfacs_cli import video as video_out
-
-    if args.format == "jsonl":
-        writer.images += 1
-        writer.faces += len(result["tracks"])
-        writer.stream.write(video_out.to_jsonl(source, result) + "\n")
-    else:
-        for frame, t, frame_result in video_out.frame_results(result, args.every):
-            writer.write({"source": source, "frame": frame, "timestamp": t}, frame_result, None)
-    if plot_dir:
-        video_out.plot_tracks(result, source, plot_dir)  # matplotlib was checked before starting
-
-
-def write_video_tables(done: list[tuple[str, dict[str, Any]]], args: argparse.Namespace) -> None:
-    """The events file and the per-track summary file (beside ``-o`` by default)."""
-    from microfacs_cli import video as video_out
-
-    stem = Path(args.output).with_suffix("") if args.output else None
-    events = args.events or (f"{stem}.events.csv" if stem else None)
-    if events and done:
-        with open(events, "w", newline="") as fh:
-            n = video_out.write_events(fh, done)
-        print(f"microfacs: {n} event(s) -> {events}", file=sys.stderr)
-    summary = args.summary or (f"{stem}.summary.csv" if stem else None)
-    if summary and done:
-        with open(summary, "w", newline="") as fh:
-            n = video_out.write_summary(fh, done)
-        print(f"microfacs: {n} track summar{'y' if n == 1 else 'ies'} -> {summary}", file=sys.stderr)
-    for source, result in done:
-        for track in result["tracks"]:
-            if track.get("summary"):
-                print(f"microfacs: {Path(source).name} track {track['track_id']}: "
-                      f"{video_out.summary_line(track['summary'])}", file=sys.stderr)
 
 
 def video_units(path: Path, args: argparse.Namespace) -> int:
@@ -418,9 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--min-face-size", type=int, help="pixels")
     parser.add_argument("--prior", choices=["balanced", "ferplus"],
                         help="class prior of the expression scores (default: the server's / the setting's)")
-    parser.add_argument("--blendshapes", action="store_true",
-                        help="add the 52 blendshapes (bs_<name> columns; in-process)")
-    parser.add_argument("--gaze", action="store_true", help="add the eye gaze (gaze_angle_x/y columns; in-process)")
+    for name in OPT_IN:  # the opt-in heads (app/heads.py SPECS): --blendshapes (bs_<name> columns), --gaze
+        parser.add_argument(f"--{name}", action="store_true", help=f"{SPECS[name].help} (in-process)")
     parser.add_argument("--reference", nargs="+", metavar="PHOTO",
                         help="neutral photo(s) of the one person in the inputs: AUs and expression are read relative "
                              "to them (with --url: enrolled for the run, then deleted)")
@@ -495,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     local = not args.url
     with ExitStack() as stack:
         try:
-            backend = (LocalBackend(args, args.endpoint, options) if local
+            backend: Any = (LocalBackend(args, args.endpoint, options) if local
                        else RemoteBackend(stack, args, args.endpoint, options))
         except ImportError as exc:
             print(f"microfacs: {exc}: the CLI needs the client SDK too: pip install ./clients/python", file=sys.stderr)
@@ -506,8 +476,8 @@ def main(argv: list[str] | None = None) -> int:
         endpoints = ["jobs (as analyze)"] if args.job else backend.endpoints  # a job reads AUs and expression
         stream = stack.enter_context(open(args.output, "w", newline="")) if args.output else sys.stdout
         writer = output.Writer(stream, args.format,
-                               with_aus=args.job or any(e in ("analyze", "detect_au") for e in endpoints),
-                               with_expression=args.job or any(e in ("analyze", "recognize_expression")
+                               with_aus=args.job or any("au" in HEADS_OF.get(e, ()) for e in endpoints),
+                               with_expression=args.job or any("expression" in HEADS_OF.get(e, ())
                                                                for e in endpoints),
                                with_blendshapes=args.blendshapes, with_gaze=args.gaze)
         show = args.progress or (not args.no_progress and sys.stderr.isatty())

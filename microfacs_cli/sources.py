@@ -25,6 +25,14 @@ class Item:
     image: np.ndarray | None = None
     error: str | None = None
 
+    def payload(self) -> bytes | np.ndarray:
+        """What to analyse: the decoded pixels when at hand, else the bytes (an item without an error has one)."""
+        if self.image is not None:
+            return self.image
+        if self.data is None:
+            raise ValueError(f"{self.source}: nothing to analyse ({self.error or 'no data'})")
+        return self.data
+
 
 def expand(inputs: list[str], recursive: bool = True) -> list[Path]:
     """Files as given; folders as their images and videos, sorted, with their subfolders' (``recursive``; hidden

@@ -9,10 +9,14 @@ with ``--plot`` a PNG timeline per track (needs matplotlib: ``pip install "micro
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import json
+import sys
 from pathlib import Path
 from typing import IO, Any
+
+from microfacs_cli.output import Writer
 
 EXPRESSION_LABELS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt")
 SUMMARY_HEAD = ["source", "face_id", "first_frame", "last_frame", "frames", "analysed_frames", "seen_s",
@@ -179,3 +183,37 @@ def summary_line(summary: dict[str, Any], top: int = 2) -> str:
     events = summary.get("events") or {}
     return (f"mostly appears to show {', then '.join(shown)} of the analysed time; "
             f"{events.get('total', 0)} event(s) ({events.get('micro', 0)} micro)")
+
+
+def write_video(writer: Writer, source: str, result: dict[str, Any], args: argparse.Namespace,
+                plot_dir: Path | None) -> None:
+    """One video's result: a JSON line, or CSV rows per analysed frame and track; its plots with --plot."""
+    if args.format == "jsonl":
+        writer.images += 1
+        writer.faces += len(result["tracks"])
+        writer.stream.write(to_jsonl(source, result) + "\n")
+    else:
+        for frame, t, frame_result in frame_results(result, args.every):
+            writer.write({"source": source, "frame": frame, "timestamp": t}, frame_result, None)
+    if plot_dir:
+        plot_tracks(result, source, plot_dir)  # matplotlib was checked before starting
+
+
+def write_video_tables(done: list[tuple[str, dict[str, Any]]], args: argparse.Namespace) -> None:
+    """The events file and the per-track summary file (beside ``-o`` by default)."""
+    stem = Path(args.output).with_suffix("") if args.output else None
+    events = args.events or (f"{stem}.events.csv" if stem else None)
+    if events and done:
+        with open(events, "w", newline="") as fh:
+            n = write_events(fh, done)
+        print(f"microfacs: {n} event(s) -> {events}", file=sys.stderr)
+    summary = args.summary or (f"{stem}.summary.csv" if stem else None)
+    if summary and done:
+        with open(summary, "w", newline="") as fh:
+            n = write_summary(fh, done)
+        print(f"microfacs: {n} track summar{'y' if n == 1 else 'ies'} -> {summary}", file=sys.stderr)
+    for source, result in done:
+        for track in result["tracks"]:
+            if track.get("summary"):
+                print(f"microfacs: {Path(source).name} track {track['track_id']}: "
+                      f"{summary_line(track['summary'])}", file=sys.stderr)

@@ -96,8 +96,8 @@ def start_server(checkout: Path = REPO) -> tuple[subprocess.Popen, str]:
 
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1", "--log-level", "warning"],
+        [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1", "--log-level", "warning"],
         cwd=checkout,
     )
     base = f"http://127.0.0.1:{port}"

@@ -16,9 +16,10 @@ Scenarios (each --seconds long, the good client measured throughout):
              the server accepts) and resend at once whatever the answer (503 overloaded included): a retry
              storm; the table shows all their 200s too.
 
-The server is ``uvicorn app.main:app`` from the current directory (run from the repository root), on a free
-127.0.0.1 port, with MICROFACS_API_KEY set, --env settings and --workers; like scripts/load_test.py it runs with
---no-access-log unless --access-log (the Docker image keeps uvicorn's access log). --url measures a server that
+The server is ``uvicorn app.main:create_app --factory`` from the current directory (run from the repository
+root), on a free 127.0.0.1 port, with MICROFACS_API_KEY set, --env settings and --workers; like
+scripts/load_test.py it runs with --no-access-log unless --access-log (the Docker image keeps uvicorn's access
+log). --url measures a server that
 is already running (loopback only; then --key is its key). The floods run in another process (uvloop when
 installed, a minimal HTTP/1.1 client on asyncio streams: the load generator should cost the server little); the
 good client runs in this one. Every connection goes to 127.0.0.1; the floods' come from 127.0.0.2 (still
@@ -201,8 +202,8 @@ def get_status(host: str, port: int, path: str) -> int | None:
 def start_server(workers: int, env: dict[str, str], access_log: bool, cpus: set[int] | None = None,
                  timeout: float = 180.0) -> tuple[subprocess.Popen, int]:
     port = free_port()
-    command = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port),
-               "--workers", str(workers), "--log-level", "warning", "--timeout-keep-alive", "5"]
+    command = [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--host", "127.0.0.1",
+               "--port", str(port), "--workers", str(workers), "--log-level", "warning", "--timeout-keep-alive", "5"]
     if not access_log:
         command.append("--no-access-log")
     server = subprocess.Popen(command, env={**os.environ, **env}, cwd=os.getcwd(),

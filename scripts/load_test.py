@@ -5,9 +5,10 @@
     python -m scripts.load_test --url http://127.0.0.1:8000      # a server already running (loopback only)
     python -m scripts.load_test --image ../shared/data/samples/multi_face.jpg --levels 1,8 --json out.json
 
-Run it from the repository root: the server is ``uvicorn app.main:app`` from the current directory, so the
-same script measures any checkout (copy it elsewhere to measure an older one). Bounded: at most --requests
-per level and --max-seconds per level; every request has a --timeout. The default image is a 640x480 JPEG
+Run it from the repository root: the server is ``uvicorn app.main:create_app --factory`` from the current
+directory, so the same script measures any checkout (copy it elsewhere to measure an older one).
+Bounded: at most --requests per level and --max-seconds per level; every request has a --timeout. The default
+image is a 640x480 JPEG
 with one face (scikit-image's astronaut, public domain, as scripts/benchmark.py). Latency is measured by
 the client (httpx, in this process, which also uses CPU: on a 2-core machine the client competes with the
 server). RSS: the server processes' resident memory (summed over uvicorn's workers), sampled every 0.1 s.
@@ -50,8 +51,8 @@ def free_port() -> int:
 
 def start_server(workers: int, env: dict[str, str], timeout: float = 120.0) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    command = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port),
-               "--workers", str(workers), "--no-access-log", "--log-level", "warning"]
+    command = [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--host", "127.0.0.1",
+               "--port", str(port), "--workers", str(workers), "--no-access-log", "--log-level", "warning"]
     server = subprocess.Popen(command, env={**os.environ, **env}, cwd=os.getcwd())
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout

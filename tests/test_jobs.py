@@ -131,7 +131,8 @@ def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
 
 def serve(env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    process = spawn(["-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)], env, log)
+    command = ["-m", "uvicorn", "app.main:create_app", "--factory", "--host", "127.0.0.1", "--port", str(port)]
+    process = spawn(command, env, log)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -5,6 +5,7 @@ The dependencies are ``async def`` because none of them blocks: FastAPI runs a p
 worker thread, one thread hop per dependency per request (about 3 ms of a 13 ms request before this)."""
 from __future__ import annotations
 
+import inspect
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -15,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.analyzer import Analyzer, FaceOptions
 from app.errors import ApiError, request_id_of
+from app.heads import OPT_IN, SPECS
 from app.persons import PersonStore, key_scope
 from app.reference import Reference
 from app.render_http import render_option
@@ -130,6 +132,19 @@ async def face_options(
     return analyzer.options(side_face_filter, occlusion_filter, max_faces, min_face_size, face_crop, prior)
 
 
+async def opt_in_heads(**flags: bool) -> tuple[str, ...]:
+    """The opt-in heads the request asks for: one boolean query flag per opt-in head of ``app.heads.SPECS``
+    (``?blendshapes=true``, ``?gaze=true``), declared from the registry (its signature below)."""
+    return tuple(name for name in OPT_IN if flags.get(name))
+
+
+opt_in_heads.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
+    inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+                      default=Query(False, description=SPECS[name].help))
+    for name in OPT_IN
+], return_annotation=tuple[str, ...])
+
+
 @dataclass
 class AnalysisRequest:
     """One analysis request, ready to run: routes only choose the heads."""
@@ -157,11 +172,12 @@ class AnalysisRequest:
         if reference is not None:
             options = self.analyzer.with_reference(options, reference)
         analysis = self.analyzer.run(self.data, options, {*heads, *self.extra_heads})
-        self.request.state.image = analysis.image  # for ?render=true (app/render_http.py)
+        self.request.state.image = analysis.image  # for ?render=true (app/render_http.py), with the result below
         self.request.state.faces = len(analysis.faces)  # for the access log
         self.request.app.state.metrics.observe_analysis(analysis.timings.ms, len(analysis.faces))
         response = analysis_response(request_id_of(self.request), analysis, self.include_landmarks)
         response.profile = self.analyzer.profile  # which models served it (app/profiles.py)
+        self.request.state.result = response
         return Response(response.model_dump_json(by_alias=True), media_type="application/json")
 
 
@@ -169,8 +185,7 @@ async def analysis_request(
     request: Request,
     options: FaceOptions = Depends(face_options),
     landmarks: bool = Query(False, description="include the 468 mesh points of each face"),
-    blendshapes: bool = Query(False, description="add MediaPipe's 52 blendshape coefficients to each analysed face"),
-    gaze: bool = Query(False, description="add the eye gaze (per eye and combined) to each analysed face"),
+    extra: tuple[str, ...] = Depends(opt_in_heads),
     person: str | None = Query(
         None, max_length=64, description="an enrolled person's id (POST /persons): read each face relative to "
         "their neutral face, as with a multipart `reference` photo (not both)"
@@ -194,5 +209,4 @@ async def analysis_request(
             reference_data = await files["reference"][0].read(settings.max_upload_bytes + 1)
     finally:
         await request.close()
-    extra = tuple(name for name, asked in (("blendshapes", blendshapes), ("gaze", gaze)) if asked)
     return AnalysisRequest(request, analyzer, data, options, landmarks, extra, reference_data, reference)

@@ -91,7 +91,7 @@ class VideoAnalyzer:
         if baseline not in ("none", "auto"):
             raise ApiError(422, "invalid_request", "baseline: none or auto")
         face = self.analyzer.options(side_face_filter, occlusion_filter, max_faces, min_face_size)
-        self.analyzer._chosen_heads(heads)  # unknown heads are a 422 before anything is decoded
+        self.analyzer.chosen_heads(heads)  # unknown heads are a 422 before anything is decoded
         return VideoOptions(face=face, every=every, series=series, heads=tuple(heads), max_frames=max_frames,
                             baseline=baseline)
 

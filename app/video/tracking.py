@@ -135,7 +135,7 @@ class Tracker:
         self.analyzer, self.options, self.heads = analyzer, options, tuple(heads)
         # Heads deferred and run on the faces of ``batch_frames`` frames at once (one network call per head: what
         # a GPU wants); not for heads that read the irises (landmarks v2 runs on the frame's own image).
-        irises = any(getattr(analyzer.heads[name], "needs_irises", False) for name in self.heads)
+        irises = analyzer.needs_irises(self.heads)
         self.batch_frames = 1 if irises else max(1, batch_frames)
         self.pending: list[tuple[FaceAnalysis, FrameRecord]] = []  # faces whose heads have not run yet
         self.pending_frames = 0
@@ -197,11 +197,8 @@ class Tracker:
     def _detect(self, image: np.ndarray, frame: int, t: float, seen: set[int]) -> None:
         self.since_detection = 0
         self.detections_run += 1
-        s = self.analyzer.settings
         with self.timings.stage("detect"):
-            detections = self.analyzer.detector.detect(
-                image, s.detection_threshold, self.options.min_face_size, self.options.max_faces
-            )
+            detections = self.analyzer.detect(image, self.options)
         matched_tracks: set[int] = set()
         matched_detections: set[int] = set()
         recover: list[tuple[Track, Detection]] = []

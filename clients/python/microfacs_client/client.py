@@ -151,10 +151,13 @@ class _Base:
             files.append(("reference", (ref_name, ref_data, "application/octet-stream")))
         return files
 
-    def _photos(self, photos: Sequence[ImageInput]) -> list:
-        if isinstance(photos, (str, bytes)) or not isinstance(photos, Sequence):
-            photos = [photos]  # type: ignore[list-item]
-        return [("file", (*to_upload(p, self.channel_order), "application/octet-stream")) for p in photos]
+    def _photos(self, photos: Sequence[ImageInput] | ImageInput) -> list:
+        items: list[Any]
+        if isinstance(photos, (str, bytes, bytearray, memoryview)) or not isinstance(photos, Sequence):
+            items = [photos]  # one photo
+        else:
+            items = list(photos)
+        return [("file", (*to_upload(p, self.channel_order), "application/octet-stream")) for p in items]
 
     @staticmethod
     def _options(side_face_filter, occlusion_filter, max_faces, min_face_size, face_crop, landmarks, extra) -> dict:

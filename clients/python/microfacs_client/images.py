@@ -83,7 +83,7 @@ def describe(image: ImageInput) -> str:
     if isinstance(image, (str, os.PathLike)):
         return str(image)
     if is_array(image):
-        return f"array{tuple(image.shape)}"
+        return f"array{tuple(getattr(image, 'shape', ()))}"
     if isinstance(image, (bytes, bytearray, memoryview)):
         return f"bytes[{len(image)}]"
     return getattr(image, "name", type(image).__name__)
