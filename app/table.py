@@ -28,6 +28,8 @@ Columns, in order (OpenFace 2 names where OpenFace has the quantity):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 EXPRESSION_LABELS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt")
@@ -36,6 +38,7 @@ HEAD = ["frame", "face_id", "timestamp", "confidence", "success", "source",
         "pose_Rx", "pose_Ry", "pose_Rz", "pose_yaw", "pose_pitch", "pose_roll"]
 TAIL = ["filtered", "filter_reasons"]
 GAZE = ["gaze_angle_x", "gaze_angle_y"]
+EXPRESSION_COLUMNS = ["expression", "expression_confidence", "expression_uncertain"]
 
 
 def au_sort_key(au: str) -> tuple[int, str]:
@@ -46,20 +49,6 @@ def au_sort_key(au: str) -> tuple[int, str]:
 def au_column(au: str) -> str:
     digits = "".join(ch for ch in au if ch.isdigit())
     return f"AU{int(digits):02d}" if digits else au
-
-
-def columns(au_names: list[str], with_expression: bool, blendshape_names: tuple[str, ...] = (),
-            with_gaze: bool = False) -> list[str]:
-    cols = list(HEAD)
-    aus = sorted(au_names, key=au_sort_key)
-    cols += [f"{au_column(a)}_c" for a in aus] + [f"{au_column(a)}_p" for a in aus]
-    if with_expression:
-        cols += ["expression", "expression_confidence", "expression_uncertain"]
-        cols += [f"expr_{label}" for label in EXPRESSION_LABELS]
-    if with_gaze:
-        cols += GAZE
-    cols += [f"bs_{name}" for name in blendshape_names]
-    return cols + TAIL
 
 
 def _rad(deg: float | None) -> Any:
@@ -83,36 +72,87 @@ def face_rows(meta: dict[str, Any], result: dict[str, Any] | None) -> list[dict[
                "pose_yaw": pose.get("yaw", ""), "pose_pitch": pose.get("pitch", ""), "pose_roll": pose.get("roll", ""),
                "filtered": int(bool(face.get("filtered"))),
                "filter_reasons": ";".join(face.get("filter_reasons") or [])}
-        for au in face.get("action_units") or []:
-            present = au.get("present")  # None: not decided here (video series carry probabilities only)
-            row[f"{au_column(au['au'])}_c"] = "" if present is None else int(bool(present))
-            row[f"{au_column(au['au'])}_p"] = au["probability"]
-        expression = face.get("expression")
-        if expression:
-            row["expression"] = expression["label"]
-            row["expression_confidence"] = expression["confidence"]
-            row["expression_uncertain"] = int(bool(expression.get("uncertain")))
-            for label, p in (expression.get("scores") or {}).items():
-                row[f"expr_{label}"] = p
-        combined = (face.get("gaze") or {}).get("combined")
-        if combined:
-            row["gaze_angle_x"], row["gaze_angle_y"] = _rad(combined["yaw"]), _rad(combined["pitch"])
-        for name, value in (face.get("blendshapes") or {}).items():
-            row[f"bs_{name}"] = value
+        for field, block in BLOCKS.items():
+            if face.get(field):
+                row.update(block.cells(face[field]))
         rows.append(row)
     return rows
+
+
+# -- one block of columns per head: its response field (app.heads.SPECS; tests/test_app_layout.py checks that every
+# registered head has one), in the table's order (OpenFace's: the AUs first, then the rest) ------------------------
+
+
+def au_cells(units: list[dict[str, Any]]) -> dict[str, Any]:
+    cells: dict[str, Any] = {}
+    for au in units:
+        present = au.get("present")  # None: not decided here (video series carry probabilities only)
+        cells[f"{au_column(au['au'])}_c"] = "" if present is None else int(bool(present))
+        cells[f"{au_column(au['au'])}_p"] = au["probability"]
+    return cells
+
+
+def expression_cells(expression: dict[str, Any]) -> dict[str, Any]:
+    cells = {"expression": expression["label"], "expression_confidence": expression["confidence"],
+             "expression_uncertain": int(bool(expression.get("uncertain")))}
+    cells.update({f"expr_{label}": p for label, p in (expression.get("scores") or {}).items()})
+    return cells
+
+
+def gaze_cells(gaze: dict[str, Any]) -> dict[str, Any]:
+    combined = gaze.get("combined")
+    return {"gaze_angle_x": _rad(combined["yaw"]), "gaze_angle_y": _rad(combined["pitch"])} if combined else {}
+
+
+def au_columns(names: Sequence[str]) -> list[str]:
+    aus = sorted(names, key=au_sort_key)
+    return [f"{au_column(a)}_c" for a in aus] + [f"{au_column(a)}_p" for a in aus]
+
+
+@dataclass(frozen=True)
+class Block:
+    columns: Callable[[Sequence[str]], list[str]]  # the names the field carries (AUs, blendshapes) -> columns
+    cells: Callable[[Any], dict[str, Any]]  # the field's JSON value -> {column: value}
+    names: Callable[[Any], Sequence[str]] = lambda value: ()  # the names one face's value carries
+
+
+BLOCKS: dict[str, Block] = {
+    "action_units": Block(au_columns, au_cells, lambda units: [u["au"] for u in units]),
+    "expression": Block(lambda names: [*EXPRESSION_COLUMNS, *(f"expr_{label}" for label in EXPRESSION_LABELS)],
+                        expression_cells),
+    "gaze": Block(lambda names: list(GAZE), gaze_cells),
+    "blendshapes": Block(lambda names: [f"bs_{name}" for name in names],
+                         lambda shapes: {f"bs_{name}": value for name, value in shapes.items()}, lambda s: tuple(s)),
+}
+
+
+def columns(au_names: list[str], with_expression: bool, blendshape_names: tuple[str, ...] = (),
+            with_gaze: bool = False) -> list[str]:
+    """The table's columns: the fixed ones, then each head's block that is present, then the filter columns."""
+    present: dict[str, Sequence[str] | None] = {"action_units": au_names,
+                                                "expression": () if with_expression else None,
+                                                "gaze": () if with_gaze else None,
+                                                "blendshapes": blendshape_names or None}
+    return table_columns(present)
+
+
+def table_columns(present: dict[str, Sequence[str] | None]) -> list[str]:
+    """``present``: response field -> the names it carries (None: the field is not in the table)."""
+    cols = list(HEAD)
+    for field, block in BLOCKS.items():
+        names = present.get(field)
+        if names is not None:
+            cols += block.columns(names)
+    return cols + TAIL
 
 
 def table_rows(results: list[tuple[dict[str, Any], dict[str, Any] | None]]) -> tuple[list[str], list[dict[str, Any]]]:
     """(columns, rows) for several analysed images, each given as (meta, response dict)."""
     rows = [row for meta, result in results for row in face_rows(meta, result)]
-    au_names: list[str] = []
-    blendshape_names: tuple[str, ...] = ()
-    with_expression = with_gaze = False
+    present: dict[str, Sequence[str] | None] = {}
     for _, result in results:
         for face in (result or {}).get("faces") or []:
-            au_names = au_names or [au["au"] for au in face.get("action_units") or []]
-            with_expression = with_expression or "expression" in face
-            with_gaze = with_gaze or "gaze" in face
-            blendshape_names = blendshape_names or tuple(face.get("blendshapes") or ())
-    return columns(au_names, with_expression, blendshape_names, with_gaze), rows
+            for field, block in BLOCKS.items():
+                if field in face and not present.get(field):
+                    present[field] = block.names(face[field]) if face[field] else present.get(field, ())
+    return table_columns(present), rows

@@ -80,3 +80,12 @@ def test_importing_app_main_builds_no_app():
 def test_render_draws_the_typed_result_not_reparsed_json():
     assert "json" not in {a.name for node in ast.walk(ast.parse((REPO / "app/render_http.py").read_text()))
                           if isinstance(node, ast.Import) for a in node.names}
+
+
+def test_every_head_has_its_table_columns():
+    """The CLI's CSV and to_dataframe() (app/table.py) have a block of columns for each registered head's field:
+    adding a head without its columns fails here."""
+    from app.heads import SPECS
+    from app.table import BLOCKS
+
+    assert set(BLOCKS) == {spec.field for spec in SPECS.values()}
