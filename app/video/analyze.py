@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 import numpy as np
 
@@ -48,6 +48,15 @@ from app.video.summary import au_thresholds, track_summary
 from app.video.tracking import FrameRecord, Track, Tracker
 
 FrameCallback = Callable[[int, float, np.ndarray, list[tuple[int, FrameRecord]]], None]
+
+
+class RecordSink(Protocol):
+    """Takes each confirmed track's records as soon as they are final (after each analysed frame), so that the
+    tracker keeps none: a job writes them to disk as it goes (``app.jobs.stream``)."""
+
+    def add(self, track_id: int, records: list[FrameRecord]) -> None: ...
+
+    def advance(self, frame: int) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -151,10 +160,13 @@ class VideoAnalyzer:
         on_frame: FrameCallback | None = None,
         meter: BudgetMeter | None = None,
         cancel: threading.Event | None = None,
+        sink: RecordSink | None = None,
     ) -> VideoAnalysisResponse:
         """Frames in presentation order (``VideoReader.frames()``); every ``options.every``-th is analysed
         (``meter``: counts the work against the budget and stops it). ``cancel``, checked before each frame,
-        stops it (503 ``shutting_down``)."""
+        stops it (503 ``shutting_down``). With a ``sink`` each confirmed track's records go to it once final and
+        the tracker keeps none (memory does not grow with the clip): the answer then has no ``tracks``, the
+        sink's owner builds them (``app.jobs.stream.ResultWriter``)."""
         options = options or VideoOptions()
         every = options.every or 1
         s = self.settings
@@ -192,8 +204,10 @@ class VideoAnalyzer:
                 seen = [(tr.track_id, tr.records[-1]) for tr in tracker.live
                         if tr.track_id is not None and tr.records and tr.records[-1].frame == frame.index]
                 on_frame(frame.index, frame.t, image, seen)
+            if sink is not None:
+                drain(tracker, sink, frame.index)
         with timings.stage("events"):
-            tracks = [self._track_out(track, options) for track in tracker.tracks()]
+            tracks = [] if sink is not None else [self._track_out(track, options) for track in tracker.tracks()]
         timings.ms["total"] = (time.perf_counter() - start) * 1000.0
         duration = header.duration_s or (last_t + 1.0 / fps if decoded else 0.0)
         return VideoAnalysisResponse(
@@ -269,6 +283,17 @@ class VideoAnalyzer:
             values = [np.nan if r.expression is None else r.expression[2].get(name, np.nan) for r in records]
             signals["expression", name] = np.array(values, dtype=np.float64)
         return track_events([r.frame for r in records], [r.t for r in records], signals, self.settings)
+
+
+def drain(tracker: Tracker, sink: RecordSink, frame: int) -> None:
+    """Hands the final records of every confirmed track to ``sink`` (a tentative track keeps its few until it is
+    confirmed or dropped) and forgets the tracks that ended."""
+    for track in [*tracker.finished, *tracker.live]:
+        if track.track_id is not None and track.records:
+            sink.add(track.track_id, track.records)
+            track.records = []
+    tracker.finished.clear()
+    sink.advance(frame)
 
 
 def _timed(frames: Iterable[VideoFrame], timings: Timings, stage: str) -> Iterator[VideoFrame]:
