@@ -256,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, help="clip length (worker 3, latency 2, kill 10)")
     parser.add_argument("--requests", type=int, default=200, help="latency: /analyze requests per measurement")
     parser.add_argument("--timeout", type=float, default=1800.0, help="stop a part after this many seconds")
+    parser.add_argument("--indent", action="store_true", help="pretty-print the report")
     args = parser.parse_args(argv)
     args.minutes = args.minutes or {"worker": 3.0, "latency": 2.0, "kill": 10.0}[args.part]
     if not SOURCE.exists():
@@ -265,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="microfacs-jobs-bench-") as tmp:
         report = {"worker": worker, "latency": latency, "kill": kill}[args.part](args, Path(tmp))
     report["machine"] = machine()
-    print(json.dumps(report, indent=1))
+    print(json.dumps(report, indent=1) if args.indent else json.dumps(report))
     return 0
 
 
