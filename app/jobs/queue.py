@@ -199,5 +199,6 @@ class JobQueue:
                 stop.set()
 
     def _finish(self, job_id: str, status: str, **fields: Any) -> None:
+        self.store.clear_runs(job_id)  # a failed or cancelled run's partial chunks
         self.store.update(job_id, status=status, finished_at=now_iso(), **fields)
         self.store.upload_path(job_id).unlink(missing_ok=True)
