@@ -3,6 +3,7 @@ and expression heads), and a video's frames' faces in one call per head when ask
 default). The results must be those of one face (one frame) at a time: per-face options and references kept."""
 from __future__ import annotations
 
+import json
 from collections import Counter
 from types import SimpleNamespace
 
@@ -141,7 +142,7 @@ def test_video_heads_that_read_the_irises_are_not_deferred(analyzer):
                    batch_frames=8).frame_heads == ()
 
 
-def test_a_video_job_batches_frames_too_and_answers_as_frame_by_frame(analyzer, calls):
+def test_a_video_job_batches_frames_too_and_answers_as_frame_by_frame(analyzer, calls, tmp_path):
     """Jobs' progress callback only counts frames: with batched frames their answer is the frame-by-frame one."""
     import threading
 
@@ -154,8 +155,9 @@ def test_a_video_job_batches_frames_too_and_answers_as_frame_by_frame(analyzer, 
         runner.video.settings = Settings(video_batch_frames=frames)
         progress: list[int] = []
         calls.clear()
-        result = runner.run_video(clip, {"every": 2}, "job", lambda done, total, seen=progress: seen.append(done),
-                                  threading.Event())
+        folder = runner.run_video(clip, {"every": 2}, "job", lambda done, total, seen=progress: seen.append(done),
+                                  threading.Event(), tmp_path / f"run-{frames}")
+        result = json.loads((folder / "result.json").read_text())  # streamed to disk, assembled at the end
         answers[frames], counted[frames] = result, calls["expression"]
         assert progress[-1] == result["video"]["analysed_frames"] == 36
     for result in answers.values():

@@ -62,6 +62,14 @@ def test_video_job_gives_the_analyze_video_answer_with_progress_and_tables(jobs_
     header = table[0].split(",")
     assert header[:3] == ["frame", "face_id", "timestamp"] and header[-1] == "error" and "AU12_p" in header
     assert [row.split(",")[0] for row in table[1:4]] == ["0", "4", "8"]  # 0-based, as the JSON
+    assert len(table) == 1 + 18  # the worker's result.csv: one row per analysed frame with the face
+    parquet = jobs_client.get(f"/jobs/{body['id']}/result", params={"format": "parquet"})
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        assert parquet.status_code == 406 and parquet.json()["error"]["code"] == "format_unavailable"
+    else:
+        assert pq.read_table(io.BytesIO(parquet.content)).num_rows == 18
 
 
 def test_image_archive_job_reports_each_images_error(jobs_client, astronaut):
@@ -101,6 +109,7 @@ def test_cancel_a_running_job(jobs_client):
     job = wait(jobs_client.get, job_id, until=lambda j: j["finished_at"] is not None, timeout=30)
     assert job["status"] == "cancelled" and job["progress"]["done"] < 472
     assert jobs_client.get(f"/jobs/{job_id}/result").status_code == 409
+    assert not list(jobs_client.app.state.jobs.store.folder(job_id).glob("run-*"))  # its partial chunks are gone
 
 
 def test_one_key_cannot_read_another_keys_jobs(tmp_path):

@@ -20,6 +20,7 @@ import os
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from huey import RedisHuey, SqliteHuey
@@ -152,7 +153,9 @@ class JobQueue:
                 store.update(job_id, progress={"done": done, "total": total, "eta_s": eta(started, done, total)})
 
         try:
-            result = self.runner.run(job["kind"], store.upload_path(job_id), job["options"], job_id, progress, stop)
+            store.clear_runs(job_id)  # an earlier run's partial files (its worker was killed): this run starts over
+            result = self.runner.run(job["kind"], store.upload_path(job_id), job["options"], job_id, progress, stop,
+                                     store.run_folder(job_id, attempt))
         except ApiError as exc:
             self._stopped_or(job_id, attempt, lost, "failed", {"code": exc.code, "message": exc.message})
             return
@@ -164,7 +167,10 @@ class JobQueue:
             finished.set()
         if not store.holds(job_id, attempt):
             return  # taken over while it was slow: the newer run writes the result
-        store.write_result(job_id, json.dumps(result, separators=(",", ":")).encode())
+        if isinstance(result, Path):
+            store.commit_result(job_id, result)
+        else:
+            store.write_result(job_id, json.dumps(result, separators=(",", ":")).encode())
         done = (store.read_raw(job_id) or {}).get("progress") or {}
         self._finish(job_id, "done", progress={**done, "done": done.get("total") or done.get("done"), "eta_s": 0})
 
@@ -193,5 +199,6 @@ class JobQueue:
                 stop.set()
 
     def _finish(self, job_id: str, status: str, **fields: Any) -> None:
+        self.store.clear_runs(job_id)  # a failed or cancelled run's partial chunks
         self.store.update(job_id, status=status, finished_at=now_iso(), **fields)
         self.store.upload_path(job_id).unlink(missing_ok=True)

@@ -14,6 +14,7 @@ from typing import Any
 
 from app.analyzer import Analyzer
 from app.errors import ApiError
+from app.jobs.stream import CHUNK_FRAMES, ResultWriter
 from app.respond import analysis_response
 from app.settings import Settings
 from app.video.analyze import VideoAnalyzer
@@ -45,8 +46,9 @@ def upload_kind(head: bytes, path: Path | None = None) -> str | None:
 
 
 class JobRunner:
-    def __init__(self, analyzer: Analyzer) -> None:
+    def __init__(self, analyzer: Analyzer, chunk_frames: int = CHUNK_FRAMES) -> None:
         self.analyzer = analyzer
+        self.chunk_frames = max(chunk_frames, analyzer.settings.video_confirm_hits + 1)
         self.settings = analyzer.settings
         self.video = VideoAnalyzer(analyzer)
 
@@ -62,15 +64,18 @@ class JobRunner:
                                      options.get("max_faces"), None)
 
     def run(self, kind: str, path: Path, options: dict[str, Any], job_id: str, progress: Progress,
-            cancel: Any) -> dict[str, Any]:
+            cancel: Any, workdir: Path) -> dict[str, Any] | Path:
+        """An archive's result (a dict: bounded by ``jobs_max_images``), or for a video ``workdir`` holding
+        ``result.json`` and ``result.csv``, written as it went (``app.jobs.stream``)."""
         if kind == "video":
-            return self.run_video(path, options, job_id, progress, cancel)
+            return self.run_video(path, options, job_id, progress, cancel, workdir)
         return self.run_images(kind, path, options, job_id, progress, cancel)
 
     def run_video(self, path: Path, options: dict[str, Any], job_id: str, progress: Progress,
-                  cancel: Any) -> dict[str, Any]:
+                  cancel: Any, workdir: Path) -> Path:
         video_options = self.video.options(**options)
         every = video_options.every or 1
+        writer = ResultWriter(workdir, every, self.chunk_frames)
         with VideoReader(path, job_video_limits(self.settings)) as reader:
             header = reader.header
             total = -(-header.frames // every) if header.frames else None
@@ -82,10 +87,11 @@ class JobRunner:
                 progress(done, total)
 
             # step() only counts frames: the heads may read several frames' faces at once (on an accelerator)
-            result = self.video.analyze_frames(reader.frames(), header, video_options, job_id, step, None, cancel,
-                                               batch_frames=self.video.batch_frames)
+            answer = self.video.analyze_frames(reader.frames(), header, video_options, job_id, step, None, cancel,
+                                               batch_frames=self.video.batch_frames, sink=writer)
+        writer.finish(answer, self.video, video_options)
         progress(done, done)
-        return result.model_dump(mode="json")
+        return workdir
 
     def run_images(self, kind: str, path: Path, options: dict[str, Any], job_id: str, progress: Progress,
                    cancel: Any) -> dict[str, Any]:

@@ -3,6 +3,9 @@
     <jobs_dir>/<id>/job.json      the state (written whole: a temporary file renamed over it)
     <jobs_dir>/<id>/upload        the uploaded video or archive
     <jobs_dir>/<id>/result.json   the result, once done
+    <jobs_dir>/<id>/result.csv    a video's table, once done
+    <jobs_dir>/<id>/run-<n>/      the n-th run's chunks and result while it runs (app/jobs/stream.py); its
+                                  results are moved up when it completes and still holds the job
     <jobs_dir>/<id>/cancel        present once DELETE /jobs/<id> was called
     <jobs_dir>/<id>/attempt-<n>   the claim of the worker running the job's n-th run (created exclusively, its
                                   modification time renewed while the worker lives: its lease)
@@ -103,6 +106,25 @@ class JobStore:
         tmp = self.folder(job_id) / f".result.{os.getpid()}.{secrets.token_hex(4)}.tmp"
         tmp.write_bytes(data)
         os.replace(tmp, self.result_path(job_id))
+
+    def csv_path(self, job_id: str) -> Path:
+        return self.folder(job_id) / "result.csv"
+
+    def run_folder(self, job_id: str, attempt: int) -> Path:
+        return self.folder(job_id) / f"run-{attempt}"
+
+    def clear_runs(self, job_id: str) -> None:
+        """Deletes the folders of the job's earlier runs (a killed worker's partial chunks)."""
+        for entry in self.folder(job_id).glob("run-*"):
+            shutil.rmtree(entry, ignore_errors=True)
+
+    def commit_result(self, job_id: str, run: Path) -> None:
+        """A streamed run's ``result.csv`` then ``result.json`` moved into the job's folder (renames: a reader
+        sees a whole file or none), then the run's folder deleted."""
+        for name in ("result.csv", "result.json"):
+            if (run / name).exists():
+                os.replace(run / name, self.folder(job_id) / name)
+        shutil.rmtree(run, ignore_errors=True)
 
     def ids(self) -> Iterator[str]:
         for entry in self.root.iterdir():

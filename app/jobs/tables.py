@@ -38,15 +38,20 @@ def video_frames(result: dict[str, Any]) -> list[tuple[int, float, dict[str, Any
     for track in result.get("tracks", []):
         for f in track.get("frames", []):
             times[f["frame"]] = f["t"]
-            expression = f.get("expression")
-            faces.setdefault(f["frame"], []).append({
-                "face_id": track["track_id"], "box": f["box"], "confidence": f["confidence"], "pose": f["pose"],
-                "filtered": f["filtered"], "filter_reasons": f["filter_reasons"],
-                "action_units": None if f.get("action_units") is None else [
-                    {"au": au, "probability": p, "present": None} for au, p in f["action_units"].items()],
-                "expression": expression and {**expression, "uncertain": None},
-            })
+            faces.setdefault(f["frame"], []).append(track_frame_face(track["track_id"], f))
     return [(i, times[i], {"faces": sorted(faces[i], key=lambda x: x["face_id"])}) for i in sorted(faces)]
+
+
+def track_frame_face(track_id: int, f: dict[str, Any]) -> dict[str, Any]:
+    """One track's series entry (``TrackFrame`` dumped) as an image answer's face, for ``face_rows``."""
+    expression = f.get("expression")
+    return {
+        "face_id": track_id, "box": f["box"], "confidence": f["confidence"], "pose": f["pose"],
+        "filtered": f["filtered"], "filter_reasons": f["filter_reasons"],
+        "action_units": None if f.get("action_units") is None else [
+            {"au": au, "probability": p, "present": None} for au, p in f["action_units"].items()],
+        "expression": expression and {**expression, "uncertain": None},
+    }
 
 
 def to_csv(columns: list[str], rows: list[dict[str, Any]]) -> bytes:
@@ -65,6 +70,25 @@ def to_parquet(columns: list[str], rows: list[dict[str, Any]]) -> bytes:
         raise ApiError(406, "format_unavailable", "format=parquet needs pyarrow on the server (pip install "
                        "pyarrow); use format=csv or json") from None
     table = pa.table({c: [None if r.get(c, "") == "" else str(r.get(c)) for r in rows] for c in columns})
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    return sink.getvalue()
+
+
+def csv_to_parquet(path: Any) -> bytes:
+    """A table written as CSV (a video job's ``result.csv``) as Parquet, every column a string as ``to_parquet``
+    (empty cells null); read by pyarrow, not row by row in Python."""
+    try:
+        import pyarrow as pa
+        import pyarrow.csv as pcsv
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ApiError(406, "format_unavailable", "format=parquet needs pyarrow on the server (pip install "
+                       "pyarrow); use format=csv or json") from None
+    with open(path, newline="") as fh:
+        names = next(csv.reader(fh))
+    table = pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(
+        column_types={c: pa.string() for c in names}, strings_can_be_null=True))
     sink = io.BytesIO()
     pq.write_table(table, sink)
     return sink.getvalue()

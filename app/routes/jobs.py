@@ -119,9 +119,18 @@ async def get_result(request: Request, job_id: str,
     job = owned_job(request, job_id)
     if job["status"] != "done":
         raise ApiError(409, "job_not_done", f"the job is {job['status']}; its result exists once it is done")
-    path = queue_of(request).store.result_path(job_id)
+    store = queue_of(request).store
+    path = store.result_path(job_id)
     if format == "json":
         return FileResponse(path, media_type="application/json")
+    table = store.csv_path(job_id)  # a video's, written by the worker as it went
+    if table.exists():
+        if format == "csv":
+            return FileResponse(table, media_type="text/csv", filename=f"{job_id}.csv")
+        from app.jobs.tables import csv_to_parquet
+
+        return Response(await asyncio.to_thread(csv_to_parquet, table), media_type="application/vnd.apache.parquet",
+                        headers={"Content-Disposition": f'attachment; filename="{job_id}.parquet"'})
     from app.jobs.tables import result_table
 
     result = json.loads(await asyncio.to_thread(path.read_text))

@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 import numpy as np
 
@@ -52,6 +52,15 @@ FrameCallback = Callable[[int, float, np.ndarray, list[tuple[int, FrameRecord]]]
 # one call (app/video/tracking.py: Tracker.flush); on the CPU each frame's faces are one call (a batch of frames
 # gains little there). MICROFACS_VIDEO_BATCH_FRAMES overrides both.
 DEVICE_BATCH_FRAMES = 16
+
+
+class RecordSink(Protocol):
+    """Takes each confirmed track's records as soon as they are final (after each analysed frame), so that the
+    tracker keeps none: a job writes them to disk as it goes (``app.jobs.stream``)."""
+
+    def add(self, track_id: int, records: list[FrameRecord]) -> None: ...
+
+    def advance(self, frame: int) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -165,12 +174,15 @@ class VideoAnalyzer:
         meter: BudgetMeter | None = None,
         cancel: threading.Event | None = None,
         batch_frames: int | None = None,
+        sink: RecordSink | None = None,
     ) -> VideoAnalysisResponse:
         """Frames in presentation order (``VideoReader.frames()``); every ``options.every``-th is analysed
         (``meter``: counts the work against the budget and stops it). ``cancel``, checked before each frame,
         stops it (503 ``shutting_down``). ``batch_frames``: frames whose faces the heads read in one call (default:
         ``self.batch_frames``, or 1 with an ``on_frame``, whose records then already hold the frame's readings; a
-        callback that only counts frames may ask for ``self.batch_frames``)."""
+        callback that only counts frames may ask for ``self.batch_frames``). With a ``sink`` each confirmed track's
+        records go to it once final (their heads run) and the tracker keeps none (memory does not grow with the
+        clip): the answer then has no ``tracks``, the sink's owner builds them (``app.jobs.stream.ResultWriter``)."""
         options = options or VideoOptions()
         every = options.every or 1
         s = self.settings
@@ -187,7 +199,7 @@ class VideoAnalyzer:
         timings = tracker.timings
         start = time.perf_counter()
         decoded = analysed = 0
-        last_t = 0.0
+        last_t, last_index = 0.0, -1
         for frame in _timed(frames, timings, "decode"):
             if cancel is not None and cancel.is_set():
                 raise ApiError(503, "shutting_down", "the server is shutting down; retry the request")
@@ -205,12 +217,18 @@ class VideoAnalyzer:
                 image = frame.bgr()
             tracker.step(image, frame.index, frame.t)
             analysed += 1
+            last_index = frame.index
             if on_frame is not None:
                 seen = [(tr.track_id, tr.records[-1]) for tr in tracker.live
                         if tr.track_id is not None and tr.records and tr.records[-1].frame == frame.index]
                 on_frame(frame.index, frame.t, image, seen)
+            if sink is not None and not tracker.pending:  # records whose deferred heads ran: final
+                drain(tracker, sink, frame.index)
+        if sink is not None:  # the last frames' deferred heads, then their records
+            tracker.flush()
+            drain(tracker, sink, last_index)
         with timings.stage("events"):
-            tracks = [self._track_out(track, options) for track in tracker.tracks()]
+            tracks = [] if sink is not None else [self._track_out(track, options) for track in tracker.tracks()]
         timings.ms["total"] = (time.perf_counter() - start) * 1000.0
         duration = header.duration_s or (last_t + 1.0 / fps if decoded else 0.0)
         return VideoAnalysisResponse(
@@ -286,6 +304,17 @@ class VideoAnalyzer:
             values = [np.nan if r.expression is None else r.expression[2].get(name, np.nan) for r in records]
             signals["expression", name] = np.array(values, dtype=np.float64)
         return track_events([r.frame for r in records], [r.t for r in records], signals, self.settings)
+
+
+def drain(tracker: Tracker, sink: RecordSink, frame: int) -> None:
+    """Hands the final records of every confirmed track to ``sink`` (a tentative track keeps its few until it is
+    confirmed or dropped) and forgets the tracks that ended."""
+    for track in [*tracker.finished, *tracker.live]:
+        if track.track_id is not None and track.records:
+            sink.add(track.track_id, track.records)
+            track.records = []
+    tracker.finished.clear()
+    sink.advance(frame)
 
 
 def _timed(frames: Iterable[VideoFrame], timings: Timings, stage: str) -> Iterator[VideoFrame]:

@@ -87,3 +87,47 @@ def headline(summary: TrackSummary, top: int = 2, min_share: float = 0.1) -> str
     shown = [f"{name} {share:.0%}" for name, share in ranked[:top] if share >= min_share] or [
         f"{ranked[0][0]} {ranked[0][1]:.0%}"]
     return "mostly appears to show " + ", then ".join(shown) + " of the analysed time"
+
+
+def series_summary(t: np.ndarray, filtered: np.ndarray, labels: Sequence[str | None], score_names: Sequence[str],
+                   scores: np.ndarray, au_names: Sequence[str], aus: np.ndarray, has_au: np.ndarray,
+                   events: Sequence[VideoEvent], thresholds: Mapping[str, float]) -> TrackSummary:
+    """``track_summary`` of a track kept as arrays (a job's compact series, ``app.jobs.stream``), number for
+    number: ``t`` and ``filtered`` per frame, ``labels`` the expression label (None: not read), ``scores`` the
+    expression scores (rows by frame, columns ``score_names``), ``aus`` the AU probabilities (columns
+    ``au_names``; ``has_au`` where the frame had them)."""
+    usable = ~np.asarray(filtered, dtype=bool)
+    read_rows = [i for i, label in enumerate(labels) if label is not None and usable[i]]
+    counts = Counter(label for i, label in enumerate(labels) if label is not None and usable[i])
+    read = sum(counts.values())
+    label_names = list(score_names) if read_rows else list(counts)
+    share = {name: round(counts.get(name, 0) / read, 4) if read else 0.0 for name in label_names}
+    mean_scores: dict[str, float] = {}
+    if read:
+        for j, name in enumerate(label_names):
+            mean_scores[name] = round(float(np.mean(np.ascontiguousarray(scores[read_rows, j]))), 4)
+    dominant = max(counts, key=lambda k: (counts[k], mean_scores.get(k, 0.0))) if counts else None
+    out_aus: dict[str, AuSummary] = {}
+    with_aus = np.flatnonzero(usable & np.asarray(has_au, dtype=bool))
+    if len(with_aus):
+        for j, au in enumerate(au_names):
+            p = np.ascontiguousarray(aus[with_aus, j])
+            p = p[~np.isnan(p)]
+            threshold = thresholds.get(au, thresholds.get("*", DEFAULT_AU_THRESHOLD))
+            out_aus[au] = AuSummary(base_rate=round(float((p >= threshold).mean()), 4) if len(p) else 0.0,
+                                    mean_probability=round(float(p.mean()), 4) if len(p) else 0.0,
+                                    threshold=round(float(threshold), 4))
+    by_kind = Counter(e.kind for e in events)
+    return TrackSummary(
+        frames=len(t),
+        analysed_frames=int(usable.sum()),
+        seen_s=round(float(np.max(t)) - float(np.min(t)), 4) if len(t) else 0.0,
+        dominant_expression=dominant,
+        dominant_share=round(counts[dominant] / read, 4) if dominant is not None else None,
+        expression_share=share,
+        expression_mean_scores=mean_scores,
+        action_units=out_aus,
+        events={"au": by_kind.get("au", 0), "expression": by_kind.get("expression", 0),
+                "micro": sum(1 for e in events if e.micro), "total": len(events)},
+        event_names=dict(sorted(Counter(e.name for e in events).items())),
+    )
