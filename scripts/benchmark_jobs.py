@@ -1,10 +1,10 @@
 """Jobs (POST /jobs): a worker's speed and memory over a long clip, image latency with jobs running, a worker killed
 mid-job. Bounded: every part stops after its clip (or ``--timeout`` seconds) and cleans up its processes.
 
-    python scripts/benchmark_jobs.py worker --minutes 3     # frames/s and RSS of the worker path, in-process
-    python scripts/benchmark_jobs.py worker --minutes 30    # the 30-minute RSS claim
-    python scripts/benchmark_jobs.py latency                # /analyze p50/p99 unloaded, then with two jobs running
-    python scripts/benchmark_jobs.py kill --minutes 10      # redis + API + two microfacs-worker, one killed mid-job
+    python -m scripts.benchmark_jobs worker --minutes 3     # frames/s and RSS of the worker path, in-process
+    python -m scripts.benchmark_jobs worker --minutes 30    # the 30-minute RSS claim
+    python -m scripts.benchmark_jobs latency                # /analyze p50/p99 unloaded, then with two jobs running
+    python -m scripts.benchmark_jobs kill --minutes 10      # redis + API + two microfacs-worker, one killed mid-job
 
 The clip is made at run time from ``samples/single_face.mp4`` (640x360, 30 fps) letterboxed to 640x480 and played
 forwards and backwards (one continuous track), H.264 (scripts/benchmark_video.py's ``make_clip``). ``worker``
@@ -31,11 +31,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
+from scripts.benchmark_video import DATA, make_clip
 
-from benchmark_video import DATA, make_clip  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 SOURCE = DATA / "samples" / "single_face.mp4"
 PHOTO = DATA / "samples" / "single_face.jpg"
