@@ -21,7 +21,7 @@ import logging
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
@@ -106,41 +106,23 @@ class LocalBackend:
         self.face_references: dict[str, list] = {}  # --baseline auto: source -> one reference per face
 
     def prepare_baselines(self, stills: list[Path], persons: dict[str, str] | None) -> int:
-        """--baseline auto, first pass: each face's reading, grouped by person (``persons``: file -> person, the
-        largest face of each file; else identity clustering), then each person's most neutral-looking faces as
-        their reference (``app.reference.automatic_references``). Returns how many people were found."""
-        from app.identity import same_person_groups
-        from app.reference import automatic_references
+        """--baseline auto, first pass (``app.baselines``): each face's reading, grouped by person (``persons``: file
+        -> person, the largest face of each file; else identity clustering), then each person's most
+        neutral-looking faces as their reference. Returns how many people were found."""
+        from app.baselines import automatic_baselines
 
-        keys: list[tuple[str, int]] = []
-        readings: list[Any] = []
-        groups: list[Any] = []  # a person per face: --persons' names, or identity clusters
-        embeddings: list[np.ndarray] = []
-        for item in sources.iter_items(stills, 1, None):
-            if item.error:
-                continue
-            analysis = self.analyzer.run(item.payload(), self.options)
-            for index, face in enumerate(analysis.faces):
-                if face.filtered:
-                    continue
-                if persons is not None:
-                    person = persons.get(Path(item.source).name) or persons.get(item.source)
-                    if person is None or index > 0:
-                        continue
-                    groups.append(person)
-                else:
-                    embeddings.append(self.analyzer.models.identity().embed(analysis.image, face.landmarks))
-                keys.append((item.source, index))
-                readings.append(self.analyzer.face_reading(analysis.image, face))
-        if persons is None and embeddings:
-            groups = list(same_person_groups(np.array(embeddings)))
-        references = automatic_references(readings, groups, self.analyzer.settings.baseline_fraction,
-                                          self.analyzer.reference_models())
-        for (source, index), group in zip(keys, groups):
-            faces = self.face_references.setdefault(source, [])
-            faces.extend([None] * (index + 1 - len(faces)))
-            faces[index] = references[group]
-        return len(references)
+        items = [item for item in sources.iter_items(stills, 1, None) if not item.error]
+        named: dict[Hashable, str] | None = None
+        if persons is not None:
+            named = {}
+            for item in items:
+                person = persons.get(Path(item.source).name) or persons.get(item.source)
+                if person is not None:
+                    named[item.source] = person
+        references, people = automatic_baselines(self.analyzer, ((item.source, item.payload()) for item in items),
+                                                 self.options, named)
+        self.face_references.update(references)  # type: ignore[arg-type]
+        return people
 
     def analyse(self, item: sources.Item) -> tuple[dict | None, dict | None, np.ndarray | None]:
         """-> (result, error, decoded image)."""

@@ -88,6 +88,25 @@ def test_image_archive_job_reports_each_images_error(jobs_client, astronaut):
     assert result["summary"] == {"images": 2, "faces": 1, "errors": 1}
 
 
+def test_image_archive_job_with_automatic_baselines(jobs_client, astronaut):
+    """baseline=auto on an archive: faces grouped by identity, each read against its person's most neutral faces
+    (here the same smiling face twice: relative to itself it reads neutral, the smile kept under `absolute`)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("one.jpg", encode(astronaut))
+        archive.writestr("two.jpg", encode(astronaut))
+    response = jobs_client.post("/jobs", files={"file": ("same.zip", buffer.getvalue(), "application/zip")},
+                                params={"baseline": "auto"})
+    assert response.status_code == 202, response.text
+    job = wait(jobs_client.get, response.json()["id"])
+    assert job["status"] == "done", job
+    result = jobs_client.get(f"/jobs/{job['id']}/result").json()
+    for image in result["images"]:
+        expression = image["result"]["faces"][0]["expression"]
+        assert expression["reference"] is True and expression["label"] == "neutral"
+        assert expression["absolute"]["label"] == "happiness"
+
+
 def test_corrupt_uploads(jobs_client):
     not_media = jobs_client.post("/jobs", files={"file": ("x.mp4", b"plain text, no video" * 50, "video/mp4")})
     assert not_media.status_code == 415 and not_media.json()["error"]["code"] == "unsupported_media_type"

@@ -7,12 +7,13 @@ import tarfile
 import time
 import uuid
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from app.analyzer import Analyzer
+from app.baselines import automatic_baselines
 from app.errors import ApiError
 from app.jobs.stream import CHUNK_FRAMES, ResultWriter
 from app.respond import analysis_response
@@ -101,11 +102,16 @@ class JobRunner:
         with _open_archive(kind, path) as archive:
             members = self._members(archive)
             total = len(members)
+            references: dict[Any, list] = {}
+            if options.get("baseline") == "auto":  # each face against its person's most neutral-looking faces
+                references, _ = automatic_baselines(self.analyzer, self._readable(archive, members, cancel),
+                                                    face_options)
             for index, (name, member) in enumerate(members):
                 if cancel.is_set():
                     raise ApiError(503, "shutting_down", "the job was stopped")
                 try:
-                    analysis = self.analyzer.run(_read(archive, member), face_options, ("au", "expression"))
+                    analysis = self.analyzer.run(_read(archive, member), face_options, ("au", "expression"),
+                                                 face_references=references.get(name))
                     response = analysis_response(uuid.uuid4().hex, analysis, include_landmarks=False)
                     images.append({"name": name, "result": response.model_dump(mode="json"), "error": None})
                     faces += len(analysis.faces)
@@ -116,6 +122,18 @@ class JobRunner:
                 progress(index + 1, total)
         return {"request_id": job_id, "images": images,
                 "summary": {"images": total, "faces": faces, "errors": errors}}
+
+    @staticmethod
+    def _readable(archive: zipfile.ZipFile | tarfile.TarFile, members: list[tuple[str, Any]],
+                  cancel: Any) -> Iterator[tuple[str, bytes]]:
+        """(name, bytes) of the members that can be read (the second pass reports the others' errors)."""
+        for name, member in members:
+            if cancel.is_set():
+                raise ApiError(503, "shutting_down", "the job was stopped")
+            try:
+                yield name, _read(archive, member)
+            except ApiError:
+                continue
 
     def _members(self, archive: zipfile.ZipFile | tarfile.TarFile) -> list[tuple[str, Any]]:
         """(name, member) for each image of the archive, in name order; 413 when there are too many, or for a

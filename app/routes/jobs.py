@@ -58,7 +58,10 @@ async def create_job(
     side_face_filter: Annotated[bool, Query()] = True,
     occlusion_filter: Annotated[bool, Query()] = True,
     series: Annotated[bool, Query(description="videos: each track's per-frame data in the result")] = True,
-    baseline: Annotated[Literal["none", "auto"], Query(description="videos: as /analyze-video")] = "none",
+    baseline: Annotated[Literal["none", "auto"], Query(
+        description="auto: videos, each track against its own most neutral-looking frames (as /analyze-video); "
+        "image archives, each face against its person's most neutral-looking faces, people found by identity "
+        "clustering (research profile)")] = "none",
 ) -> Response:
     """Accepts the upload as a job (202 with its id and links, ``Location`` its state) and returns at once: poll
     ``GET /jobs/{id}`` for the progress, fetch ``GET /jobs/{id}/result`` once ``done``. Job limits (upload size,
