@@ -39,43 +39,18 @@ def au_thresholds(analyzer: object) -> dict[str, float]:
 def track_summary(records: Sequence[FrameRecord], events: Sequence[VideoEvent],
                   thresholds: Mapping[str, float]) -> TrackSummary:
     """The summary of one track from its analysed frames (``records``) and its events. Shares and rates are over
-    the frames the face was analysed in (not filtered: a side face or occluded frame counts for neither)."""
-    usable = [r for r in records if not r.filtered]
-    labels = Counter(r.expression[0] for r in usable if r.expression is not None)
-    read = sum(labels.values())
-    label_names = next((list(r.expression[2]) for r in usable if r.expression is not None), list(labels))
-    share = {name: round(labels.get(name, 0) / read, 4) if read else 0.0 for name in label_names}
-    mean_scores: dict[str, float] = {}
-    if read:
-        for name in label_names:
-            values = [r.expression[2].get(name, 0.0) for r in usable if r.expression is not None]
-            mean_scores[name] = round(float(np.mean(values)), 4)
-    dominant = max(labels, key=lambda k: (labels[k], mean_scores.get(k, 0.0))) if labels else None
-    aus: dict[str, AuSummary] = {}
-    with_aus = [r.action_units for r in usable if r.action_units]
-    if with_aus:
-        for au in with_aus[0]:
-            p = np.array([units.get(au, np.nan) for units in with_aus], dtype=np.float64)
-            p = p[~np.isnan(p)]
-            threshold = thresholds.get(au, thresholds.get("*", DEFAULT_AU_THRESHOLD))
-            aus[au] = AuSummary(base_rate=round(float((p >= threshold).mean()), 4) if len(p) else 0.0,
-                                mean_probability=round(float(p.mean()), 4) if len(p) else 0.0,
-                                threshold=round(float(threshold), 4))
-    by_kind = Counter(e.kind for e in events)
-    times = [r.t for r in records]
-    return TrackSummary(
-        frames=len(records),
-        analysed_frames=len(usable),
-        seen_s=round(max(times) - min(times), 4) if times else 0.0,
-        dominant_expression=dominant,
-        dominant_share=round(labels[dominant] / read, 4) if dominant is not None else None,
-        expression_share=share,
-        expression_mean_scores=mean_scores,
-        action_units=aus,
-        events={"au": by_kind.get("au", 0), "expression": by_kind.get("expression", 0),
-                "micro": sum(1 for e in events if e.micro), "total": len(events)},
-        event_names=dict(sorted(Counter(e.name for e in events).items())),
-    )
+    the frames the face was analysed in (not filtered: a side face or occluded frame counts for neither). The
+    records are laid out as the arrays ``series_summary`` reads, so the two give the same numbers by construction."""
+    score_names = next((list(r.expression[2]) for r in records if r.expression is not None), [])
+    au_names = next((list(r.action_units) for r in records if not r.filtered and r.action_units), [])
+    scores = np.array([[r.expression[2].get(name, 0.0) for name in score_names] if r.expression is not None
+                       else [np.nan] * len(score_names) for r in records], dtype=np.float64)
+    aus = np.array([[(r.action_units or {}).get(au, np.nan) for au in au_names] for r in records], dtype=np.float64)
+    return series_summary(
+        np.array([r.t for r in records], dtype=np.float64), np.array([r.filtered for r in records], dtype=bool),
+        [None if r.expression is None else r.expression[0] for r in records], score_names,
+        scores.reshape(len(records), len(score_names)), au_names, aus.reshape(len(records), len(au_names)),
+        np.array([bool(r.action_units) for r in records], dtype=bool), events, thresholds)
 
 
 def headline(summary: TrackSummary, top: int = 2, min_share: float = 0.1) -> str:
@@ -92,10 +67,10 @@ def headline(summary: TrackSummary, top: int = 2, min_share: float = 0.1) -> str
 def series_summary(t: np.ndarray, filtered: np.ndarray, labels: Sequence[str | None], score_names: Sequence[str],
                    scores: np.ndarray, au_names: Sequence[str], aus: np.ndarray, has_au: np.ndarray,
                    events: Sequence[VideoEvent], thresholds: Mapping[str, float]) -> TrackSummary:
-    """``track_summary`` of a track kept as arrays (a job's compact series, ``app.jobs.stream``), number for
-    number: ``t`` and ``filtered`` per frame, ``labels`` the expression label (None: not read), ``scores`` the
-    expression scores (rows by frame, columns ``score_names``), ``aus`` the AU probabilities (columns
-    ``au_names``; ``has_au`` where the frame had them)."""
+    """The summary of a track kept as arrays (a job's compact series, ``app.jobs.stream``; ``track_summary``
+    lays out a track's records so): ``t`` and ``filtered`` per frame, ``labels`` the expression label (None: not
+    read), ``scores`` the expression scores (rows by frame, columns ``score_names``), ``aus`` the AU
+    probabilities (columns ``au_names``; ``has_au`` where the frame had them)."""
     usable = ~np.asarray(filtered, dtype=bool)
     read_rows = [i for i, label in enumerate(labels) if label is not None and usable[i]]
     counts = Counter(label for i, label in enumerate(labels) if label is not None and usable[i])
