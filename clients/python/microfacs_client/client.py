@@ -285,8 +285,8 @@ class Client(_Base):
         options are ``analyze_video``'s. Not retried (an upload may be large): errors raise ``MicroFACSError``
         (e.g. 503 ``overloaded`` when the server's queue is full, 413 past its job limits: ``version().jobs``)."""
         files, opened = job_upload(upload, filename)
-        params = _params(dict(every=every, max_faces=max_faces, side_face_filter=side_face_filter,
-                              occlusion_filter=occlusion_filter, series=series, baseline=baseline, **extra))
+        params = {**_video_options(every, max_faces, side_face_filter, occlusion_filter, series, baseline),
+                  **_params(extra)}
         try:
             response = self._http.post("/jobs", files=files, headers=self.headers, params=params, timeout=timeout)
         except httpx.HTTPError as exc:
@@ -459,8 +459,8 @@ class AsyncClient(_Base):
                      baseline: Optional[str] = None, timeout: float = VIDEO_TIMEOUT, **extra: Any) -> AsyncJob:
         """``POST /jobs`` (see ``Client.submit``): an ``AsyncJob`` whose calls are awaitable."""
         files, opened = job_upload(upload, filename)  # a file is streamed from disk, not read whole
-        params = _params(dict(every=every, max_faces=max_faces, side_face_filter=side_face_filter,
-                              occlusion_filter=occlusion_filter, series=series, baseline=baseline, **extra))
+        params = {**_video_options(every, max_faces, side_face_filter, occlusion_filter, series, baseline),
+                  **_params(extra)}
         try:
             response = await self._http.post("/jobs", files=files, headers=self.headers, params=params,
                                              timeout=timeout)
