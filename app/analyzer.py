@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Collection, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -108,6 +109,12 @@ class Analyzer:
         self.landmarks = self.landmarks_v2 if self.settings.landmark_model == "v2" else LandmarkStage(models.mesh)
         self.pitch_offset = PITCH_OFFSET_DEG_V2 if self.settings.landmark_model == "v2" else PITCH_OFFSET_DEG
         self.heads: dict[str, Head] = build_heads(models, self.settings)
+        # Heads marked ``parallel`` (the AU detector, the expression network) run side by side on these threads
+        # and the caller's (MICROFACS_ANALYSIS_THREADS); onnxruntime releases the GIL while a network runs.
+        threads = self.settings.analysis_threads or 1
+        self.head_pool = ThreadPoolExecutor(threads - 1, "microfacs-head") if threads > 1 else None
+        if self.head_pool is not None:  # started now: a thread keeps the priority of the thread that made it
+            self.head_pool.submit(int).result()
         # The open profile has no occlusion network: no region is scored, so the filter never marks a face
         # (GET /version says so: filters.occlusion = false).
         thresholds = models.occlusion.thresholds if models.occlusion is not None else {}
@@ -391,16 +398,42 @@ class Analyzer:
         self.run_heads_on(analysed, chosen, [per_face[id(face)] for face in analysed], timings)
 
     def run_heads_on(self, faces: list[FaceAnalysis], chosen: Sequence[str], options: Sequence[FaceOptions],
-                     timings: Timings) -> None:
+                     timings: Timings, pool: Executor | None | Literal["own"] = "own") -> None:
         """The ``chosen`` heads on ``faces`` (unfiltered; one options each), which may come from several images
         (a video's frames): every face in one call per head where the head batches (``app.heads.get_all``).
-        Heads that read the irises need ``face.landmarks_v2`` already (``_run_irises``, on the face's image)."""
-        for name in chosen if faces else ():
-            head = self.heads[name]
-            with timings.stage(SPECS[name].field):
-                results = get_all(head, faces, list(options))
-            for face, result in zip(faces, results):
-                face.outputs[name] = result
+        Heads that read the irises need ``face.landmarks_v2`` already (``_run_irises``, on the face's image).
+        ``pool``: where heads marked ``parallel`` run beside each other (default: the analyzer's own pool; None:
+        one after the other here)."""
+        for group in self.head_groups(chosen) if faces else ():
+            # The group's first head here, the others on the pool; one the pool has not started yet (it is busy
+            # with another analysis's heads) is taken back and run here too. Results are kept in the group's order.
+            side = (self.head_pool if pool == "own" else pool) if len(group) > 1 else None
+            futures = [side.submit(self._head, name, faces, options, timings) for name in group[1:]] if side else []
+            results = [self._head(group[0], faces, options, timings)]
+            results += [self._head(name, faces, options, timings) if future.cancel() else future.result()
+                        for name, future in zip(group[1:], futures)]
+            if not side:
+                results += [self._head(name, faces, options, timings) for name in group[1:]]
+            for name, outputs in zip(group, results):
+                for face, result in zip(faces, outputs):
+                    face.outputs[name] = result
+
+    def head_groups(self, chosen: Sequence[str]) -> list[list[str]]:
+        """``chosen`` in groups that run one after the other: heads marked ``parallel`` next to each other in the
+        registry's order share a group (they may run side by side), every other head is a group of its own."""
+        groups: list[list[str]] = []
+        for name in chosen:
+            parallel = getattr(self.heads[name], "parallel", False)
+            if parallel and groups and getattr(self.heads[groups[-1][-1]], "parallel", False):
+                groups[-1].append(name)
+            else:
+                groups.append([name])
+        return groups
+
+    def _head(self, name: str, faces: list[FaceAnalysis], options: Sequence[FaceOptions],
+              timings: Timings) -> list[Any]:
+        with timings.stage(SPECS[name].field):
+            return get_all(self.heads[name], faces, list(options))
 
     def _run_irises(
         self, image: np.ndarray, faces: list[FaceAnalysis], chosen: Sequence[str], timings: Timings,

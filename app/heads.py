@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -49,6 +49,9 @@ class AuHead:
 
     model: AuDetector
     fusion: AuFusion | None = None
+    # It runs a network of its own and reads only heads registered before it: the analyzer may run it beside the
+    # other ``parallel`` heads registered next to it (MICROFACS_HEAD_THREADS).
+    parallel: ClassVar[bool] = True
     blendshapes: FaceBlendshapes | None = None  # the fusion's input, when the call did not ask for them
     # With the blendshapes (registered before this head, so computed first when asked for), each AU gets
     # a continuous ``activation`` from its matching coefficients: not a FACS intensity (app/activation.py).
@@ -99,6 +102,7 @@ class ExpressionHead:
     label, ``uncertain``; with a reference, relative to the person's neutral face (app/reference.py)."""
 
     model: ExpressionRecognizer
+    parallel: ClassVar[bool] = True  # as AuHead's
 
     def get(self, face: FaceAnalysis, options: FaceOptions) -> ExpressionResult:
         return self.get_batch([face], [options])[0]
@@ -235,7 +239,8 @@ class HeadSpec:
     help: str = ""  # the query flag's description (opt-in heads), the CLI flag's too
 
 
-# In this order: the analyzer runs them so (the AU head reads the blendshapes when the call asked for them).
+# In this order: the analyzer runs them so (the AU head reads the blendshapes when the call asked for them), each
+# after the ones before it, except that heads marked ``parallel`` next to each other run side by side.
 SPECS: dict[str, HeadSpec] = {spec.name: spec for spec in (
     HeadSpec("blendshapes", "blendshapes", blendshapes_out,
              research=lambda models, settings: BlendshapeHead(models.blendshapes),

@@ -64,28 +64,40 @@ def test_series_only_and_table_without_series(analyzer, tmp_path):
 
 
 def test_drain_hands_over_every_final_record_once():
+    from types import SimpleNamespace
+
     class Sink:
         def __init__(self):
             self.got, self.frames = [], []
 
         def add(self, track_id, records):
-            self.got += [(track_id, r) for r in records]
+            self.got += [(track_id, r.frame) for r in records]
 
         def advance(self, frame):
             self.frames.append(frame)
+
+    def rec(frame, final=True):
+        return SimpleNamespace(frame=frame, final=final)
 
     class Tr:
         def __init__(self, track_id, records):
             self.track_id, self.records = track_id, records
 
     class Tracker:
-        live = [Tr(0, ["a", "b"]), Tr(None, ["tentative"])]
-        finished = [Tr(1, ["c"])]
+        # track 0's last record and track 2's still wait for their heads (run on the heads' thread)
+        live = [Tr(0, [rec(1), rec(2), rec(3, final=False)]), Tr(None, [rec(2)])]
+        finished = [Tr(1, [rec(0)]), Tr(2, [rec(2), rec(3, final=False)])]
 
     tracker, sink = Tracker(), Sink()
-    drain(tracker, sink, 7)  # type: ignore[arg-type]
-    assert sink.got == [(1, "c"), (0, "a"), (0, "b")] and sink.frames == [7]
-    assert tracker.finished == [] and tracker.live[0].records == [] and tracker.live[1].records == ["tentative"]
+    drain(tracker, sink, 2)  # type: ignore[arg-type]
+    assert sink.got == [(1, 0), (2, 2), (0, 1), (0, 2)] and sink.frames == [2]
+    assert [r.frame for r in tracker.live[0].records] == [3] and [r.frame for r in tracker.live[1].records] == [2]
+    assert [t.track_id for t in tracker.finished] == [2]  # kept until its last record is final
+    for track in [*tracker.live, *tracker.finished]:
+        for r in track.records:
+            r.final = True
+    drain(tracker, sink, 3)  # type: ignore[arg-type]
+    assert sink.got[4:] == [(2, 3), (0, 3)] and tracker.finished == [] and tracker.live[0].records == []
 
 
 def test_track_series_keeps_rows_aligned_when_readings_start_late():

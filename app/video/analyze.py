@@ -184,9 +184,10 @@ class VideoAnalyzer:
         records go to it once final (their heads run) and the tracker keeps none (memory does not grow with the
         clip): the answer then has no ``tracks``, the sink's owner builds them (``app.jobs.stream.ResultWriter``)."""
         options = options or VideoOptions()
-        every = options.every or 1
         s = self.settings
-        fps = header.fps or 30.0
+        # Unless an on_frame callback reads each frame's readings at once, the heads run on a thread of their own
+        # beside the next frames' decoding and face stage when the analysis may use two cores or more.
+        deferrable = on_frame is None or batch_frames is not None
         tracker = Tracker(
             self.analyzer,
             options.face,
@@ -195,7 +196,19 @@ class VideoAnalyzer:
             confirm_hits=s.video_confirm_hits,
             max_lost_s=s.video_max_lost_s,
             batch_frames=batch_frames or (1 if on_frame is not None else self.batch_frames),
+            overlap=deferrable and (s.analysis_threads or 1) > 1,
         )
+        try:
+            return self._analyze_frames(tracker, frames, header, options, request_id, on_frame, meter, cancel, sink)
+        finally:
+            tracker.close()
+
+    def _analyze_frames(self, tracker: Tracker, frames: Iterable[VideoFrame], header: VideoHeader,
+                        options: VideoOptions, request_id: str | None, on_frame: FrameCallback | None,
+                        meter: BudgetMeter | None, cancel: threading.Event | None,
+                        sink: RecordSink | None) -> VideoAnalysisResponse:
+        every = options.every or 1
+        fps = header.fps or 30.0
         timings = tracker.timings
         start = time.perf_counter()
         decoded = analysed = 0
@@ -222,8 +235,8 @@ class VideoAnalyzer:
                 seen = [(tr.track_id, tr.records[-1]) for tr in tracker.live
                         if tr.track_id is not None and tr.records and tr.records[-1].frame == frame.index]
                 on_frame(frame.index, frame.t, image, seen)
-            if sink is not None and not tracker.pending:  # records whose deferred heads ran: final
-                drain(tracker, sink, frame.index)
+            if sink is not None:  # the records whose heads ran: final
+                drain(tracker, sink, tracker.settled_frame)
         if sink is not None:  # the last frames' deferred heads, then their records
             tracker.flush()
             drain(tracker, sink, last_index)
@@ -307,13 +320,16 @@ class VideoAnalyzer:
 
 
 def drain(tracker: Tracker, sink: RecordSink, frame: int) -> None:
-    """Hands the final records of every confirmed track to ``sink`` (a tentative track keeps its few until it is
-    confirmed or dropped) and forgets the tracks that ended."""
+    """Hands the final records (their heads ran) of every confirmed track to ``sink`` (a tentative track keeps its
+    few until it is confirmed or dropped) and forgets the tracks that ended; ``frame``: every record up to it is
+    final."""
     for track in [*tracker.finished, *tracker.live]:
         if track.track_id is not None and track.records:
-            sink.add(track.track_id, track.records)
-            track.records = []
-    tracker.finished.clear()
+            final = next((n for n, r in enumerate(track.records) if not r.final), len(track.records))
+            if final:
+                sink.add(track.track_id, track.records[:final])
+                track.records = track.records[final:]
+    tracker.finished[:] = [track for track in tracker.finished if track.records]
     sink.advance(frame)
 
 

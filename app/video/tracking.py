@@ -21,6 +21,7 @@ Landmarks (hence the box) and head pose are smoothed per track with a One-Euro f
 from __future__ import annotations
 
 from collections.abc import Collection
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -50,6 +51,7 @@ class FrameRecord:
     action_units: dict[str, float] | None
     expression: tuple[str, float, dict[str, float]] | None  # label, confidence, scores
     expression_probs: np.ndarray | None = None  # the network's own probabilities (FER+ prior): for baselines
+    final: bool = True  # False while its deferred heads have not run (Tracker.flush)
 
     @property
     def filtered(self) -> bool:
@@ -131,14 +133,25 @@ class Tracker:
         confirm_hits: int,
         max_lost_s: float,
         batch_frames: int = 1,
+        overlap: bool = False,
     ) -> None:
         self.analyzer, self.options, self.heads = analyzer, options, tuple(heads)
         # Heads deferred and run on the faces of ``batch_frames`` frames at once (one network call per head: what
         # a GPU wants); not for heads that read the irises (landmarks v2 runs on the frame's own image).
         irises = analyzer.needs_irises(self.heads)
         self.batch_frames = 1 if irises else max(1, batch_frames)
+        # ``overlap``: the deferred heads run on a thread of their own while the next frames are decoded and their
+        # face stage runs (two cores: the per-face networks beside the mesh); the same readings, later.
+        self.deferred = not irises and (self.batch_frames > 1 or overlap)
+        self.heads_thread = ThreadPoolExecutor(1, "microfacs-track-heads") if self.deferred and overlap else None
+        # ... with a thread of their own for the heads that run side by side (not the analyzer's pool): threads
+        # are made by the thread that first needs them and keep its priority, a job's (app/jobs/queue.py) too.
+        self.side_pool = ThreadPoolExecutor(1, "microfacs-track-side") if self.heads_thread is not None else None
+        self.in_flight: Future | None = None  # the heads the thread is running: flush() waits for them
         self.pending: list[tuple[FaceAnalysis, FrameRecord]] = []  # faces whose heads have not run yet
         self.pending_frames = 0
+        self.settled_frame = -1  # every record up to this frame is final
+        self.last_frame = -1
         self.redetect_every, self.confirm_hits, self.max_lost_s = redetect_every, confirm_hits, max_lost_s
         self.presence_threshold = analyzer.settings.landmark_presence_threshold
         self.live: list[Track] = []
@@ -155,24 +168,55 @@ class Tracker:
     @property
     def frame_heads(self) -> tuple[str, ...]:
         """The heads each frame's analysis runs itself: none when they are deferred to ``flush``."""
-        return () if self.batch_frames > 1 else self.heads
+        return () if self.deferred else self.heads
 
     def step(self, image: np.ndarray, frame: int, t: float) -> None:
         seen: set[int] = set()
         self.shape = image.shape
         self._step(image, frame, t, seen)
+        self.last_frame = frame
+        if not self.deferred:
+            self.settled_frame = frame
+            return
         self.pending_frames += 1
         if self.pending_frames >= self.batch_frames:
-            self.flush()
+            self.flush(wait=False)
 
-    def flush(self) -> None:
+    def flush(self, wait: bool = True) -> None:
         """The deferred heads on every face seen since the last flush, in one call per head, and their readings
-        into those faces' frame records. Call it before reading the records (``tracks`` does)."""
+        into those faces' frame records (``final``). With the heads' own thread and ``wait=False`` they run there
+        while the caller goes on; else, and for the ones still running there, this returns once they are done.
+        Call it before reading the records (``tracks`` does)."""
+        self.settle()
         pending, self.pending, self.pending_frames = self.pending, [], 0
+        if self.heads_thread is not None and not wait:
+            self.in_flight = self.heads_thread.submit(self._read_heads, pending, self.last_frame)
+        else:
+            self._read_heads(pending, self.last_frame)
+
+    def settle(self) -> None:
+        """Waits for the heads running on the heads' thread (their errors are raised here)."""
+        if self.in_flight is not None:
+            future, self.in_flight = self.in_flight, None
+            future.result()
+
+    def close(self) -> None:
+        """Stops the heads' thread (after the heads it runs)."""
+        self.settle()
+        for pool in (self.heads_thread, self.side_pool):
+            if pool is not None:
+                pool.shutdown()
+
+    def _read_heads(self, pending: list[tuple[FaceAnalysis, FrameRecord]], last_frame: int) -> None:
         faces = [face for face, _ in pending]
-        self.analyzer.run_heads_on(faces, self.heads, [self.options] * len(faces), self.timings)
+        if self.side_pool is not None:
+            self.analyzer.run_heads_on(faces, self.heads, [self.options] * len(faces), self.timings, self.side_pool)
+        else:
+            self.analyzer.run_heads_on(faces, self.heads, [self.options] * len(faces), self.timings)
         for face, record in pending:
             record.action_units, record.expression, record.expression_probs = head_fields(face)
+            record.final = True
+        self.settled_frame = last_frame
 
     def _step(self, image: np.ndarray, frame: int, t: float, seen: set[int]) -> None:
         if self.live:
@@ -266,7 +310,8 @@ class Tracker:
             expression=expression,
             expression_probs=probs,
         )
-        if self.batch_frames > 1 and not face.filtered:
+        if self.deferred and not face.filtered:
+            record.final = False
             self.pending.append((face, record))  # its head fields are filled by flush()
         if track.records and track.records[-1].frame == frame:  # recovered in the same frame: keep the latest
             track.records[-1] = record
