@@ -1,6 +1,7 @@
 """Service settings, read from the environment (prefix ``MICROFACS_``)."""
 from __future__ import annotations
 
+import math
 import os
 import sys
 import tempfile
@@ -25,10 +26,30 @@ def default_models_dir() -> Path:
     return INSTALLED_MODELS
 
 
+CGROUP = Path("/sys/fs/cgroup")
+
+
+def cpu_quota(root: Path = CGROUP) -> float | None:
+    """The container's CPU limit in CPUs (a Kubernetes ``limits.cpu``, ``docker run --cpus``): cgroup v2's
+    ``cpu.max`` or v1's ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``; None without one."""
+    try:
+        if (root / "cpu.max").is_file():
+            quota, period = (root / "cpu.max").read_text().split()[:2]
+            return None if quota == "max" else int(quota) / int(period)
+        v1 = root / "cpu"
+        quota_us = int((v1 / "cpu.cfs_quota_us").read_text())
+        return None if quota_us <= 0 else quota_us / int((v1 / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def usable_cpus() -> int:
-    """The CPUs this process may run on (a container's cpuset), not the host's count."""
+    """The CPUs this process may use: those it may run on (a container's cpuset), and no more than its CPU limit
+    (rounded up), not the host's count."""
     affinity = getattr(os, "sched_getaffinity", None)
-    return len(affinity(0)) if affinity else (os.cpu_count() or 1)
+    cpus = len(affinity(0)) if affinity else (os.cpu_count() or 1)
+    quota = cpu_quota()
+    return cpus if quota is None else max(1, min(cpus, math.ceil(quota)))
 
 
 class Settings(BaseSettings):

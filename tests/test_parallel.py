@@ -50,6 +50,30 @@ def test_the_default_is_two_threads_where_two_cores_are_usable():
     assert Settings(analysis_threads=1).analysis_threads == 1
 
 
+def test_usable_cpus_respect_a_containers_cpu_limit(tmp_path):
+    from app.settings import cpu_quota
+
+    assert cpu_quota(tmp_path) is None  # no cgroup files: no limit
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert cpu_quota(tmp_path) == 1.5  # cgroup v2: 1.5 CPUs
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cpu_quota(tmp_path) is None
+    (tmp_path / "cpu.max").unlink()
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("100000\n")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert cpu_quota(tmp_path) == 1.0  # cgroup v1: one CPU (a Kubernetes limits.cpu: "1")
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert cpu_quota(tmp_path) is None
+
+
+def test_a_one_cpu_limit_means_one_analysis_thread(monkeypatch):
+    monkeypatch.setattr("app.settings.cpu_quota", lambda: 1.0)
+    assert usable_cpus() == 1 and Settings().analysis_threads == 1 and Settings().max_in_flight == 1
+    monkeypatch.setattr("app.settings.cpu_quota", lambda: 0.5)
+    assert usable_cpus() == 1
+
+
 def test_side_by_side_heads_answer_as_one_after_the_other(serial, parallel, group, astronaut, monkeypatch):
     reference = serial.reference([astronaut])
     for image in (group, astronaut):
