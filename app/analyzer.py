@@ -102,7 +102,7 @@ class Analyzer:
             models.warm_up()
         self.models = models
         self.decode_memory = DecodeMemory(self.settings.decode_memory_mb << 20)
-        self.detector = FaceDetector(models.full_range, models.short_range)
+        self.detector = FaceDetector(models.full_range, models.short_range, self.settings.detector)
         # Landmarks v2 (478 points with irises) unless the settings ask for the 468-point mesh; heads that need
         # the irises (blendshapes, gaze) then run v2 per face as well (timed as landmarks_v2).
         self.landmarks_v2 = LandmarkStage(models.landmarker)

@@ -2,6 +2,8 @@
 size-filtered and sorted largest first."""
 from __future__ import annotations
 
+from typing import Literal
+
 import cv2
 import numpy as np
 
@@ -38,22 +40,36 @@ def shrink(image: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray]:
     return small, np.array([w / small.shape[1], h / small.shape[0]])
 
 
+def scaled(d: Detection, stretch: np.ndarray) -> Detection:
+    """A detection on the small copy -> image pixels."""
+    return Detection(box=d.box * np.tile(stretch, 2), score=d.score, keypoints=d.keypoints * stretch)
+
+
 class FaceDetector:
     """The full-range model finds small faces in group photos; the short-range one adds large close-ups the
     full-range model can miss. It runs only when it can add one: when the full-range model found no face,
     or when some of its anchors score above ``CLOSE_UP_HINT`` outside the faces it found. A short-range box
-    that mostly covers, or lies mostly inside, a full-range box is the same face."""
+    that mostly covers, or lies mostly inside, a full-range box is the same face.
 
-    def __init__(self, full_range: BlazeFaceFullRange, short_range: BlazeFaceShortRange) -> None:
+    ``mode="short"`` (``MICROFACS_DETECTOR=short``) runs the short-range model alone, as MediaPipe's FaceLandmarker
+    does: close-ups only, faster; small faces in group photos are missed."""
+
+    def __init__(self, full_range: BlazeFaceFullRange, short_range: BlazeFaceShortRange,
+                 mode: Literal["full", "short"] = "full") -> None:
         self.full_range = full_range
         self.short_range = short_range
+        self.mode = mode  # "short": the short-range model alone (MICROFACS_DETECTOR): close-ups only
 
     def detect(self, image: np.ndarray, threshold: float, min_face_size: float, max_faces: int) -> list[Detection]:
+        if self.mode == "short":
+            small, stretch = shrink(image, self.short_range.size)
+            faces = self.short_range.detect(small, threshold)
+            return self._finish(image, [scaled(d, stretch) for d in faces], min_face_size, max_faces)
         # Both models read a small letterboxed copy: shrink a large image once, not once per model.
         small, stretch = shrink(image, max(self.full_range.size, self.short_range.size))
 
         def to_image(d: Detection) -> Detection:
-            return Detection(box=d.box * np.tile(stretch, 2), score=d.score, keypoints=d.keypoints * stretch)
+            return scaled(d, stretch)
 
         boxes, scores, keypoints = self.full_range.candidates(small, min(threshold, CLOSE_UP_HINT))
         strong = scores > threshold
@@ -65,6 +81,11 @@ class FaceDetector:
                 kept = np.array([f.box for f in faces]) if faces else np.zeros((0, 4))
                 if not len(kept) or overlap_of_smaller(candidate.box, kept).max() <= SAME_FACE_OVERLAP:
                     faces.append(candidate)
+        return self._finish(image, faces, min_face_size, max_faces)
+
+    @staticmethod
+    def _finish(image: np.ndarray, faces: list[Detection], min_face_size: float, max_faces: int) -> list[Detection]:
+        """Boxes clipped to the image, those below ``min_face_size`` left out, largest first, ``max_faces`` at most."""
         h, w = image.shape[:2]
         clipped = []
         for face in faces:

@@ -293,6 +293,8 @@ class Defaults(BaseModel):
     prior: str = Field(description="the expression scores' class prior: balanced or ferplus")
     au_model: str = Field("detector", description="AU decisions: detector, or fused (with the blendshapes); "
                           "blendshapes in the open profile")
+    detector: str = Field("full", description="face detection (MICROFACS_DETECTOR): full (every face down to "
+                          "min_face_size) or short (close-ups only, as MediaPipe's FaceLandmarker)")
 
 
 class ExecutionInfo(BaseModel):

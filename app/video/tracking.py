@@ -201,8 +201,11 @@ class Tracker:
             future.result()
 
     def close(self) -> None:
-        """Stops the heads' thread (after the heads it runs)."""
-        self.settle()
+        """Stops the heads' threads once the heads they run are done (an error of theirs is raised by ``settle``
+        and ``flush``, not here: this also runs while another error propagates)."""
+        if self.in_flight is not None:
+            self.in_flight.exception()
+            self.in_flight = None
         for pool in (self.heads_thread, self.side_pool):
             if pool is not None:
                 pool.shutdown()
