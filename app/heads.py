@@ -50,7 +50,7 @@ class AuHead:
     model: AuDetector
     fusion: AuFusion | None = None
     # It runs a network of its own and reads only heads registered before it: the analyzer may run it beside the
-    # other ``parallel`` heads registered next to it (MICROFACS_HEAD_THREADS).
+    # other ``parallel`` heads registered next to it (MICROFACS_ANALYSIS_THREADS).
     parallel: ClassVar[bool] = True
     blendshapes: FaceBlendshapes | None = None  # the fusion's input, when the call did not ask for them
     # With the blendshapes (registered before this head, so computed first when asked for), each AU gets

@@ -11,7 +11,8 @@ Images: a 640x480 JPEG with one face (scikit-image's astronaut, public domain) a
 nothing here asserts a speed.
 
 Side by side (``--peer mediapipe`` and/or ``--baseline DIR``): ``POST /analyze`` on this checkout's server (one
-uvicorn worker, loopback, the client's time with the multipart upload), the same on a server of the ``--baseline``
+uvicorn worker, loopback, the client's time with the multipart upload; from httpx's client and, in the
+``*_stdlib`` columns, from ``http.client``: ``StdlibClient``), the same on a server of the ``--baseline``
 checkout, and MediaPipe's FaceLandmarker in this process (its C++ graph: BlazeFace short range, the 478-point
 landmarker and the 52 blendshapes; IMAGE mode, as many faces as our ``max_faces``, one thread as it runs by
 default) on the same JPEG bytes (``cv2.imdecode`` included, as the server decodes too), interleaved call by call
@@ -224,8 +225,9 @@ def post_analyze(client, files: dict) -> None:
 class StdlibClient:
     """The same ``POST /analyze`` from Python's own ``http.client`` on one keep-alive connection: the multipart body
     is encoded for each call by httpx's encoder (a fresh boundary each time), then headers and body go out in one
-    write, as curl and most clients send a small upload. httpx's client streams the body in several writes and costs
-    ~2 ms of Python per call on the 2-core machine: this column shows the service without most of that."""
+    write, as curl and most clients send a small upload. httpx's client streams the body in several writes (on the
+    server the last byte of a 30 KB upload arrived 1.1 ms after the request began): this column shows what a leaner
+    client saves (0.3-0.6 ms a call in BENCHMARKS.md)."""
 
     def __init__(self, base: str) -> None:
         import http.client
