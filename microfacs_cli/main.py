@@ -310,7 +310,9 @@ def analyse_video(runner: Any, path: Path, args: argparse.Namespace, render_dir:
             cv2.imwrite(str(render_dir / f"{path.stem}_f{frame:06d}.png"), draw_analysis(image, {"faces": faces}))
 
         options = replace(runner.options, max_frames=args.max_frames)
-        return runner.video.analyze(path, options, on_frame=step).model_dump(mode="json")
+        # Progress only counts frames: the heads may run beside the next frames. Drawing needs each frame's own.
+        batch = None if render_dir is not None else runner.video.batch_frames
+        return runner.video.analyze(path, options, on_frame=step, batch_frames=batch).model_dump(mode="json")
     return runner.analyse(path)
 
 

@@ -219,3 +219,26 @@ def test_video_summary_file_and_per_frame_progress(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "18/18" in err, "the bar counts the video's analysed frames"
     assert "mostly appears to show" in err
+
+
+def test_a_video_with_progress_only_runs_its_heads_beside_the_next_frames(tmp_path, monkeypatch):
+    """Counting frames does not need a frame's readings at once: the heads may run on the tracker's threads (the
+    same rows as when frames are drawn, which needs each frame's own readings)."""
+    from app.video.analyze import VideoAnalyzer
+
+    video = requires_data(SAMPLES / "single_face.mp4")
+    asked: list = []
+    analyze = VideoAnalyzer.analyze
+
+    def spy(self, *args, **kwargs):
+        asked.append(kwargs.get("batch_frames"))
+        return analyze(self, *args, **kwargs)
+
+    monkeypatch.setattr(VideoAnalyzer, "analyze", spy)
+    rows = {}
+    for name, extra in (("drawn", ["--render", str(tmp_path / "frames")]), ("counted", [])):
+        out = tmp_path / f"{name}.csv"
+        assert main([str(video), "--every", "6", "--format", "csv", "-o", str(out), "--no-progress", *extra]) == 0
+        rows[name] = read_csv(out)
+    assert asked == [None, 1] and len(rows["counted"]) == 12 and rows["counted"] == rows["drawn"]
+    assert all(r["AU12_p"] for r in rows["counted"])

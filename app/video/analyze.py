@@ -127,10 +127,13 @@ class VideoAnalyzer:
         on_frame: FrameCallback | None = None,
         budget: VideoBudget | None = None,
         cancel: threading.Event | None = None,
+        batch_frames: int | None = None,
     ) -> VideoAnalysisResponse:
         """Analyse a video file (checked against the video limits before decoding). ``on_frame(frame, t, image,
         faces)`` is called after each analysed frame with the confirmed tracks seen there ([(track_id,
-        FrameRecord)]), e.g. to draw them; the image is not kept. With a ``budget`` (the server's, see
+        FrameRecord)]), e.g. to draw them; the image is not kept. A callback that only counts frames passes
+        ``batch_frames`` (``self.batch_frames``): the heads may then run later, beside the next frames (its
+        records' readings are not filled yet; the answer's are). With a ``budget`` (the server's, see
         ``app.video.budget``) the stride is checked or chosen from the header before any frame is decoded,
         and the work and the wall-clock time are counted while decoding; without one only the limits apply.
         Once ``cancel`` is set, the analysis stops at the next frame (503 ``shutting_down``: the server's
@@ -143,7 +146,8 @@ class VideoAnalyzer:
                 options = replace(options, every=stride_for(video.header, options.every, budget))
                 meter = BudgetMeter(budget, started)
                 meter.check_time(-1)
-            return self.analyze_frames(video.frames(), video.header, options, request_id, on_frame, meter, cancel)
+            return self.analyze_frames(video.frames(), video.header, options, request_id, on_frame, meter, cancel,
+                                       batch_frames)
 
     def analyze_upload(
         self,
