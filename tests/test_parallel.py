@@ -154,3 +154,49 @@ def test_an_error_in_the_heads_thread_fails_the_video(parallel, monkeypatch):
     video = VideoAnalyzer(parallel)
     with pytest.raises(RuntimeError, match="expression network failed"):
         video.analyze(clip, video.options())
+
+
+class FakeFrame:
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.converted_on: str | None = None
+
+    def bgr(self) -> np.ndarray:
+        self.converted_on = threading.current_thread().name
+        return np.full((2, 2, 3), self.index, np.uint8)
+
+
+def test_prefetch_decodes_ahead_on_its_own_thread_and_raises_where_the_error_came():
+    from app.video.decode import Prefetch
+
+    def frames():
+        for i in range(5):
+            yield FakeFrame(i)
+        raise ValueError("the decoder failed at frame 5")
+
+    got = []
+    with Prefetch(frames(), lambda f: f.index % 2 == 0) as ahead, pytest.raises(ValueError, match="frame 5"):
+        for frame, image in ahead:
+            got.append((frame.index, None if image is None else int(image[0, 0, 0]), frame.converted_on))
+    assert got == [(0, 0, "microfacs-decode"), (1, None, None), (2, 2, "microfacs-decode"), (3, None, None),
+                   (4, 4, "microfacs-decode")]
+
+
+def test_prefetch_stops_and_finishes_its_generator_when_closed_early():
+    from app.video.decode import Prefetch
+
+    finished = threading.Event()
+
+    def endless():
+        try:
+            i = 0
+            while True:
+                yield FakeFrame(i)
+                i += 1
+        finally:
+            finished.set()
+
+    ahead = Prefetch(endless(), lambda f: True, depth=2)
+    first = next(iter(ahead))
+    ahead.close()  # the thread was blocked on a full queue
+    assert first[0].index == 0 and finished.wait(5) and not ahead._thread.is_alive()

@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Protocol, TypeVar
 
 import numpy as np
 
@@ -42,11 +42,12 @@ from app.schemas import (
     VideoTrack,
 )
 from app.video.budget import BudgetMeter, VideoBudget, stride_for
-from app.video.decode import VideoFrame, VideoHeader, VideoLimits, VideoReader, spool_upload
+from app.video.decode import Prefetch, VideoFrame, VideoHeader, VideoLimits, VideoReader, spool_upload
 from app.video.events import track_events
 from app.video.summary import au_thresholds, track_summary
 from app.video.tracking import FrameRecord, Track, Tracker
 
+T = TypeVar("T")
 FrameCallback = Callable[[int, float, np.ndarray, list[tuple[int, FrameRecord]]], None]
 # On an accelerator (MICROFACS_PROVIDERS=cuda...), the AU and expression heads read the faces of this many frames in
 # one call (app/video/tracking.py: Tracker.flush); on the CPU each frame's faces are one call (a batch of frames
@@ -202,22 +203,29 @@ class VideoAnalyzer:
             batch_frames=batch_frames or (1 if on_frame is not None else self.batch_frames),
             overlap=deferrable and (s.analysis_threads or 1) > 1,
         )
+        every = options.every or 1
+        # With the heads beside (two cores), the next frames are decoded ahead on a thread of their own too.
+        ahead = Prefetch(frames, lambda f: f.index % every == 0) if tracker.heads_thread is not None else None
         try:
-            return self._analyze_frames(tracker, frames, header, options, request_id, on_frame, meter, cancel, sink)
+            pairs = ahead if ahead is not None else ((f, None) for f in frames)
+            return self._frame_loop(tracker, pairs, header, options, request_id, on_frame, meter, cancel, sink)
         finally:
+            if ahead is not None:
+                ahead.close()  # before the reader is closed: the decoding thread reads it
             tracker.close()
 
-    def _analyze_frames(self, tracker: Tracker, frames: Iterable[VideoFrame], header: VideoHeader,
-                        options: VideoOptions, request_id: str | None, on_frame: FrameCallback | None,
-                        meter: BudgetMeter | None, cancel: threading.Event | None,
-                        sink: RecordSink | None) -> VideoAnalysisResponse:
+    def _frame_loop(self, tracker: Tracker, frames: Iterable[tuple[VideoFrame, np.ndarray | None]],
+                    header: VideoHeader, options: VideoOptions, request_id: str | None,
+                    on_frame: FrameCallback | None, meter: BudgetMeter | None, cancel: threading.Event | None,
+                    sink: RecordSink | None) -> VideoAnalysisResponse:
+        """``analyze_frames``' loop over (frame, its BGR image if decoded ahead, else None)."""
         every = options.every or 1
         fps = header.fps or 30.0
         timings = tracker.timings
         start = time.perf_counter()
         decoded = analysed = 0
         last_t, last_index = 0.0, -1
-        for frame in _timed(frames, timings, "decode"):
+        for frame, ready in _timed(frames, timings, "decode"):
             if cancel is not None and cancel.is_set():
                 raise ApiError(503, "shutting_down", "the server is shutting down; retry the request")
             decoded += 1
@@ -231,7 +239,7 @@ class VideoAnalyzer:
             if meter is not None:
                 meter.analysing(frame.index)
             with timings.stage("decode"):
-                image = frame.bgr()
+                image = ready if ready is not None else frame.bgr()
             tracker.step(image, frame.index, frame.t)
             analysed += 1
             last_index = frame.index
@@ -337,7 +345,7 @@ def drain(tracker: Tracker, sink: RecordSink, frame: int) -> None:
     sink.advance(frame)
 
 
-def _timed(frames: Iterable[VideoFrame], timings: Timings, stage: str) -> Iterator[VideoFrame]:
+def _timed(frames: Iterable[T], timings: Timings, stage: str) -> Iterator[T]:
     iterator = iter(frames)
     while True:
         with timings.stage(stage):

@@ -28,9 +28,12 @@ container we accept), ``invalid_video`` (400, unreadable, truncated, no video st
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import queue
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -103,6 +106,69 @@ class VideoFrame:
     @property
     def pixels(self) -> int:
         return int(self.frame.width) * int(self.frame.height)
+
+
+class Prefetch:
+    """Decodes ahead on a thread of its own: the frames of ``frames`` (a ``VideoReader.frames()``), each with its BGR
+    image when ``wanted(frame)`` (else None), at most ``depth`` waiting. PyAV decodes and converts without the GIL,
+    so on two cores the next frame is decoded while this one is analysed. An error of the decoder is raised where
+    its frame would have come. ``close()`` (or leaving a ``with`` block) stops the thread and waits for it: call it
+    before the reader is closed."""
+
+    _END = object()
+
+    def __init__(self, frames: Iterable[VideoFrame], wanted: Callable[[VideoFrame], bool], depth: int = 2) -> None:
+        self._frames, self._wanted = frames, wanted
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._decode, name="microfacs-decode", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _decode(self) -> None:
+        iterator = iter(self._frames)
+        try:
+            for frame in iterator:
+                if not self._put((frame, frame.bgr() if self._wanted(frame) else None)):
+                    break
+            else:
+                self._put(self._END)
+        except BaseException as exc:  # handed to the consumer, raised there
+            self._put(exc)
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:  # a generator: finished here, on the thread that ran it
+                close()
+
+    def __iter__(self) -> Iterator[tuple[VideoFrame, np.ndarray | None]]:
+        while True:
+            item = self._queue.get()
+            if item is self._END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        self._stop.set()
+        while self._thread.is_alive():
+            with contextlib.suppress(queue.Empty):  # make room, so that a blocked put sees the stop
+                self._queue.get_nowait()
+            self._thread.join(timeout=0.05)
+
+    def __enter__(self) -> Prefetch:  # noqa: PYI034 (Python 3.10: no typing.Self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def sniff_container(head: bytes) -> str | None:
