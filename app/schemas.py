@@ -303,6 +303,9 @@ class ExecutionInfo(BaseModel):
     requested: list[str] = Field(description="MICROFACS_PROVIDERS, as onnxruntime names, in order of preference")
     used: list[str] = Field(description="those this onnxruntime build has, in order, then the CPU (the fallback)")
     available: list[str] = Field(description="every provider this onnxruntime build has")
+    analysis_threads: int | None = Field(None, description="cores one analysis may use at once "
+                                         "(MICROFACS_ANALYSIS_THREADS: the AU and expression networks side by side)")
+    onnx_threads: int | None = Field(None, description="intra-op threads per ONNX session (MICROFACS_ONNX_THREADS)")
 
 
 class VersionResponse(BaseModel):

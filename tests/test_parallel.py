@@ -10,8 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 import cv2
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 
 from app.analyzer import Analyzer, FaceOptions
+from app.main import create_app
 from app.settings import Settings, usable_cpus
 from app.video.analyze import VideoAnalyzer
 from tests.helpers import SAMPLES, requires_data
@@ -48,6 +50,8 @@ def test_the_default_is_two_threads_where_two_cores_are_usable():
     assert Settings().analysis_threads == min(2, usable_cpus())
     assert Settings(workers=max(2, usable_cpus())).analysis_threads == 1  # each worker's share of the cores
     assert Settings(analysis_threads=1).analysis_threads == 1
+    with TestClient(create_app(Settings(analysis_threads=1))) as client:  # /version says how it runs
+        assert client.get("/version").json()["execution"]["analysis_threads"] == 1
 
 
 def test_usable_cpus_respect_a_containers_cpu_limit(tmp_path):

@@ -8,6 +8,7 @@ from app import __version__
 from app.analyzer import limits_of
 from app.decode import SUPPORTED_FORMATS, max_pixels_by_layout
 from app.schemas import Defaults, ExecutionInfo, Health, JobLimits, Limits, ModelInfo, Readiness, VersionResponse
+from app.settings import Settings
 from app.video.decode import VIDEO_FORMATS
 
 router = APIRouter(tags=["service"])
@@ -106,15 +107,16 @@ async def version(request: Request) -> VersionResponse:
                        max_video_duration_s=settings.jobs_max_duration_s, max_video_frames=settings.jobs_max_frames,
                        max_images=settings.jobs_max_images, result_ttl_s=settings.jobs_result_ttl_s,
                        max_queued=settings.jobs_max_queued, max_uploads=settings.jobs_max_uploads),
-        execution=execution_info(registry),
+        execution=execution_info(registry, settings),
     )
 
 
-def execution_info(registry) -> ExecutionInfo | None:
+def execution_info(registry, settings: Settings) -> ExecutionInfo | None:
     if registry is None:
         return None
     import onnxruntime as ort
 
     runtime = registry.runtime
     return ExecutionInfo(requested=list(runtime.requested), used=runtime.names,
-                         available=list(ort.get_available_providers()))
+                         available=list(ort.get_available_providers()), analysis_threads=settings.analysis_threads,
+                         onnx_threads=settings.onnx_threads)
