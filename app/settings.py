@@ -102,7 +102,8 @@ class Settings(BaseSettings):
         "full", description="full: BlazeFace's full-range model finds every face down to min_face_size (group "
         "photos), the short-range one adds close-ups it misses; short: the short-range model alone, as MediaPipe's "
         "FaceLandmarker: only faces that fill a good part of the photo (portraits, selfies, webcams) are found, "
-        "~3.5 ms faster a photo on the development machine, and small faces in group photos are missed (BENCHMARKS.md)"
+        "~3 ms faster a 640x480 photo on the development machine, and small faces in group photos are missed "
+        "(BENCHMARKS.md)"
     )
     landmark_presence_threshold: float = Field(0.5, ge=0.0, le=1.0)
     default_max_faces: int = Field(20, ge=1)

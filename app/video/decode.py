@@ -110,8 +110,8 @@ class VideoFrame:
 
 class Prefetch:
     """Decodes ahead on a thread of its own: the frames of ``frames`` (a ``VideoReader.frames()``), each with its BGR
-    image when ``wanted(frame)`` (else None), at most ``depth`` waiting. PyAV decodes and converts without the GIL,
-    so on two cores the next frame is decoded while this one is analysed. An error of the decoder is raised where
+    image when ``wanted(frame)`` (else None), at most ``depth`` waiting: on two cores the next frames are decoded
+    while this one is analysed (BENCHMARKS.md, "Jobs and video on two cores"). An error of the decoder is raised where
     its frame would have come. ``close()`` (or leaving a ``with`` block) stops the thread and waits for it: call it
     before the reader is closed."""
 
