@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import time
@@ -43,6 +42,7 @@ import numpy as np
 
 from app.analyzer import Analyzer, FaceOptions
 from app.settings import Settings
+from scripts.servers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -86,12 +86,6 @@ def bench_in_process(images: dict[str, bytes], runs: int) -> dict:
                                   for s, v in per_stage.items()}
         results[name] = {**stages, "faces": len(analysis.faces)}
     return results
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(checkout: Path = REPO) -> tuple[subprocess.Popen, str]:

@@ -20,7 +20,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ import httpx
 import numpy as np
 
 from scripts.benchmark_video import DATA, make_clip
+from scripts.servers import free_port, serve, spawn, stop
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -116,39 +116,6 @@ def worker(args: argparse.Namespace, tmp: Path) -> dict:
 
 
 # -- latency: /analyze with and without jobs -------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, *args], cwd=REPO, env={**os.environ, **env},
-                            stdout=log.open("ab"), stderr=subprocess.STDOUT)
-
-
-def serve(env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    process = spawn(["-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)], env, log)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    process.kill()
-    raise SystemExit(f"the server did not start: {log.read_text()[-2000:]}")
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.kill()
-    process.wait(10)
 
 
 def percentiles(http: httpx.Client, photo: bytes, n: int) -> dict:

@@ -59,6 +59,8 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from scripts.servers import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 SCENARIOS = ("unloaded", "wrong-key", "healthz", "retry")
 BOUNDARY = "floodboundary7d3c"
@@ -182,12 +184,6 @@ def run_flood(kind: str, host: str, port: int, raw: bytes, connections: int, sec
 
 
 # ------------------------------------------------------------------------------------------------ the server
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get_status(host: str, port: int, path: str) -> int | None:

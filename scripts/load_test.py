@@ -21,7 +21,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,8 @@ from urllib.parse import urlparse
 import httpx
 import numpy as np
 
+from scripts.servers import free_port
+
 
 def default_image() -> bytes:
     import cv2
@@ -41,12 +42,6 @@ def default_image() -> bytes:
     canvas = np.full((480, 640, 3), 128, np.uint8)
     canvas[:, 64:576] = cv2.resize(astronaut, (512, 480))
     return cv2.imencode(".jpg", canvas)[1].tobytes()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(workers: int, env: dict[str, str], timeout: float = 120.0) -> tuple[subprocess.Popen, str]:

@@ -9,7 +9,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import httpx
 import pytest
 import yaml
 
+from scripts.servers import free_port
 from tests.helpers import REPO
 
 K8S = REPO / "deploy" / "k8s"
@@ -263,12 +263,6 @@ def open_models() -> dict[str, str]:
     """Manifest name -> file of the models the open profile may load."""
     manifest = json.loads((REPO / "models" / "manifest.json").read_text())["models"]
     return {name: e["file"] for name, e in manifest.items() if "open" in e.get("profiles", [])}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_dockerfile_parses_to_the_expected_steps():

@@ -9,10 +9,8 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import zipfile
-from pathlib import Path
 
 import httpx
 import pytest
@@ -20,7 +18,8 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
-from tests.helpers import REPO, SAMPLES, encode, requires_data
+from scripts.servers import free_port, serve, spawn, stop
+from tests.helpers import SAMPLES, encode, requires_data
 
 TERMINAL = ("done", "failed", "cancelled")
 
@@ -146,43 +145,9 @@ def test_one_key_cannot_read_another_keys_jobs(tmp_path):
 # -- real processes ---------------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, *args], cwd=REPO, env={**os.environ, **env},
-                            stdout=log.open("ab"), stderr=subprocess.STDOUT)
-
-
-def serve(env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    command = ["-m", "uvicorn", "app.main:create_app", "--factory", "--host", "127.0.0.1", "--port", str(port)]
-    process = spawn(command, env, log)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    raise AssertionError(f"the server did not start: {log.read_text()[-2000:]}")
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.kill()
-    process.wait(10)
-
-
 def test_embedded_api_killed_mid_job_finishes_it_after_a_restart(tmp_path):
     env = {"MICROFACS_JOBS_DIR": str(tmp_path / "jobs"), "MICROFACS_JOBS_LEASE_S": "2"}
-    server, url = serve(env, tmp_path / "api.log")
+    server, url = serve(env, tmp_path / "api.log", timeout=60)
     try:
         with httpx.Client(base_url=url, timeout=30) as http:
             created = http.post("/jobs", files={"file": ("w.mp4", clip("WolfgangLanger_Pexels.mp4"), "video/mp4")},
@@ -191,7 +156,7 @@ def test_embedded_api_killed_mid_job_finishes_it_after_a_restart(tmp_path):
             wait(http.get, job_id, until=lambda j: j["progress"]["done"] > 10)
         server.send_signal(signal.SIGKILL)
         server.wait(10)
-        server, url = serve(env, tmp_path / "api.log")
+        server, url = serve(env, tmp_path / "api.log", timeout=60)
         with httpx.Client(base_url=url, timeout=30) as http:
             job = wait(http.get, job_id)
             assert job["status"] == "done" and job["attempts"] == 2, job

@@ -7,7 +7,6 @@ import io
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ from fastapi.testclient import TestClient
 from app.lifecycle import LOCK_NAME, WORK_PREFIX, WorkDir, clean_stale
 from app.main import SHUTDOWN_DRAIN_S, create_app
 from app.settings import Settings
+from scripts.servers import free_port
 from tests.helpers import REPO
 
 
@@ -61,12 +61,6 @@ tracking.Tracker.step = slow_step
 uvicorn.run(create_app(Settings()), host="127.0.0.1", port=int(sys.argv[1]), log_level="info",
             timeout_graceful_shutdown=float(sys.argv[2]))
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def metric(url: str, name: str) -> float:
