@@ -67,8 +67,8 @@ def _timed_out(job: "Job | AsyncJob", status: JobStatus, timeout: float) -> Micr
                                         "on the server: wait again, or cancel it)")
 
 
-class Job:
-    """A job on the server. ``last`` is the state last read (``status()`` reads it again)."""
+class _JobHandle:
+    """What ``Job`` and ``AsyncJob`` share: the client, the state last read and the id."""
 
     def __init__(self, client: Any, status: JobStatus) -> None:
         self._client = client
@@ -79,7 +79,11 @@ class Job:
         return self.last.id
 
     def __repr__(self) -> str:
-        return f"Job(id={self.id!r}, status={self.last.status!r})"
+        return f"{type(self).__name__}(id={self.id!r}, status={self.last.status!r})"
+
+
+class Job(_JobHandle):
+    """A job on the server. ``last`` is the state last read (``status()`` reads it again)."""
 
     def status(self) -> JobStatus:
         """``GET /jobs/{id}``: its state, progress and (when it failed) error."""
@@ -121,19 +125,8 @@ class Job:
         return self.last
 
 
-class AsyncJob:
+class AsyncJob(_JobHandle):
     """``Job`` for ``AsyncClient``: the same calls, awaitable."""
-
-    def __init__(self, client: Any, status: JobStatus) -> None:
-        self._client = client
-        self.last = status
-
-    @property
-    def id(self) -> str:
-        return self.last.id
-
-    def __repr__(self) -> str:
-        return f"AsyncJob(id={self.id!r}, status={self.last.status!r})"
 
     async def status(self) -> JobStatus:
         self.last = JobStatus.model_validate((await self._client._request("GET", f"/jobs/{self.id}")).json())
