@@ -24,7 +24,7 @@ from collections.abc import Collection, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import cv2
 import numpy as np
@@ -398,16 +398,16 @@ class Analyzer:
         self.run_heads_on(analysed, chosen, [per_face[id(face)] for face in analysed], timings)
 
     def run_heads_on(self, faces: list[FaceAnalysis], chosen: Sequence[str], options: Sequence[FaceOptions],
-                     timings: Timings, pool: Executor | None | Literal["own"] = "own") -> None:
+                     timings: Timings, pool: Executor | None = None) -> None:
         """The ``chosen`` heads on ``faces`` (unfiltered; one options each), which may come from several images
         (a video's frames): every face in one call per head where the head batches (``app.heads.get_all``).
         Heads that read the irises need ``face.landmarks_v2`` already (``_run_irises``, on the face's image).
-        ``pool``: where heads marked ``parallel`` run beside each other (default: the analyzer's own pool; None:
-        one after the other here)."""
+        ``pool``: where heads marked ``parallel`` run beside each other (default: the analyzer's own pool, none with
+        MICROFACS_ANALYSIS_THREADS=1)."""
         for group in self.head_groups(chosen) if faces else ():
             # The group's first head here, the others on the pool; one the pool has not started yet (it is busy
             # with another analysis's heads) is taken back and run here too. Results are kept in the group's order.
-            side = (self.head_pool if pool == "own" else pool) if len(group) > 1 else None
+            side = (pool or self.head_pool) if len(group) > 1 else None
             futures = [side.submit(self._head, name, faces, options, timings) for name in group[1:]] if side else []
             results = [self._head(group[0], faces, options, timings)]
             results += [self._head(name, faces, options, timings) if future.cancel() else future.result()

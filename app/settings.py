@@ -275,10 +275,11 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _split_cpus_between_workers(self) -> Settings:
+        share = max(1, usable_cpus() // self.workers)
         if "max_in_flight" not in self.model_fields_set:
-            self.max_in_flight = max(1, usable_cpus() // self.workers)
+            self.max_in_flight = share
         if self.analysis_threads is None:
-            self.analysis_threads = min(2, max(1, usable_cpus() // self.workers))
+            self.analysis_threads = min(2, share)
         return self
     # --- end of floods ------------------------------------------------------------------------------------------
 

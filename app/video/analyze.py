@@ -208,18 +208,18 @@ class VideoAnalyzer:
         ahead = Prefetch(frames, lambda f: f.index % every == 0) if tracker.heads_thread is not None else None
         try:
             pairs = ahead if ahead is not None else ((f, None) for f in frames)
-            return self._frame_loop(tracker, pairs, header, options, request_id, on_frame, meter, cancel, sink)
+            return self._frame_loop(tracker, pairs, header, options, every, request_id, on_frame, meter, cancel, sink)
         finally:
             if ahead is not None:
                 ahead.close()  # before the reader is closed: the decoding thread reads it
             tracker.close()
 
     def _frame_loop(self, tracker: Tracker, frames: Iterable[tuple[VideoFrame, np.ndarray | None]],
-                    header: VideoHeader, options: VideoOptions, request_id: str | None,
+                    header: VideoHeader, options: VideoOptions, every: int, request_id: str | None,
                     on_frame: FrameCallback | None, meter: BudgetMeter | None, cancel: threading.Event | None,
                     sink: RecordSink | None) -> VideoAnalysisResponse:
-        """``analyze_frames``' loop over (frame, its BGR image if decoded ahead, else None)."""
-        every = options.every or 1
+        """``analyze_frames``' loop over (frame, its BGR image if decoded ahead, else None), analysing every
+        ``every``-th."""
         fps = header.fps or 30.0
         timings = tracker.timings
         start = time.perf_counter()

@@ -212,10 +212,7 @@ class Tracker:
 
     def _read_heads(self, pending: list[tuple[FaceAnalysis, FrameRecord]], last_frame: int) -> None:
         faces = [face for face, _ in pending]
-        if self.side_pool is not None:
-            self.analyzer.run_heads_on(faces, self.heads, [self.options] * len(faces), self.timings, self.side_pool)
-        else:
-            self.analyzer.run_heads_on(faces, self.heads, [self.options] * len(faces), self.timings)
+        self.analyzer.run_heads_on(faces, self.heads, [self.options] * len(faces), self.timings, self.side_pool)
         for face, record in pending:
             record.action_units, record.expression, record.expression_probs = head_fields(face)
             record.final = True
